@@ -1,0 +1,132 @@
+"""The two HTTP calls the client makes to the proxy: ``POST /detect`` and ``POST /transcribe``.
+
+Errors are sorted into the two kinds the dispatcher cares about: :class:`RetryableError`
+(connection refused or reset, timeouts, 5xx, 429: the chunk is kept and sent again) and
+:class:`PermanentError` (any other 4xx: retrying the same bytes cannot help).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import httpx
+import numpy as np
+
+from services.common.audio import to_wav_bytes
+
+
+class RetryableError(Exception):
+    """The request may succeed later; ``retry_after`` is the server's hint in seconds, if any."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(Exception):
+    """The server refused the request for a reason resending will not fix."""
+
+
+@dataclass
+class Word:
+    """One word with absolute times (seconds from the start of the stream)."""
+
+    start: float
+    end: float
+    text: str  # as Whisper wrote it, usually with a leading space
+    probability: float = 1.0
+
+    @property
+    def mid(self) -> float:
+        return (self.start + self.end) / 2
+
+
+@dataclass
+class ChunkResult:
+    """What the transcriber said about one chunk, shifted to absolute time."""
+
+    words: list[Word] = field(default_factory=list)
+    text: str = ""
+    language: str | None = None
+    backend: str | None = None
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        return f"{response.status_code} {body['error']['code']}: {body['error']['message']}"
+    except Exception:
+        return f"{response.status_code} {response.text[:200]}"
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    message = _error_message(response)
+    if response.status_code == 429 or response.status_code >= 500:
+        retry_after = response.headers.get("Retry-After")
+        try:
+            hint = float(retry_after) if retry_after else None
+        except ValueError:
+            hint = None
+        raise RetryableError(message, hint)
+    raise PermanentError(message)
+
+
+def parse_result(body: dict, offset: float) -> ChunkResult:
+    """Flatten segments into words with absolute times (``offset`` = the chunk's start)."""
+    words: list[Word] = []
+    for segment in body.get("segments") or []:
+        seg_words = segment.get("words")
+        if seg_words:
+            for w in seg_words:
+                words.append(Word(offset + w["start"], offset + w["end"], w["word"], w.get("probability", 1.0)))
+        elif segment.get("text", "").strip():
+            # No word timestamps (an older server): spread the segment's words evenly over its span.
+            tokens = segment["text"].split()
+            span = (segment["end"] - segment["start"]) / max(len(tokens), 1)
+            for i, tok in enumerate(tokens):
+                s = offset + segment["start"] + i * span
+                words.append(Word(s, s + span, " " + tok))
+    return ChunkResult(words, body.get("text", ""), body.get("language"), body.get("backend"))
+
+
+class SttApi:
+    """A thin async client for the proxy; one instance per pipeline, connections are pooled."""
+
+    def __init__(self, url: str, timeout_s: float = 60.0, detect_timeout_s: float = 5.0) -> None:
+        self.url = url.rstrip("/")
+        self.detect_timeout_s = detect_timeout_s
+        self._client = httpx.AsyncClient(base_url=self.url, timeout=timeout_s)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def _post(self, path: str, samples: np.ndarray, params: dict, timeout: float | None = None) -> dict:
+        kwargs = {"timeout": timeout} if timeout is not None else {}
+        try:
+            response = await self._client.post(
+                path, content=to_wav_bytes(samples), params=params, headers={"Content-Type": "audio/wav"}, **kwargs
+            )
+        except (httpx.TransportError, httpx.TimeoutException) as exc:
+            raise RetryableError(f"{type(exc).__name__}: {exc or 'no answer'} ({self.url}{path})") from None
+        _raise_for(response)
+        try:
+            return response.json()
+        except ValueError:
+            raise RetryableError(f"{path} answered with a body that is not JSON") from None
+
+    async def detect(self, samples: np.ndarray) -> bool:
+        """True when the chunk holds speech."""
+        body = await self._post("/detect", samples, {}, timeout=self.detect_timeout_s)
+        return bool(body.get("speech"))
+
+    async def transcribe(
+        self, samples: np.ndarray, offset: float, language: str | None = None, prompt: str | None = None
+    ) -> ChunkResult:
+        params: dict[str, str] = {"word_timestamps": "true"}
+        if language:
+            params["language"] = language
+        if prompt:
+            params["prompt"] = prompt
+        return parse_result(await self._post("/transcribe", samples, params), offset)

@@ -1,0 +1,154 @@
+"""The live view on stderr: committed text, partial text, input level, lag, progress.
+
+On a terminal the bottom two lines are redrawn in place (committed text that fills a line
+scrolls up above them); anywhere else (a pipe, a log file, CI) it writes plain lines: each
+committed line once, and a status line when something changes or every few seconds. The
+final transcript never goes here: it goes to stdout.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+from client.api import Word
+from client.stats import Stats
+
+DIM, RESET, CLEAR_LINE, UP = "\x1b[2m", "\x1b[0m", "\x1b[2K", "\x1b[1A"
+
+
+def meter(dbfs: float, width: int = 10) -> str:
+    """A level bar from -60 dBFS (empty) to 0 dBFS (full)."""
+    filled = max(0, min(width, round((dbfs + 60) / 60 * width)))
+    return "█" * filled + "·" * (width - filled)
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(max(0, int(seconds)), 60)
+    return f"{m:d}:{s:02d}"
+
+
+def progress_bar(done_s: float, total_s: float, elapsed_s: float, width: int = 20) -> str:
+    """``[#####-----] 42% 1:13/2:54 ETA 0:31`` from audio seconds done and wall time spent."""
+    frac = 0.0 if total_s <= 0 else min(1.0, done_s / total_s)
+    filled = round(frac * width)
+    eta = "?" if frac <= 0 else _clock(elapsed_s * (1 - frac) / frac)
+    return f"[{'#' * filled}{'-' * (width - filled)}] {frac * 100:3.0f}% {_clock(done_s)}/{_clock(total_s)} ETA {eta}"
+
+
+class Display:
+    def __init__(
+        self,
+        stats: Stats,
+        stream: TextIO | None = None,
+        tty: bool | None = None,
+        total_s: float | None = None,
+        quiet: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stats = stats
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.total_s = total_s
+        self.quiet = quiet
+        self.clock = clock
+        self.level = -100.0
+        self.partial = ""
+        self._line: list[str] = []  # committed words not yet printed as a full line
+        self._line_start: float | None = None
+        self._drawn = 0  # status lines currently on screen (tty)
+        self._began = clock()
+        self._last_plain_status = ""
+        self._last_plain_at = 0.0
+
+    def width(self) -> int:
+        return max(40, shutil.get_terminal_size((100, 20)).columns - 1)
+
+    def status_line(self) -> str:
+        s = self.stats
+        parts = []
+        if self.total_s:
+            parts.append(progress_bar(s.audio_done_s, self.total_s, self.clock() - self._began))
+        else:
+            parts.append(f"in {meter(self.level)} {self.level:5.0f} dB")
+        parts.append(f"lag {s.lag_s:4.1f}s")
+        if s.backend_down:
+            parts.append(f"service unreachable, holding {s.chunks_held} chunks ({s.behind_s:.0f}s of audio)")
+        elif s.behind_s > 6 or s.chunks_held > 2:
+            parts.append(f"catching up: {s.behind_s:.0f}s behind, {s.chunks_held} chunks queued")
+        if s.chunks_spilled:
+            parts.append(f"{s.chunks_spilled} on disk")
+        if s.overruns:
+            parts.append(f"OVERRUNS {s.overruns}")
+        if s.chunks_dropped:
+            parts.append(f"DROPPED {s.chunks_dropped}")
+        return " | ".join(parts)
+
+    def commit(self, words: list[Word]) -> None:
+        for word in words:
+            if self._line_start is None:
+                self._line_start = word.start
+            self._line.append(word.text.strip())
+            if len(" ".join(self._line)) > self.width() - 12 or word.text.strip().endswith((".", "?", "!")):
+                self._emit_line()
+
+    def _emit_line(self) -> None:
+        if not self._line:
+            return
+        text = f"[{_clock(self._line_start or 0)}] {' '.join(self._line)}"
+        self._line, self._line_start = [], None
+        if self.quiet:
+            return
+        self._clear()
+        self.stream.write(text + "\n")
+        self._draw()
+
+    def _clear(self) -> None:
+        if self.tty and self._drawn:
+            self.stream.write(("\r" + CLEAR_LINE + UP) * (self._drawn - 1) + "\r" + CLEAR_LINE)
+            self._drawn = 0
+
+    def _draw(self) -> None:
+        if not self.tty:
+            return
+        width = self.width()
+        text = " ".join(self._line)
+        tail = (text + " " if text else "") + self.partial
+        if len(tail) > width - 2:
+            cut = len(tail) - (width - 3)
+            text, partial = ("…" + text[cut:] if cut < len(text) else ""), self.partial[max(0, cut - len(text)) :]
+        else:
+            partial = self.partial
+        self.stream.write(f"{text} {DIM}{partial}{RESET}\n{self.status_line()[:width]}")
+        self._drawn = 2
+        self.stream.flush()
+
+    def refresh(self) -> None:
+        """Redraw (tty) or, on a plain stream, print the status when it changed or every 5 s."""
+        if self.quiet:
+            return
+        if self.tty:
+            self._clear()
+            self._draw()
+            return
+        line = self.status_line()
+        now = self.clock()
+        important = ("unreachable" in line) != ("unreachable" in self._last_plain_status)
+        if important or now - self._last_plain_at >= 5.0:
+            self.stream.write(f"-- {line}\n")
+            self.stream.flush()
+            self._last_plain_status, self._last_plain_at = line, now
+
+    def close(self) -> None:
+        self._emit_line()
+        if not self.quiet:
+            self._clear()
+            s = self.stats
+            self.stream.write(
+                f"-- done: {s.chunks_captured} chunks, {s.chunks_sent} transcribed, {s.chunks_nonspeech} without speech, "
+                f"{s.chunks_retried} retries, {s.chunks_dropped} dropped, {s.overruns} overruns\n"
+            )
+            self.stream.flush()

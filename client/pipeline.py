@@ -1,0 +1,151 @@
+"""Wire the stages together: source → chunker → dispatcher (detect + transcribe) → stitcher.
+
+Two tasks run side by side: the producer reads the source and cuts chunks (never waiting on
+the network, so capture cannot be held up by a slow or dead service), and the consumer takes
+answers in order and stitches them. :meth:`Pipeline.stop` is the first Ctrl-C (stop reading,
+finish what is in flight); :meth:`Pipeline.abort` is the second (give up on the rest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from client.api import Word
+from client.chunker import Chunk, Chunker
+from client.dispatcher import Backoff, Dispatcher, Outcome, Transcriber
+from client.display import Display
+from client.sources import Source, level_dbfs
+from client.stats import Stats
+from client.stitcher import Stitcher, join_words
+
+PROMPT_CHARS = 200  # as whisper_streaming: enough context to keep style and names, short enough not to dominate
+
+
+@dataclass
+class Settings:
+    chunk_s: float = 3.0
+    overlap_s: float = 1.0
+    detector: bool = True
+    language: str | None = None
+    prompt: bool = True
+    concurrency: int = 2
+    max_in_memory: int = 64
+    spill_dir: Path | None = None
+    backoff: Backoff | None = None
+
+
+class Pipeline:
+    def __init__(
+        self,
+        source: Source,
+        api: Transcriber,
+        settings: Settings | None = None,
+        stats: Stats | None = None,
+        display: Display | None = None,
+        on_outcome: Callable[[Outcome], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.source = source
+        self.api = api
+        self.settings = settings or Settings()
+        self.stats = stats or Stats()
+        self.display = display
+        self.on_outcome = on_outcome
+        self.clock = clock
+        self.stitcher = Stitcher()
+        self.chunker = Chunker(self.settings.chunk_s, self.settings.overlap_s)
+        self.dispatcher: Dispatcher | None = None
+        self._stopping = False
+
+    def prompt_for(self, chunk: Chunk) -> str | None:
+        """The text heard before this chunk began (never words inside it: Whisper would skip them)."""
+        if not self.settings.prompt:
+            return None
+        words: list[Word] = [w for w in self.stitcher.words() if w.end <= chunk.start]
+        text = join_words(words)
+        return text[-PROMPT_CHARS:].lstrip() or None
+
+    def stop(self) -> None:
+        """Stop reading input; everything already captured is still transcribed."""
+        self._stopping = True
+        self.source.stop()
+
+    async def abort(self) -> None:
+        if self.dispatcher is not None:
+            await self.dispatcher.abort()
+
+    async def run(self) -> list[Word]:
+        s = self.settings
+        self.dispatcher = Dispatcher(
+            self.api,
+            self.stats,
+            concurrency=s.concurrency,
+            detector=s.detector,
+            language=s.language,
+            prompt=self.prompt_for if s.prompt else None,
+            max_in_memory=s.max_in_memory,
+            spill_dir=s.spill_dir,
+            backoff=s.backoff,
+            clock=self.clock,
+        )
+        producer = asyncio.create_task(self._produce(), name="produce")
+        refresher = asyncio.create_task(self._refresh(), name="refresh") if self.display else None
+        try:
+            await self._consume()
+            await producer
+        finally:
+            producer.cancel()
+            if refresher:
+                refresher.cancel()
+            self.stats.overruns = self.source.overruns
+        newly = self.stitcher.finish()
+        if self.display:
+            self.display.partial = ""
+            self.display.commit(newly)
+        return self.stitcher.committed
+
+    async def _submit(self, chunk: Chunk) -> None:
+        assert self.dispatcher is not None
+        self.stats.chunks_captured += 1
+        self.stats.audio_captured_s = chunk.end
+        await self.dispatcher.submit(chunk)
+
+    async def _produce(self) -> None:
+        assert self.dispatcher is not None
+        try:
+            async for block in self.source.blocks():
+                if self.display:
+                    self.display.level = level_dbfs(block.samples)
+                self.stats.overruns = self.source.overruns
+                for chunk in self.chunker.feed(block.samples, self.clock()):
+                    await self._submit(chunk)
+                if self._stopping:
+                    break
+            for chunk in self.chunker.flush(self.clock()):
+                await self._submit(chunk)
+        finally:
+            await self.dispatcher.close()
+
+    async def _consume(self) -> None:
+        assert self.dispatcher is not None
+        async for outcome in self.dispatcher.results():
+            chunk, result = outcome.chunk, outcome.result
+            newly = self.stitcher.add(chunk.start, chunk.end, result.words if result else None)
+            self.stats.chunks_done += 1
+            self.stats.audio_done_s = chunk.end
+            self.stats.lag_s = max(0.0, self.clock() - chunk.captured_at)
+            if self.display:
+                self.display.partial = self.stitcher.partial_text
+                self.display.commit(newly)
+            if self.on_outcome:
+                self.on_outcome(outcome)
+
+    async def _refresh(self) -> None:
+        assert self.display is not None
+        while True:
+            self.display.refresh()
+            await asyncio.sleep(0.2)

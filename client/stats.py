@@ -1,0 +1,33 @@
+"""Counters every stage updates and the display and ``--metrics-port`` read.
+
+One plain object rather than prometheus metrics objects threaded through every stage: the
+stages stay testable without a registry, and :mod:`client.metrics` exposes the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Stats:
+    chunks_captured: int = 0
+    chunks_sent: int = 0  # transcription requests that got an answer
+    chunks_retried: int = 0  # failed attempts that were tried again
+    chunks_dropped: int = 0  # chunks given up on (a 4xx the server will never accept); must stay 0
+    chunks_nonspeech: int = 0  # skipped because the detector heard no speech
+    detector_unavailable: int = 0  # chunks sent on unchecked because /detect failed
+    chunks_held: int = 0  # waiting to be sent (memory + disk)
+    chunks_spilled: int = 0  # currently held on disk
+    chunks_done: int = 0  # answered (or skipped) and handed to the stitcher
+    overruns: int = 0  # audio blocks lost by capture
+    audio_captured_s: float = 0.0  # end time of the newest captured chunk
+    audio_done_s: float = 0.0  # end time of the newest chunk the stitcher has
+    lag_s: float = 0.0  # wall-clock seconds from capturing a chunk to having its words
+    backend_down: bool = False  # the last attempt failed; chunks are being held
+    last_error: str = ""
+
+    @property
+    def behind_s(self) -> float:
+        """Seconds of audio captured but not yet transcribed: what 'catching up' means."""
+        return max(0.0, self.audio_captured_s - self.audio_done_s)

@@ -1,0 +1,5 @@
+import sys
+
+from corpus.fetch import main
+
+sys.exit(main())

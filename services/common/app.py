@@ -1,0 +1,68 @@
+"""The FastAPI application every service is built from.
+
+It wires what all three services share, once: JSON errors, HTTP metrics, structured logs,
+``/healthz`` (the process is alive), ``/readyz`` (503 until the model or backends are usable,
+so Kubernetes routes no traffic to a pod still loading) and ``/metrics``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from services.common.errors import error_body, install_error_handlers
+from services.common.logs import configure_logging
+from services.common.metrics import READY, VERSION, HttpMetricsMiddleware, metrics_response
+
+
+class Readiness:
+    """Whether the service can do its job now, and if not, why (shown by /readyz)."""
+
+    def __init__(self, service: str):
+        self.service = service
+        self.reason: str | None = "starting"
+        READY.labels(service).set(0)
+
+    @property
+    def ready(self) -> bool:
+        return self.reason is None
+
+    def set_ready(self) -> None:
+        self.reason = None
+        READY.labels(self.service).set(1)
+
+    def set_not_ready(self, reason: str) -> None:
+        self.reason = reason
+        READY.labels(self.service).set(0)
+
+
+def create_app(
+    service: str,
+    description: str,
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | Callable[[FastAPI], AsyncIterator[None]],
+) -> FastAPI:
+    configure_logging(service)
+    app = FastAPI(title=f"stt-{service}", description=description, version=VERSION, lifespan=lifespan)
+    app.state.readiness = Readiness(service)
+    install_error_handlers(app)
+    app.add_middleware(HttpMetricsMiddleware, service=service)
+
+    @app.get("/healthz", tags=["ops"], summary="The process is alive")
+    async def healthz() -> dict:
+        return {"status": "ok", "service": service, "version": VERSION}
+
+    @app.get("/readyz", tags=["ops"], summary="The service can take traffic (model loaded)")
+    async def readyz() -> JSONResponse:
+        readiness: Readiness = app.state.readiness
+        if readiness.ready:
+            return JSONResponse({"status": "ready", "service": service})
+        return JSONResponse(error_body("not_ready", readiness.reason or "not ready"), status_code=503)
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)
+    async def metrics():
+        return metrics_response()
+
+    return app

@@ -1,0 +1,249 @@
+"""proxy: the single entry point. Routes transcription to the CPU or GPU backend.
+
+``/transcribe`` (and the OpenAI-compatible ``/v1/audio/transcriptions``) go to the backend the
+routing mode picks, falling back to the other side when it is down or not ready; the answer
+says which backend served (``X-STT-Backend`` header, ``backend`` field, metrics). ``/detect``
+goes to the detector. ``/gpu-toggle`` changes the mode and needs the admin token. Settings:
+
+- ``STT_CPU_BACKEND_URL`` (http://127.0.0.1:5002), ``STT_GPU_BACKEND_URL`` (empty: no GPU side),
+  ``STT_DETECTOR_URL`` (http://127.0.0.1:5004).
+- ``STT_ROUTING_MODE`` (``cpu``): initial mode; ``STT_ROUTING_SOURCE`` (``local``): ``kubernetes``
+  makes the ``SttConfig`` resource the source of truth.
+- ``STT_ADMIN_TOKEN`` or ``STT_ADMIN_TOKEN_FILE``: bearer token for ``/gpu-toggle`` (unset: disabled).
+- ``STT_HEALTH_INTERVAL_S`` (2), ``STT_CONNECT_TIMEOUT_S`` (2), ``STT_UPSTREAM_TIMEOUT_S`` (300),
+  ``STT_MAX_UPLOAD_BYTES`` (52428800).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from services.common.app import create_app
+from services.common.errors import ApiError
+from services.common.settings import env_choice, env_float, env_int, env_str
+from services.common.upload import read_body
+from services.proxy import metrics
+from services.proxy.backends import Backend, HealthChecker, Route, choose
+from services.proxy.routing import Mode, RoutingStore, make_store
+
+log = logging.getLogger("stt.proxy")
+
+
+class Settings:
+    def __init__(self) -> None:
+        self.cpu_url = env_str("STT_CPU_BACKEND_URL", "http://127.0.0.1:5002").rstrip("/")
+        self.gpu_url = env_str("STT_GPU_BACKEND_URL", "-").rstrip("/")
+        self.gpu_url = "" if self.gpu_url == "-" else self.gpu_url
+        self.detector_url = env_str("STT_DETECTOR_URL", "http://127.0.0.1:5004").rstrip("/")
+        self.mode = Mode(env_choice("STT_ROUTING_MODE", "cpu", tuple(m.value for m in Mode)))
+        self.source = env_choice("STT_ROUTING_SOURCE", "local", ("local", "kubernetes"))
+        self.admin_token = env_str("STT_ADMIN_TOKEN", "-")
+        token_file = env_str("STT_ADMIN_TOKEN_FILE", "-")
+        if token_file != "-":
+            self.admin_token = Path(token_file).read_text().strip()
+        self.admin_token = "" if self.admin_token == "-" else self.admin_token
+        self.health_interval = env_float("STT_HEALTH_INTERVAL_S", 2.0, minimum=0.1)
+        self.connect_timeout = env_float("STT_CONNECT_TIMEOUT_S", 2.0, minimum=0.1)
+        self.upstream_timeout = env_float("STT_UPSTREAM_TIMEOUT_S", 300.0, minimum=1.0)
+        self.max_upload_bytes = env_int("STT_MAX_UPLOAD_BYTES", 50 * 1024 * 1024, minimum=1024)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    settings = Settings()
+    app.state.settings = settings
+    app.state.cpu = Backend("cpu", settings.cpu_url)
+    app.state.gpu = Backend("gpu", settings.gpu_url)
+    app.state.detector = Backend("detector", settings.detector_url)
+    timeout = httpx.Timeout(settings.upstream_timeout, connect=settings.connect_timeout)
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=30)
+    app.state.client = httpx.AsyncClient(timeout=timeout, limits=limits)
+    app.state.health = HealthChecker(
+        app.state.client, [app.state.cpu, app.state.gpu, app.state.detector], settings.health_interval
+    )
+    store: RoutingStore = make_store(settings.source, settings.mode)
+    app.state.routing = store
+    await store.start()
+    await app.state.health.check_all()
+    app.state.health.start()
+    _publish_mode(store.mode)
+    app.state.readiness.set_ready()
+    yield
+    await app.state.health.stop()
+    await store.stop()
+    await app.state.client.aclose()
+
+
+app = create_app("proxy", "Single entry point: routes speech to the CPU or GPU Whisper backend.", lifespan)
+
+
+def _publish_mode(mode: Mode) -> None:
+    for m in Mode:
+        metrics.MODE.labels(m.value).set(1 if m is mode else 0)
+
+
+async def _call(backend: Backend, path: str, request: Request, body: bytes, route: str) -> httpx.Response:
+    headers = {"content-type": request.headers.get("content-type", "application/octet-stream")}
+    start = time.perf_counter()
+    try:
+        response = await app.state.client.post(
+            f"{backend.url}{path}", content=body, headers=headers, params=request.query_params
+        )
+    finally:
+        metrics.UPSTREAM_SECONDS.labels(backend.name, route).observe(time.perf_counter() - start)
+    return response
+
+
+async def _route_and_call(request: Request, path: str, route_label: str) -> tuple[httpx.Response, Backend, str | None]:
+    settings: Settings = app.state.settings
+    body = await read_body(request, settings.max_upload_bytes)
+    mode = app.state.routing.mode
+    route: Route = choose(mode, app.state.cpu, app.state.gpu)
+    reason = route.fallback_reason
+    for index, backend in enumerate(route.order):
+        try:
+            response = await _call(backend, path, request, body, route_label)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
+            # Never reached the model (or the connection died before any answer): safe to retry elsewhere.
+            metrics.UPSTREAM_ERRORS.labels(backend.name, "connect").inc()
+            backend.mark(False, f"{type(exc).__name__} during a request")
+            if index + 1 < len(route.order):
+                reason = f"{backend.name} backend unreachable"
+            continue
+        except httpx.TimeoutException:
+            metrics.UPSTREAM_ERRORS.labels(backend.name, "timeout").inc()
+            raise ApiError(
+                504, "backend_timeout", f"the {backend.name} backend did not answer in time; retry or send less audio"
+            ) from None
+        metrics.ROUTED.labels(backend.name, mode.value).inc()
+        if backend.name == route.wanted:
+            return response, backend, None
+        reason = reason or f"{route.wanted} backend unavailable"
+        metrics.FALLBACKS.labels(reason).inc()
+        return response, backend, reason
+    raise ApiError(
+        503,
+        "no_backend",
+        "no transcription backend is reachable ("
+        + "; ".join(f"{b.name}: {b.last_error or 'not ready'}" for b in route.order)
+        + "); retry shortly",
+        headers={"Retry-After": "2"},
+    )
+
+
+def _served_headers(backend: Backend, reason: str | None) -> dict[str, str]:
+    headers = {"X-STT-Backend": backend.name}
+    if reason:
+        headers["X-STT-Fallback"] = reason
+    return headers
+
+
+@app.post("/transcribe", tags=["transcribe"], summary="Transcribe a chunk on the routed backend")
+async def transcribe(request: Request) -> Response:
+    """Same body and query as the backend's ``/transcribe-chunk``; adds ``backend`` to the answer."""
+    response, backend, reason = await _route_and_call(request, "/transcribe-chunk", "/transcribe")
+    headers = _served_headers(backend, reason)
+    if response.headers.get("content-type", "").startswith("application/json"):
+        payload = response.json()
+        if response.status_code == 200:
+            payload["backend"] = backend.name
+            if reason:
+                payload["fallback_reason"] = reason
+        return JSONResponse(payload, status_code=response.status_code, headers=headers)
+    return Response(response.content, response.status_code, headers, response.headers.get("content-type"))
+
+
+@app.post("/v1/audio/transcriptions", tags=["openai"], summary="OpenAI-compatible, on the routed backend")
+async def openai_transcriptions(request: Request) -> Response:
+    response, backend, reason = await _route_and_call(request, "/v1/audio/transcriptions", "/v1/audio/transcriptions")
+    return Response(
+        response.content, response.status_code, _served_headers(backend, reason), response.headers.get("content-type")
+    )
+
+
+@app.post("/detect", tags=["detect"], summary="Speech detection (passed to the detector service)")
+async def detect(request: Request) -> Response:
+    settings: Settings = app.state.settings
+    detector: Backend = app.state.detector
+    body = await read_body(request, settings.max_upload_bytes)
+    try:
+        response = await _call(detector, "/detect", request, body, "/detect")
+    except httpx.HTTPError as exc:
+        metrics.UPSTREAM_ERRORS.labels("detector", "connect").inc()
+        detector.mark(False, type(exc).__name__)
+        raise ApiError(503, "detector_unavailable", "the speech detector is unreachable; retry shortly") from None
+    return Response(response.content, response.status_code, media_type=response.headers.get("content-type"))
+
+
+def _status() -> dict:
+    mode: Mode = app.state.routing.mode
+    route = choose(mode, app.state.cpu, app.state.gpu)
+    return {
+        "mode": mode.value,
+        "source": app.state.routing.source,
+        "active_backend": route.order[0].name,
+        "fallback_reason": route.fallback_reason,
+        "backends": {"cpu": app.state.cpu.status(), "gpu": app.state.gpu.status()},
+        "detector": app.state.detector.status(),
+    }
+
+
+@app.get("/gpu-status", tags=["admin"], summary="Routing mode and backend health")
+async def gpu_status() -> dict:
+    return _status()
+
+
+def _check_admin(request: Request) -> None:
+    token: str = app.state.settings.admin_token
+    if not token:
+        metrics.ADMIN_ACTIONS.labels("gpu-toggle", "disabled").inc()
+        raise ApiError(503, "admin_disabled", "no admin token is configured (set STT_ADMIN_TOKEN); toggling is off")
+    header = request.headers.get("authorization", "")
+    if not header.lower().startswith("bearer ") or not header[7:].strip():
+        metrics.ADMIN_ACTIONS.labels("gpu-toggle", "unauthenticated").inc()
+        raise ApiError(
+            401,
+            "unauthenticated",
+            "send the admin token as 'Authorization: Bearer <token>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not secrets.compare_digest(header[7:].strip().encode(), token.encode()):
+        metrics.ADMIN_ACTIONS.labels("gpu-toggle", "forbidden").inc()
+        raise ApiError(403, "forbidden", "the admin token is wrong")
+
+
+@app.post("/gpu-toggle", tags=["admin"], summary="Set the routing mode (admin token required)")
+async def gpu_toggle(request: Request) -> dict:
+    """Body ``{"mode": "cpu"|"gpu"|"auto"}``; an empty body flips between cpu and gpu."""
+    _check_admin(request)
+    raw = await read_body(request, 4096)
+    store: RoutingStore = app.state.routing
+    if raw.strip():
+        try:
+            payload = json.loads(raw)
+            mode = Mode(payload["mode"])
+        except (ValueError, TypeError, KeyError):
+            metrics.ADMIN_ACTIONS.labels("gpu-toggle", "bad_request").inc()
+            raise ApiError(
+                400, "bad_mode", 'send JSON like {"mode": "gpu"} with mode cpu, gpu or auto, or an empty body to flip'
+            ) from None
+    else:
+        mode = Mode.CPU if store.mode in (Mode.GPU, Mode.AUTO) else Mode.GPU
+    try:
+        await store.set_mode(mode)
+    except ApiError:
+        metrics.ADMIN_ACTIONS.labels("gpu-toggle", "error").inc()
+        raise
+    _publish_mode(store.mode)
+    metrics.ADMIN_ACTIONS.labels("gpu-toggle", "ok").inc()
+    log.info("routing mode set to %s via /gpu-toggle (source %s)", mode.value, store.source)
+    return _status()

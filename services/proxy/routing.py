@@ -1,0 +1,66 @@
+"""Where the routing mode (cpu / gpu / auto) lives.
+
+The proxy never keeps the mode as its own truth when it runs in a cluster: there the
+``SttConfig`` resource is the source of truth, ``/gpu-toggle`` writes to it, and every proxy
+replica follows it (see :mod:`services.proxy.routing_k8s`). Outside a cluster the mode lives in
+this process (``local``). Both implement :class:`RoutingStore`.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Protocol
+
+
+class Mode(StrEnum):
+    CPU = "cpu"
+    GPU = "gpu"
+    AUTO = "auto"
+
+
+class RoutingStore(Protocol):
+    source: str
+
+    @property
+    def mode(self) -> Mode: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def set_mode(self, mode: Mode) -> Mode:
+        """Change the mode at its source of truth; returns the mode now in force."""
+        ...
+
+
+class LocalRoutingStore:
+    """Mode kept in this process; for the local stack and tests."""
+
+    source = "local"
+
+    def __init__(self, initial: Mode):
+        self._mode = initial
+
+    @property
+    def mode(self) -> Mode:
+        return self._mode
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def set_mode(self, mode: Mode) -> Mode:
+        self._mode = mode
+        return mode
+
+
+def make_store(source: str, initial: Mode) -> RoutingStore:
+    if source == "local":
+        return LocalRoutingStore(initial)
+    if source == "kubernetes":
+        from services.proxy.routing_k8s import KubernetesRoutingStore
+
+        return KubernetesRoutingStore(initial)
+    raise ValueError(f"STT_ROUTING_SOURCE={source!r}: use local or kubernetes")

@@ -1,0 +1,112 @@
+"""tiny: the speech detector (``POST /detect``).
+
+Cheap and fast by design: the client asks it about every chunk so that only chunks with
+speech reach the expensive transcriber. Settings (environment):
+
+- ``STT_DETECTOR`` (``silero``): detector used when the request names none.
+- ``STT_DETECTORS`` (``silero,whisper-tiny``): detectors to load at start-up.
+- ``STT_TINY_MODEL`` (``tiny.en``): model for ``whisper-tiny`` (known name, directory or hub name).
+- ``STT_VAD_THRESHOLD`` (0.5), ``STT_VAD_MIN_SPEECH_MS`` (250): Silero decision settings.
+- ``STT_MAX_CHUNK_SECONDS`` (30), ``STT_MAX_UPLOAD_BYTES`` (52428800): input limits.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI, Query, Request
+
+from services.common.app import create_app
+from services.common.audio import AudioLimits, decode_audio
+from services.common.errors import ApiError
+from services.common.metrics import MODEL_LOAD_SECONDS
+from services.common.models import resolve_model
+from services.common.settings import env_float, env_int, env_str
+from services.common.upload import read_upload
+from services.tiny.detectors import Detector, SileroDetector, WhisperTinyDetector, timed
+from services.tiny.metrics import AUDIO_SECONDS, DECISIONS, DETECT_SECONDS
+
+log = logging.getLogger("stt.tiny")
+DETECTOR_NAMES = ("silero", "whisper-tiny")
+
+
+class Settings:
+    def __init__(self) -> None:
+        self.default_detector = env_str("STT_DETECTOR", "silero")
+        self.enabled = [d.strip() for d in env_str("STT_DETECTORS", "silero,whisper-tiny").split(",") if d.strip()]
+        unknown = [d for d in [*self.enabled, self.default_detector] if d not in DETECTOR_NAMES]
+        if unknown:
+            raise ValueError(f"unknown detector(s) {unknown}; choose from {DETECTOR_NAMES}")
+        if self.default_detector not in self.enabled:
+            self.enabled.append(self.default_detector)
+        self.tiny_model = env_str("STT_TINY_MODEL", "tiny.en")
+        self.vad_threshold = env_float("STT_VAD_THRESHOLD", 0.5, minimum=0.0)
+        self.vad_min_speech_ms = env_int("STT_VAD_MIN_SPEECH_MS", 250, minimum=0)
+        self.limits = AudioLimits(max_seconds=env_float("STT_MAX_CHUNK_SECONDS", 30.0, minimum=1.0))
+        self.max_upload_bytes = env_int("STT_MAX_UPLOAD_BYTES", 50 * 1024 * 1024, minimum=1024)
+
+
+def load_detector(name: str, settings: Settings) -> Detector:
+    start = time.perf_counter()
+    if name == "silero":
+        detector: Detector = SileroDetector(threshold=settings.vad_threshold, min_speech_ms=settings.vad_min_speech_ms)
+    else:
+        detector = WhisperTinyDetector(resolve_model(settings.tiny_model))
+    MODEL_LOAD_SECONDS.labels("tiny", name).set(time.perf_counter() - start)
+    log.info("loaded detector %s in %.2f s", name, time.perf_counter() - start)
+    return detector
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    settings = Settings()
+    app.state.settings = settings
+    app.state.detectors = {}
+    app.state.limiters = {}
+    for name in settings.enabled:
+        app.state.readiness.set_not_ready(f"loading detector {name}")
+        app.state.detectors[name] = await anyio.to_thread.run_sync(load_detector, name, settings)
+        # Whisper decodes one chunk at a time per model; Silero runs are independent.
+        app.state.limiters[name] = anyio.CapacityLimiter(1 if name == "whisper-tiny" else 2)
+    app.state.readiness.set_ready()
+    yield
+
+
+app = create_app("tiny", "Speech detection: does this audio chunk hold speech?", lifespan)
+
+
+@app.post("/detect", tags=["detect"], summary="Does this chunk hold speech? Where?")
+async def detect(
+    request: Request,
+    detector: str | None = Query(None, description="silero (default) or whisper-tiny"),
+) -> dict:
+    """Body: audio bytes (Content-Type names the format) or multipart field ``file``."""
+    settings: Settings = app.state.settings
+    name = detector or settings.default_detector
+    if name not in app.state.detectors:
+        raise ApiError(
+            400,
+            "unknown_detector",
+            f"detector {name!r} is not loaded here; loaded: {', '.join(app.state.detectors)}",
+        )
+    upload = await read_upload(request, settings.max_upload_bytes)
+    try:
+        samples = await anyio.to_thread.run_sync(decode_audio, upload.data, upload.content_type, settings.limits)
+    except ApiError:
+        DECISIONS.labels(name, "error").inc()
+        raise
+    result, elapsed_ms = await anyio.to_thread.run_sync(
+        timed, app.state.detectors[name], samples, limiter=app.state.limiters[name]
+    )
+    DETECT_SECONDS.labels(name).observe(elapsed_ms / 1000)
+    AUDIO_SECONDS.labels(name).inc(samples.size / 16000)
+    DECISIONS.labels(name, "speech" if result.speech else "no_speech").inc()
+    return {
+        **result.as_dict(),
+        "detector": name,
+        "duration_s": round(samples.size / 16000, 3),
+        "processing_ms": round(elapsed_ms, 2),
+    }
