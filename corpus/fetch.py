@@ -107,9 +107,11 @@ def _prompt_texts(tree: Path) -> dict[str, str]:
     return texts
 
 
-def _is_clean_sentence(text: str) -> bool:
-    """Multi-word prompts without stage directions ("[beep]") or trailing ellipses."""
-    return "[" not in text and "..." not in text and len(text.split()) >= 3
+def _is_clean_sentence(name: str, text: str) -> bool:
+    """Multi-word prompts without stage directions ("[beep]"), notes or trailing ellipses."""
+    if name.startswith("silence/") or any(mark in text for mark in ("[", "(", "...")):
+        return False
+    return len(text.split()) >= 3
 
 
 def fetch() -> Path:
@@ -123,7 +125,7 @@ def fetch() -> Path:
     texts = _prompt_texts(tree)
     for name in sorted(texts):
         src = tree / ALLISON / f"{name}.g722"
-        if src.is_file() and _is_clean_sentence(texts[name]):
+        if src.is_file() and _is_clean_sentence(name, texts[name]):
             out = root / "speech" / f"asterisk-{name}.wav"
             write_wav(out, _decode(src, fmt="g722", rate=SAMPLE_RATE))
             clips.append({"name": f"asterisk-{name}", "path": str(out), "text": texts[name], "kind": "speech"})

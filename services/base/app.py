@@ -29,7 +29,7 @@ from services.base import metrics
 from services.base.batcher import Batcher
 from services.base.transcriber import BatchTranscriber, DeviceInfo, Result, load_model
 from services.base.transcriber import Request as Chunk
-from services.common.app import create_app
+from services.common.app import create_app, load_in_background, require_ready
 from services.common.audio import SAMPLE_RATE, AudioLimits, decode_audio
 from services.common.errors import ApiError
 from services.common.metrics import MODEL_LOAD_SECONDS
@@ -105,19 +105,27 @@ class Engine:
 async def lifespan(app: FastAPI):
     settings = Settings()
     app.state.settings = settings
-    app.state.readiness.set_not_ready(f"loading model {settings.model}")
-    engine = await anyio.to_thread.run_sync(Engine, settings)
-    info = engine.device
-    metrics.DEVICE_INFO.labels(info.requested, info.device, info.compute_type, settings.model).set(1)
-    metrics.CUDA_FALLBACK.set(1 if info.fallback_reason else 0)
-    MODEL_LOAD_SECONDS.labels("base", settings.model).set(engine.load_seconds)
-    log.info("model %s ready on %s/%s in %.2f s", settings.model, info.device, info.compute_type, engine.load_seconds)
-    engine.batcher.start()
-    app.state.engine = engine
-    app.state.readiness.set_ready()
+    app.state.engine = None
+
+    async def load() -> None:
+        app.state.readiness.set_not_ready(f"loading model {settings.model}")
+        engine = await anyio.to_thread.run_sync(Engine, settings)
+        info = engine.device
+        metrics.DEVICE_INFO.labels(info.requested, info.device, info.compute_type, settings.model).set(1)
+        metrics.CUDA_FALLBACK.set(1 if info.fallback_reason else 0)
+        MODEL_LOAD_SECONDS.labels("base", settings.model).set(engine.load_seconds)
+        log.info(
+            "model %s ready on %s/%s in %.2f s", settings.model, info.device, info.compute_type, engine.load_seconds
+        )
+        engine.batcher.start()
+        app.state.engine = engine
+
+    loading = load_in_background(app, load)
     yield
+    loading.cancel()
     app.state.readiness.set_not_ready("shutting down")
-    await engine.batcher.stop()
+    if app.state.engine:
+        await app.state.engine.batcher.stop()
 
 
 app = create_app("base", "Whisper transcription of audio chunks and whole files (faster-whisper).", lifespan)
@@ -148,6 +156,7 @@ async def transcribe_chunk(
 ) -> dict:
     """Body: audio bytes (Content-Type names the format) or multipart field ``file``."""
     settings: Settings = app.state.settings
+    require_ready(app)
     engine: Engine = app.state.engine
     lang = check_language(language)
     upload = await read_upload(request, settings.max_upload_bytes)
@@ -189,6 +198,7 @@ async def openai_transcriptions(request: Request):
     """Multipart: ``file``, ``model`` (ignored; this server's model answers), ``language``,
     ``prompt``, ``response_format`` (json, text, srt, vtt, verbose_json), ``timestamp_granularities[]``."""
     settings: Settings = app.state.settings
+    require_ready(app)
     engine: Engine = app.state.engine
     upload = await read_upload(request, settings.max_upload_bytes)
     if upload.fields is None:

@@ -7,7 +7,9 @@ so Kubernetes routes no traffic to a pod still loading) and ``/metrics``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
 from fastapi import FastAPI
@@ -16,6 +18,8 @@ from fastapi.responses import JSONResponse
 from services.common.errors import error_body, install_error_handlers
 from services.common.logs import configure_logging
 from services.common.metrics import READY, VERSION, HttpMetricsMiddleware, metrics_response
+
+log = logging.getLogger(__name__)
 
 
 class Readiness:
@@ -37,6 +41,38 @@ class Readiness:
     def set_not_ready(self, reason: str) -> None:
         self.reason = reason
         READY.labels(self.service).set(0)
+
+
+def load_in_background(app: FastAPI, load: Callable[[], Awaitable[None]]) -> asyncio.Task:
+    """Start loading models after the server is listening, so ``/readyz`` can answer 503 while
+    they load (a load that ran inside start-up would leave the port closed instead). A failed
+    load keeps the service unready with the reason, rather than crash-looping the pod."""
+    readiness: Readiness = app.state.readiness
+
+    async def run() -> None:
+        try:
+            await load()
+        except Exception as exc:
+            log.exception("loading failed")
+            readiness.set_not_ready(f"loading failed: {exc}")
+            return
+        readiness.set_ready()
+
+    return asyncio.create_task(run(), name="load-models")
+
+
+def require_ready(app: FastAPI) -> None:
+    """Answer 503 (with the reason) to work that arrives before the models are loaded."""
+    from services.common.errors import ApiError
+
+    readiness: Readiness = app.state.readiness
+    if not readiness.ready:
+        raise ApiError(
+            503,
+            "not_ready",
+            f"the service is not ready yet ({readiness.reason}); retry shortly",
+            headers={"Retry-After": "1"},
+        )
 
 
 def create_app(

@@ -121,7 +121,9 @@ def _decode_container(data: bytes, limits: AudioLimits) -> np.ndarray:
         if not container.streams.audio:
             raise AudioError(415, "not_audio", f"the file has no audio stream; send {ACCEPTED}")
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        # Keep the channels and average them ourselves: FFmpeg's stereo->mono downmix adds the
+        # channels at 1/sqrt(2) each, which makes loud stereo clip.
+        resampler = av.AudioResampler(format="fltp", rate=SAMPLE_RATE)
         # Stop decoding past the limit: a tiny compressed file can expand to hours of samples.
         budget = int(limits.max_seconds * SAMPLE_RATE) + SAMPLE_RATE
         pieces: list[np.ndarray] = []
@@ -129,13 +131,13 @@ def _decode_container(data: bytes, limits: AudioLimits) -> np.ndarray:
         try:
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):
-                    piece = out.to_ndarray().reshape(-1)
+                    piece = out.to_ndarray().mean(axis=0)
                     pieces.append(piece)
                     total += piece.size
                 if total > budget:
                     limits.check_duration(total / SAMPLE_RATE)
             for out in resampler.resample(None):
-                pieces.append(out.to_ndarray().reshape(-1))
+                pieces.append(out.to_ndarray().mean(axis=0))
         except av.FFmpegError as exc:
             if not pieces:
                 raise AudioError(

@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import FastAPI, Query, Request
 
-from services.common.app import create_app
+from services.common.app import create_app, load_in_background, require_ready
 from services.common.audio import AudioLimits, decode_audio
 from services.common.errors import ApiError
 from services.common.metrics import MODEL_LOAD_SECONDS
@@ -66,13 +66,17 @@ async def lifespan(app: FastAPI):
     app.state.settings = settings
     app.state.detectors = {}
     app.state.limiters = {}
-    for name in settings.enabled:
-        app.state.readiness.set_not_ready(f"loading detector {name}")
-        app.state.detectors[name] = await anyio.to_thread.run_sync(load_detector, name, settings)
-        # Whisper decodes one chunk at a time per model; Silero runs are independent.
-        app.state.limiters[name] = anyio.CapacityLimiter(1 if name == "whisper-tiny" else 2)
-    app.state.readiness.set_ready()
+
+    async def load() -> None:
+        for name in settings.enabled:
+            app.state.readiness.set_not_ready(f"loading detector {name}")
+            # Whisper decodes one chunk at a time per model; Silero runs are independent.
+            app.state.limiters[name] = anyio.CapacityLimiter(1 if name == "whisper-tiny" else 2)
+            app.state.detectors[name] = await anyio.to_thread.run_sync(load_detector, name, settings)
+
+    loading = load_in_background(app, load)
     yield
+    loading.cancel()
 
 
 app = create_app("tiny", "Speech detection: does this audio chunk hold speech?", lifespan)
@@ -85,6 +89,7 @@ async def detect(
 ) -> dict:
     """Body: audio bytes (Content-Type names the format) or multipart field ``file``."""
     settings: Settings = app.state.settings
+    require_ready(app)
     name = detector or settings.default_detector
     if name not in app.state.detectors:
         raise ApiError(

@@ -93,7 +93,10 @@ def speech_regions(
         regions.append([start, silent_since if silent_since is not None else len(probs)])
     out = []
     for begin, end in regions:
-        if (end - begin) * frame_ms >= min_speech_ms:
+        # Count only confident frames: hysteresis stretches a 150 ms chime to half a second,
+        # while even a one-word utterance has well over 250 ms of frames above the threshold.
+        confident = int(np.count_nonzero(probs[begin:end] >= threshold))
+        if confident * frame_ms >= min_speech_ms:
             out.append({"start_ms": max(0, int(begin * frame_ms - pad_ms)), "end_ms": int(end * frame_ms + pad_ms)})
     return out
 

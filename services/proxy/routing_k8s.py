@@ -1,0 +1,260 @@
+"""Routing mode kept in the ``SttConfig`` resource: the cluster, not proxy memory, is the truth.
+
+Every proxy replica watches the same SttConfig (``STT_STTCONFIG_NAME`` in ``POD_NAMESPACE``)
+and routes by its ``spec.routing``; ``/gpu-toggle`` PATCHes that field. So ``kubectl edit
+sttconfig`` and ``/gpu-toggle`` are the same write, every replica follows it within the watch
+latency (well under a second), nothing restarts, and a restarted proxy reads the mode back from
+the resource. When the API cannot be reached the proxy keeps serving with the last mode it saw,
+logs it loudly and keeps re-listing (with back-off); a toggle then fails with 503 rather than
+changing one replica only.
+
+Settings: ``STT_STTCONFIG_NAME`` (``stt``), ``POD_NAMESPACE`` (the ServiceAccount's namespace),
+``STT_ROUTING_WATCH_TIMEOUT_S`` (300: server-side watch length before a routine re-watch).
+Credentials: the pod's ServiceAccount (token re-read on every request, as bound tokens rotate),
+or the kubeconfig (``KUBECONFIG``) when the proxy runs outside a cluster. The ServiceAccount
+needs only get/list/watch/patch on this one ``sttconfigs`` object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from services.common.errors import ApiError
+from services.proxy import metrics
+from services.proxy.routing import Mode
+
+log = logging.getLogger("stt.proxy.routing")
+
+GROUP, VERSION, PLURAL = "stt.platform.io", "v1alpha1", "sttconfigs"
+SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+@dataclass
+class ApiAccess:
+    """Where the API server is and how to authenticate to it."""
+
+    server: str
+    verify: ssl.SSLContext | bool
+    token_file: Path | None = None
+    token: str | None = None
+    cert: tuple[str, str] | None = None
+
+    def headers(self) -> dict[str, str]:
+        token = self.token_file.read_text().strip() if self.token_file else self.token
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    @classmethod
+    def discover(cls) -> ApiAccess:
+        host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
+        if host and port and (SA_DIR / "token").is_file():
+            host = f"[{host}]" if ":" in host else host
+            return cls(f"https://{host}:{port}", ssl.create_default_context(cafile=str(SA_DIR / "ca.crt")), SA_DIR / "token")
+        return cls.from_kubeconfig()
+
+    @classmethod
+    def from_kubeconfig(cls) -> ApiAccess:
+        from kubernetes import client, config
+
+        cfg = client.Configuration()
+        config.load_kube_config(client_configuration=cfg)
+        verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.ssl_ca_cert else bool(cfg.verify_ssl)
+        )
+        bearer = cfg.api_key.get("authorization") or cfg.api_key.get("BearerToken") or ""
+        token = bearer.split(" ", 1)[1] if bearer.lower().startswith("bearer ") else bearer or None
+        cert = (cfg.cert_file, cfg.key_file) if cfg.cert_file and cfg.key_file else None
+        return cls(cfg.host.rstrip("/"), verify, token=token, cert=cert)
+
+
+def _default_namespace() -> str:
+    ns = os.environ.get("POD_NAMESPACE", "").strip()
+    if ns:
+        return ns
+    try:
+        return (SA_DIR / "namespace").read_text().strip()
+    except OSError:
+        return "default"
+
+
+class KubernetesRoutingStore:
+    """Same interface as :class:`services.proxy.routing.LocalRoutingStore`, backed by the SttConfig."""
+
+    source = "kubernetes"
+
+    def __init__(
+        self,
+        initial: Mode,
+        name: str | None = None,
+        namespace: str | None = None,
+        access: ApiAccess | None = None,
+        watch_timeout_s: int | None = None,
+    ):
+        self._mode = initial
+        self.name = name or os.environ.get("STT_STTCONFIG_NAME", "").strip() or "stt"
+        self.namespace = namespace or _default_namespace()
+        self._access = access
+        self.watch_timeout_s = watch_timeout_s or int(os.environ.get("STT_ROUTING_WATCH_TIMEOUT_S", "300"))
+        self._client: httpx.AsyncClient | None = None
+        self._task: asyncio.Task | None = None
+        self.synced = asyncio.Event()  # set once the mode was read from the resource
+        self.resource_version: str | None = None
+
+    @property
+    def mode(self) -> Mode:
+        return self._mode
+
+    @property
+    def collection_path(self) -> str:
+        return f"/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}/{PLURAL}"
+
+    def _set(self, obj: dict[str, Any], why: str) -> None:
+        raw = (obj.get("spec") or {}).get("routing", Mode.CPU.value)
+        try:
+            mode = Mode(raw)
+        except ValueError:
+            log.error("SttConfig %s/%s has spec.routing=%r; keeping %s", self.namespace, self.name, raw, self._mode)
+            return
+        self.resource_version = obj.get("metadata", {}).get("resourceVersion", self.resource_version)
+        if mode is not self._mode:
+            log.info("routing mode %s -> %s (%s, SttConfig %s/%s)", self._mode, mode, why, self.namespace, self.name)
+        self._mode = mode
+        for m in Mode:
+            metrics.MODE.labels(m.value).set(1 if m is mode else 0)
+        self.synced.set()
+
+    async def start(self) -> None:
+        if self._access is None:
+            self._access = ApiAccess.discover()
+        self._client = httpx.AsyncClient(
+            base_url=self._access.server,
+            verify=self._access.verify,
+            cert=self._access.cert,
+            timeout=httpx.Timeout(10.0, read=self.watch_timeout_s + 30.0),
+        )
+        self._task = asyncio.create_task(self._run(), name="sttconfig-watch")
+        # Serve with the resource's mode from the first request when the API answers quickly;
+        # otherwise start with the initial mode and let the watch catch up (never block start-up).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.synced.wait(), timeout=5.0)
+        if not self.synced.is_set():
+            log.error(
+                "could not read SttConfig %s/%s yet; routing with %s until the API answers",
+                self.namespace,
+                self.name,
+                self._mode,
+            )
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def _list(self) -> str:
+        """Read the object (a list filtered by name, so a missing object is not an error) -> resourceVersion."""
+        assert self._client is not None and self._access is not None
+        r = await self._client.get(
+            self.collection_path,
+            params={"fieldSelector": f"metadata.name={self.name}"},
+            headers=self._access.headers(),
+        )
+        r.raise_for_status()
+        body = r.json()
+        items = body.get("items") or []
+        if items:
+            self._set(items[0], "list")
+        else:
+            log.error("SttConfig %s/%s does not exist; routing with %s", self.namespace, self.name, self._mode)
+        return body["metadata"]["resourceVersion"]
+
+    async def _watch(self, resource_version: str) -> None:
+        assert self._client is not None and self._access is not None
+        params = {
+            "fieldSelector": f"metadata.name={self.name}",
+            "watch": "1",
+            "resourceVersion": resource_version,
+            "timeoutSeconds": str(self.watch_timeout_s),
+            "allowWatchBookmarks": "true",
+        }
+        async with self._client.stream("GET", self.collection_path, params=params, headers=self._access.headers()) as r:
+            r.raise_for_status()
+            async for line in r.aiter_lines():
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                kind, obj = event.get("type"), event.get("object") or {}
+                if kind in ("ADDED", "MODIFIED"):
+                    self._set(obj, "watch")
+                elif kind == "DELETED":
+                    log.error("SttConfig %s/%s was deleted; keeping routing %s", self.namespace, self.name, self._mode)
+                elif kind == "ERROR":
+                    # 410 Gone: our resourceVersion is too old; re-list (the caller does).
+                    raise RuntimeError(f"watch error: {obj.get('code')} {obj.get('message')}")
+
+    async def _run(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                rv = await self._list()
+                backoff = 0.5
+                await self._watch(rv)  # returns at the server-side timeout: re-list and re-watch
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error(
+                    "watching SttConfig %s/%s failed (%s: %s); keeping routing %s, retrying in %.1fs",
+                    self.namespace,
+                    self.name,
+                    type(exc).__name__,
+                    exc,
+                    self._mode,
+                    backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    async def set_mode(self, mode: Mode) -> Mode:
+        """PATCH ``spec.routing``: exactly what ``kubectl edit sttconfig`` does."""
+        if self._client is None or self._access is None:
+            raise ApiError(503, "routing_store_unavailable", "the routing store has not started yet; retry shortly")
+        url = f"{self.collection_path}/{self.name}"
+        try:
+            r = await self._client.patch(
+                url,
+                content=json.dumps({"spec": {"routing": mode.value}}),
+                headers={**self._access.headers(), "Content-Type": "application/merge-patch+json"},
+                timeout=10.0,
+            )
+        except httpx.HTTPError as exc:
+            raise ApiError(
+                503,
+                "routing_store_unavailable",
+                f"the Kubernetes API did not answer ({type(exc).__name__}); routing unchanged, retry shortly",
+                headers={"Retry-After": "2"},
+            ) from None
+        if r.status_code == 404:
+            raise ApiError(
+                503,
+                "routing_store_unavailable",
+                f"SttConfig {self.namespace}/{self.name} does not exist; create it (helm upgrade) and retry",
+            )
+        if r.status_code >= 300:
+            raise ApiError(
+                503,
+                "routing_store_unavailable",
+                f"the Kubernetes API refused the change (HTTP {r.status_code}: {r.text[:200]}); routing unchanged",
+            )
+        self._set(r.json(), "gpu-toggle")
+        return self._mode

@@ -1,0 +1,128 @@
+"""Fast unit tests: routing choice, dynamic batching, model verification, detector regions."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from services.base.batcher import Batcher
+from services.base.transcriber import Request, Result
+from services.common.errors import ApiError
+from services.common.models import KNOWN_MODELS, ModelError, verify
+from services.proxy.backends import Backend, choose
+from services.proxy.routing import Mode
+from services.tiny.detectors import speech_regions
+
+
+def backends(cpu_ready: bool, gpu_ready: bool, gpu_configured: bool = True) -> tuple[Backend, Backend]:
+    cpu = Backend("cpu", "http://cpu", ready=cpu_ready)
+    gpu = Backend("gpu", "http://gpu" if gpu_configured else None, ready=gpu_ready)
+    return cpu, gpu
+
+
+@pytest.mark.parametrize(
+    ("mode", "cpu_ready", "gpu_ready", "first", "reason"),
+    [
+        (Mode.CPU, True, True, "cpu", None),
+        (Mode.CPU, False, True, "gpu", "cpu backend not ready"),
+        (Mode.GPU, True, True, "gpu", None),
+        (Mode.GPU, True, False, "cpu", "gpu backend not ready"),
+        (Mode.AUTO, True, True, "gpu", None),
+        (Mode.AUTO, True, False, "cpu", None),  # no GPU in auto mode is the plan, not a fallback
+    ],
+)
+def test_choose_routes_by_mode_and_health(mode, cpu_ready, gpu_ready, first, reason) -> None:
+    route = choose(mode, *backends(cpu_ready, gpu_ready))
+    assert route.order[0].name == first
+    assert route.fallback_reason == reason
+    assert {b.name for b in route.order} == {"cpu", "gpu"}  # the other side stays as a retry target
+
+
+def test_choose_without_gpu_configured() -> None:
+    route = choose(Mode.GPU, *backends(True, False, gpu_configured=False))
+    assert [b.name for b in route.order] == ["cpu"]
+    assert route.fallback_reason == "gpu backend not configured"
+
+
+def fake_results(batch: list[Request]) -> list[Result]:
+    time.sleep(0.05)
+    return [Result(text=f"{r.prompt}", language=r.language or "en", language_probability=1, duration_s=1) for r in batch]
+
+
+async def test_batcher_groups_concurrent_requests_and_keeps_order() -> None:
+    batcher = Batcher(fake_results, max_batch=4, window_ms=30)
+    batcher.start()
+    try:
+        answers = await asyncio.gather(
+            *(batcher.submit(Request(np.zeros(160, np.float32), "en", prompt=str(i))) for i in range(6))
+        )
+    finally:
+        await batcher.stop()
+    assert [a[0].text for a in answers] == [str(i) for i in range(6)]
+    assert sorted({a[1] for a in answers}) == [2, 4]  # one full batch, then the rest
+
+
+async def test_batcher_never_mixes_languages() -> None:
+    seen: list[set] = []
+
+    def run(batch: list[Request]) -> list[Result]:
+        seen.append({r.language for r in batch})
+        return fake_results(batch)
+
+    batcher = Batcher(run, max_batch=8, window_ms=30)
+    batcher.start()
+    try:
+        await asyncio.gather(
+            *(batcher.submit(Request(np.zeros(160, np.float32), lang)) for lang in ["en", "de", "en", "de", None])
+        )
+    finally:
+        await batcher.stop()
+    assert all(len(langs) == 1 for langs in seen)
+    assert len(seen) == 3
+
+
+async def test_batcher_refuses_past_queue_limit_and_survives_failures() -> None:
+    calls = {"n": 0}
+
+    def flaky(batch: list[Request]) -> list[Result]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("model exploded")
+        return fake_results(batch)
+
+    batcher = Batcher(flaky, max_batch=1, window_ms=0, max_queue=2)
+    batcher.start()
+    try:
+        tasks = [asyncio.create_task(batcher.submit(Request(np.zeros(160, np.float32)))) for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(ApiError) as err:
+            await batcher.submit(Request(np.zeros(160, np.float32)))
+        assert err.value.status == 429
+        first, second = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(first, RuntimeError)  # the failed batch reports its error...
+        assert isinstance(second, tuple)  # ...and the loop goes on serving the next one
+    finally:
+        await batcher.stop()
+
+
+def test_verify_refuses_a_tampered_model(tmp_path) -> None:
+    for name in ("model.bin", "config.json", "tokenizer.json"):
+        (tmp_path / name).write_bytes(b"not the real weights")
+    with pytest.raises(ModelError, match="sha256"):
+        verify("base", tmp_path)
+    (tmp_path / "tokenizer.json").unlink()
+    with pytest.raises(ModelError, match="lacks tokenizer.json"):
+        verify("base", tmp_path)
+    assert set(KNOWN_MODELS) >= {"base", "tiny.en"}
+
+
+def test_speech_regions_need_minimum_duration() -> None:
+    frame_ms = 32
+    probs = np.zeros(100)
+    probs[10:13] = 0.9  # ~96 ms: a click
+    probs[40:60] = 0.9  # 640 ms: a word
+    regions = speech_regions(probs, 0.5, min_speech_ms=250, min_silence_ms=100, pad_ms=0)
+    assert regions == [{"start_ms": 40 * frame_ms, "end_ms": 60 * frame_ms}]
