@@ -30,10 +30,8 @@ def wav(samples: np.ndarray, rate: int, channels: int = 1, bits: int = 16) -> by
     else:
         data, fmt = interleaved.astype("<f4").tobytes(), 3
     block = channels * bits // 8
-    header = struct.pack(
-        "<4sI4s4sIHHIIHH4sI",
-        b"RIFF", 36 + len(data), b"WAVE", b"fmt ", 16, fmt, channels, rate, rate * block, block, bits, b"data", len(data),
-    )  # fmt: skip
+    fmt_chunk = struct.pack("<4sIHHIIHH", b"fmt ", 16, fmt, channels, rate, rate * block, block, bits)
+    header = struct.pack("<4sI4s", b"RIFF", 36 + len(data), b"WAVE") + fmt_chunk + struct.pack("<4sI", b"data", len(data))
     return header + data
 
 

@@ -49,7 +49,7 @@ def test_choose_without_gpu_configured() -> None:
 
 def fake_results(batch: list[Request]) -> list[Result]:
     time.sleep(0.05)
-    return [Result(text=f"{r.prompt}", language=r.language or "en", language_probability=1, duration_s=1) for r in batch]
+    return [Result(f"{r.prompt}", r.language or "en", 1.0, 1.0) for r in batch]
 
 
 async def test_batcher_groups_concurrent_requests_and_keeps_order() -> None:
@@ -114,7 +114,7 @@ def test_verify_refuses_a_tampered_model(tmp_path) -> None:
     with pytest.raises(ModelError, match="sha256"):
         verify("base", tmp_path)
     (tmp_path / "tokenizer.json").unlink()
-    with pytest.raises(ModelError, match="lacks tokenizer.json"):
+    with pytest.raises(ModelError, match=r"lacks tokenizer\.json"):
         verify("base", tmp_path)
     assert set(KNOWN_MODELS) >= {"base", "tiny.en"}
 
