@@ -31,8 +31,8 @@ def wav(samples: np.ndarray, rate: int, channels: int = 1, bits: int = 16) -> by
         data, fmt = interleaved.astype("<f4").tobytes(), 3
     block = channels * bits // 8
     fmt_chunk = struct.pack("<4sIHHIIHH", b"fmt ", 16, fmt, channels, rate, rate * block, block, bits)
-    header = struct.pack("<4sI4s", b"RIFF", 36 + len(data), b"WAVE") + fmt_chunk + struct.pack("<4sI", b"data", len(data))
-    return header + data
+    riff = struct.pack("<4sI4s", b"RIFF", 36 + len(data), b"WAVE")
+    return riff + fmt_chunk + struct.pack("<4sI", b"data", len(data)) + data
 
 
 def encode(samples: np.ndarray, container: str, codec: str, rate: int = 48_000) -> bytes:
