@@ -102,8 +102,19 @@ def compression_ratio(text: str) -> float:
 class BatchTranscriber:
     """Runs :class:`Request` batches through one WhisperModel. Not thread-safe: one caller at a time."""
 
-    def __init__(self, model: WhisperModel, no_speech_threshold: float = 0.6, logprob_threshold: float = -1.0):
+    def __init__(
+        self,
+        model: WhisperModel,
+        encoder_pad_seconds: float | None = 10.0,
+        no_speech_threshold: float = 0.6,
+        logprob_threshold: float = -1.0,
+    ):
+        """``encoder_pad_seconds``: encode only the audio plus this much silence instead of the
+        full 30 s window (``None``: always 30 s). The encoder's cost grows with its window, so
+        a 3 s chunk with 10 s of padding costs ~40 % of a full window; with less than ~8 s of
+        padding Whisper starts to loop and mis-time (measured in docs/performance.md)."""
         self.model = model
+        self.encoder_pad_seconds = encoder_pad_seconds
         self.no_speech_threshold = no_speech_threshold
         self.logprob_threshold = logprob_threshold
         self.multilingual = model.model.is_multilingual
@@ -117,13 +128,20 @@ class BatchTranscriber:
             language=language if self.multilingual else "en",
         )
 
-    def features(self, samples: np.ndarray) -> np.ndarray:
-        feats = self.model.feature_extractor(samples)[..., :-1]
-        frames = feats.shape[-1]
-        want = int(WINDOW_SECONDS * self.model.frames_per_second)
-        if frames < want:
-            feats = np.pad(feats, ((0, 0), (0, want - frames)))
-        return feats[..., :want]
+    def window_frames(self, longest: int) -> int:
+        """Encoder input length for a batch whose longest item has ``longest`` feature frames."""
+        fps = self.model.frames_per_second
+        full = int(WINDOW_SECONDS * fps)
+        if self.encoder_pad_seconds is None:
+            return full
+        wanted = longest + int(self.encoder_pad_seconds * fps)
+        return min(full, -(-wanted // fps) * fps)  # whole seconds, so batches reuse few shapes
+
+    @staticmethod
+    def _fit(features: np.ndarray, frames: int) -> np.ndarray:
+        if features.shape[-1] < frames:
+            features = np.pad(features, ((0, 0), (0, frames - features.shape[-1])))
+        return features[..., :frames]
 
     def transcribe(self, batch: list[Request]) -> list[Result]:
         if not batch:
@@ -132,7 +150,9 @@ class BatchTranscriber:
         word_timestamps = batch[0].word_timestamps
         if any(r.group_key != batch[0].group_key for r in batch):
             raise ValueError("a batch must share language and word_timestamps")
-        features = np.stack([self.features(r.samples) for r in batch])
+        raw = [self.model.feature_extractor(r.samples)[..., :-1] for r in batch]
+        window = self.window_frames(max(f.shape[-1] for f in raw))
+        features = np.ascontiguousarray(np.stack([self._fit(f, window) for f in raw]))
         encoder_output = self.model.encode(features)
 
         languages: list[tuple[str, float]]
@@ -192,6 +212,8 @@ class BatchTranscriber:
 
         if word_timestamps:
             self._add_words(per_item, tokenizers[0], encoder_output, frame_counts)
+            for req, segments in zip(batch, per_item, strict=True):
+                self._drop_words_past_the_end(segments, req.samples.size / SAMPLE_RATE)
 
         out = []
         for req, (lang, prob), segments in zip(batch, languages, per_item, strict=True):
@@ -209,6 +231,22 @@ class BatchTranscriber:
                 )
             )
         return out
+
+    @staticmethod
+    def _drop_words_past_the_end(segments: list[dict], duration: float) -> None:
+        """Words timed after the audio ends were invented (Whisper repeating itself into the
+        padding); drop them and rebuild the segment text from the words that remain."""
+        kept = []
+        for seg in segments:
+            words = [w for w in seg.get("words", []) if w["start"] < duration - 0.02]
+            if len(words) != len(seg.get("words", [])):
+                if not words:
+                    continue
+                seg["words"] = words
+                seg["text"] = "".join(w["word"] for w in words)
+                seg["end"] = min(seg["end"], words[-1]["end"])
+            kept.append(seg)
+        segments[:] = kept
 
     def _add_words(
         self, per_item: list[list[dict]], tokenizer: Tokenizer, encoder_output, frame_counts: list[int]

@@ -58,7 +58,8 @@ class ApiAccess:
         host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
         if host and port and (SA_DIR / "token").is_file():
             host = f"[{host}]" if ":" in host else host
-            return cls(f"https://{host}:{port}", ssl.create_default_context(cafile=str(SA_DIR / "ca.crt")), SA_DIR / "token")
+            ca = ssl.create_default_context(cafile=str(SA_DIR / "ca.crt"))
+            return cls(f"https://{host}:{port}", ca, SA_DIR / "token")
         return cls.from_kubeconfig()
 
     @classmethod
