@@ -14,3 +14,13 @@ UPSTREAM_SECONDS = Histogram(
 UPSTREAM_ERRORS = Counter("stt_proxy_upstream_errors_total", "Backend calls that failed", ["backend", "kind"])
 ADMIN_ACTIONS = Counter("stt_proxy_admin_actions_total", "Admin actions by action and result", ["action", "result"])
 MODE = Gauge("stt_proxy_routing_mode", "1 for the routing mode in force", ["mode"])
+
+# Create the known series at 0 so that rate()/increase() also see the first event.
+for _backend in ("cpu", "gpu"):
+    for _mode in ("cpu", "gpu", "auto"):
+        ROUTED.labels(_backend, _mode)
+for _backend in ("cpu", "gpu", "detector"):
+    for _kind in ("connect", "timeout"):
+        UPSTREAM_ERRORS.labels(_backend, _kind)
+for _result in ("ok", "unauthenticated", "forbidden", "bad_request", "disabled", "error"):
+    ADMIN_ACTIONS.labels("gpu-toggle", _result)

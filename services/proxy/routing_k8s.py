@@ -206,11 +206,15 @@ class KubernetesRoutingStore:
 
     async def _run(self) -> None:
         backoff = 0.5
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 rv = await self._list()
                 backoff = 0.5
+                started = loop.time()
                 await self._watch(rv)  # returns at the server-side timeout: re-list and re-watch
+                if loop.time() - started < 1.0:  # a server that closes watches at once: no busy loop
+                    await asyncio.sleep(1.0)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

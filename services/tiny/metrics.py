@@ -12,3 +12,8 @@ DETECT_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 AUDIO_SECONDS = Counter("stt_detector_audio_seconds_total", "Seconds of audio examined", ["detector"])
+
+# Create the known series at 0 so that rate()/increase() also see the first event.
+for _detector in ("silero", "whisper-tiny"):
+    for _outcome in ("speech", "no_speech", "error"):
+        DECISIONS.labels(_detector, _outcome)

@@ -1,0 +1,188 @@
+"""Static checks of the monitoring assets: promtool on the rules and their unit tests, the
+dashboard JSON against its generator and Grafana's expectations, and the PromQL splitter that
+the live check relies on. No services are started; promtool runs as a process (Debian package,
+installed when missing)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from monitoring import dashboard as dashboard_module
+from monitoring.local_prometheus import ensure_installed
+from monitoring.promql_check import (
+    ALERT,
+    dashboard_expressions,
+    identifiers,
+    is_literal,
+    rules_expressions,
+    signals,
+    substitute,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+FILES = ROOT / "charts" / "stt" / "files"
+DASHBOARD = FILES / "grafana-dashboard.json"
+RULES = FILES / "prometheus-rules.yml"
+RULES_TEST = FILES / "prometheus-rules.test.yml"
+
+
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    ensure_installed()
+    return "promtool"
+
+
+def test_promtool_check_rules(promtool: str) -> None:
+    result = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 11 rules found" in result.stdout
+
+
+def test_promtool_unit_tests_pass(promtool: str) -> None:
+    result = subprocess.run([promtool, "test", "rules", str(RULES_TEST)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_unit_tests_catch_a_wrong_threshold(promtool: str, tmp_path: Path) -> None:
+    """The unit tests bite: loosen one threshold (5% → 50%) and the error-ratio test must fail."""
+    mutated = RULES.read_text().replace("> 0.05", "> 0.5")
+    assert mutated != RULES.read_text()
+    (tmp_path / "prometheus-rules.yml").write_text(mutated)
+    (tmp_path / "prometheus-rules.test.yml").write_text(RULES_TEST.read_text())
+    result = subprocess.run(
+        [promtool, "test", "rules", str(tmp_path / "prometheus-rules.test.yml")], capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert "SttHighErrorRatio" in result.stdout + result.stderr
+
+
+def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
+    alerts = {e.source.removeprefix("rules alert ") for e in rules_expressions(RULES) if e.kind == ALERT}
+    fires: set[str] = set()
+    quiet: set[str] = set()
+    for case in yaml.safe_load(RULES_TEST.read_text())["tests"]:
+        for check in case.get("alert_rule_test", []):
+            (fires if check.get("exp_alerts") else quiet).add(check["alertname"])
+    assert alerts - fires == set(), "alerts without a test that makes them fire"
+    assert alerts - quiet == set(), "alerts without a test that keeps them quiet"
+    assert (fires | quiet) - alerts == set(), "tests for alerts that do not exist"
+
+
+def test_every_alert_has_severity_summary_and_description() -> None:
+    for group in yaml.safe_load(RULES.read_text())["groups"]:
+        for rule in group["rules"]:
+            assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
+            assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
+
+
+def test_dashboard_json_is_what_the_generator_writes() -> None:
+    assert DASHBOARD.read_text() == dashboard_module.render(), "run: python -m monitoring.dashboard --write"
+
+
+def _panels(dashboard: dict) -> list[dict]:
+    out = []
+    for panel in dashboard["panels"]:
+        out.append(panel)
+        out.extend(panel.get("panels", []))
+    return out
+
+
+def test_dashboard_uses_the_templated_datasource_everywhere() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    for panel in _panels(dashboard):
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "${datasource}", panel["title"]
+
+
+def test_dashboard_panels_have_unique_ids_and_do_not_overlap() -> None:
+    panels = _panels(json.loads(DASHBOARD.read_text()))
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids))
+    cells: set[tuple[int, int]] = set()
+    for panel in panels:
+        pos = panel["gridPos"]
+        assert pos["x"] + pos["w"] <= 24, panel["title"]
+        for x in range(pos["x"], pos["x"] + pos["w"]):
+            for y in range(pos["y"], pos["y"] + pos["h"]):
+                assert (x, y) not in cells, f"{panel['title']} overlaps another panel"
+                cells.add((x, y))
+
+
+def test_dashboard_covers_what_the_issue_asks_for() -> None:
+    exprs = " ".join(e.expr for e in dashboard_expressions(DASHBOARD))
+    for metric in (
+        "stt_http_requests_total",  # traffic, errors
+        "stt_proxy_upstream_duration_seconds_bucket",  # latency per backend
+        "stt_transcription_realtime_factor_bucket",  # RTF
+        "stt_proxy_routed_total",  # CPU vs GPU share
+        "stt_proxy_fallbacks_total",
+        "stt_detector_decisions_total",  # speech ratio
+        "stt_controller_gpu_replicas_desired",
+        "stt_controller_gpu_replicas_ready",
+        "stt_queue_depth",
+        "stt_batch_size_bucket",
+        "stt_ready",
+        "stt_device_info",
+        "stt_proxy_admin_actions_total",
+        "stt_client_lag_seconds",
+        "process_resident_memory_bytes",
+    ):
+        assert metric in exprs, metric
+
+
+# --- the PromQL helpers of monitoring/promql_check.py ---------------------------------------
+
+
+def test_substitute_grafana_variables() -> None:
+    expr = 'rate(x{namespace=~"$namespace", a="${namespace:regex}"}[$__rate_interval]) + y[[namespace]]'
+    assert substitute(expr, {"namespace": ".*"}) == 'rate(x{namespace=~".*", a=".*"}[1m]) + y.*'
+    assert substitute("$ns_x $ns", {"ns": "a", "ns_x": "b"}) == "b a"
+
+
+def test_signals_split_comparisons_and_keep_arithmetic() -> None:
+    tree = signals("sum(rate(a[5m])) / sum(rate(b[5m])) > 0.5")
+    assert tree.op == ">"
+    assert [c.expr for c in tree.children] == ["sum(rate(a[5m])) / sum(rate(b[5m]))", "0.5"]
+    assert signals("(a or b * 0) / b").op is None  # `or` inside parentheses is part of the signal
+
+
+def test_signals_split_and_with_modifiers_and_unwrap_parentheses() -> None:
+    tree = signals('(max(m{mode="gpu"}) == 1)\nand on()\n(max(r{backend="gpu"}) == 0)')
+    assert tree.op == "and"
+    left, right = tree.children
+    assert (left.op, [c.expr for c in left.children]) == ("==", ['max(m{mode="gpu"})', "1"])
+    assert (right.op, [c.expr for c in right.children]) == ("==", ['max(r{backend="gpu"})', "0"])
+
+
+def test_signals_ignore_operators_inside_strings_braces_and_names() -> None:
+    assert signals('x{route!~"/a|/b", code=~"5.."}').op is None
+    assert signals("sum by (handler) (stand_and_deliver)").op is None
+    tree = signals("a >= bool 3")
+    assert tree.op == ">=" and [c.expr for c in tree.children] == ["a", "3"]
+
+
+def test_literals_and_identifiers() -> None:
+    assert is_literal("0.05") and is_literal("(3)") and is_literal("-1e3")
+    assert not is_literal("vector(1)")
+    names = identifiers('sum(rate(stt_client_lag_seconds{job="stt_controller_x"}[5m]))')
+    assert "stt_client_lag_seconds" in names and "stt_controller_x" not in names
+
+
+def test_rules_and_dashboard_are_read_completely() -> None:
+    rules = rules_expressions(RULES)
+    assert len(rules) == 11 and all(r.kind == ALERT for r in rules)
+    graph = dashboard_expressions(DASHBOARD)
+    assert all("$" not in e.expr for e in graph), "unsubstituted template variable"
+    assert any(e.source.startswith("dashboard variable") for e in graph)
