@@ -92,12 +92,22 @@ def parse_result(body: dict, offset: float) -> ChunkResult:
 
 
 class SttApi:
-    """A thin async client for the proxy; one instance per pipeline, connections are pooled."""
+    """A thin async client for the proxy; one instance per pipeline, connections are pooled.
 
-    def __init__(self, url: str, timeout_s: float = 60.0, detect_timeout_s: float = 5.0) -> None:
+    The transcription timeout is long on purpose: a request that times out is still being
+    computed by the server, and re-sending it early only doubles the load that made it slow.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        timeout_s: float = 180.0,
+        detect_timeout_s: float = 5.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self.detect_timeout_s = detect_timeout_s
-        self._client = httpx.AsyncClient(base_url=self.url, timeout=timeout_s)
+        self._client = httpx.AsyncClient(base_url=self.url, timeout=timeout_s, transport=transport)
 
     async def aclose(self) -> None:
         await self._client.aclose()

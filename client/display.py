@@ -148,7 +148,8 @@ class Display:
             self._clear()
             s = self.stats
             self.stream.write(
-                f"-- done: {s.chunks_captured} chunks, {s.chunks_sent} transcribed, {s.chunks_nonspeech} without speech, "
-                f"{s.chunks_retried} retries, {s.chunks_dropped} dropped, {s.overruns} overruns\n"
+                f"-- done: {s.chunks_captured} chunks, {s.chunks_sent} transcribed, "
+                f"{s.chunks_nonspeech} without speech, {s.chunks_retried} retries, "
+                f"{s.chunks_dropped} dropped, {s.overruns} overruns\n"
             )
             self.stream.flush()

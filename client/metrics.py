@@ -33,12 +33,15 @@ class StatsCollector(Collector):
             family = CounterMetricFamily(name, doc)
             family.add_metric([], getattr(self.stats, attr))
             yield family
-        yield GaugeMetricFamily("stt_client_lag_seconds", "Seconds from capturing audio to having its words",
-                                value=self.stats.lag_s)
-        yield GaugeMetricFamily("stt_client_behind_seconds", "Seconds of captured audio not yet transcribed",
-                                value=self.stats.behind_s)
-        yield GaugeMetricFamily("stt_client_chunks_held", "Chunks waiting to be sent (memory and disk)",
-                                value=self.stats.chunks_held)
+        yield GaugeMetricFamily(
+            "stt_client_lag_seconds", "Seconds from capturing audio to having its words", value=self.stats.lag_s
+        )
+        yield GaugeMetricFamily(
+            "stt_client_behind_seconds", "Seconds of captured audio not yet transcribed", value=self.stats.behind_s
+        )
+        yield GaugeMetricFamily(
+            "stt_client_chunks_held", "Chunks waiting to be sent (memory and disk)", value=self.stats.chunks_held
+        )
 
 
 def serve(stats: Stats, port: int, addr: str = "127.0.0.1") -> CollectorRegistry:

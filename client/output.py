@@ -68,8 +68,12 @@ def render(words: list[Word], fmt: str) -> str:
                 "end": round(seg.end, 3),
                 "text": seg.text,
                 "words": [
-                    {"start": round(w.start, 3), "end": round(w.end, 3), "word": w.text.strip(),
-                     "probability": round(w.probability, 3)}
+                    {
+                        "start": round(w.start, 3),
+                        "end": round(w.end, 3),
+                        "word": w.text.strip(),
+                        "probability": round(w.probability, 3),
+                    }
                     for w in seg.words
                 ],
             }

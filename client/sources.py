@@ -9,6 +9,7 @@ timestamp.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import mimetypes
 import queue
 import sys
@@ -71,6 +72,7 @@ class CallbackCapture:
         self.overruns = 0
         self.duration_s: float | None = None
         self._offset = 0  # absolute sample offset of the next block the device delivers
+        self._expected = 0  # absolute sample offset the reader expects next
         self._stopped = False
 
     def callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
@@ -87,13 +89,10 @@ class CallbackCapture:
 
     def stop(self) -> None:
         self._stopped = True
-        try:
+        with contextlib.suppress(queue.Full):  # the reader notices _stopped on its next poll
             self.queue.put_nowait(None)
-        except queue.Full:
-            pass  # the reader notices _stopped on its next poll
 
     async def blocks(self) -> AsyncIterator[Block]:
-        expected = 0
         while True:
             try:
                 block = await asyncio.to_thread(self.queue.get, True, 0.2)
@@ -103,15 +102,15 @@ class CallbackCapture:
                 continue
             if block is None:
                 return
-            if block.offset > expected:  # lost blocks: keep the clock right with silence
-                yield Block(expected, np.zeros(block.offset - expected, dtype=np.float32))
+            if block.offset > self._expected:  # lost blocks: keep the clock right with silence
+                yield Block(self._expected, np.zeros(block.offset - self._expected, dtype=np.float32))
+            self._expected = block.offset + block.samples.size
             yield block
-            expected = block.offset + block.samples.size
 
 
 def _import_sounddevice() -> Any:
     try:
-        import sounddevice  # noqa: PLC0415 - PortAudio may be absent on servers; only the mic needs it
+        import sounddevice
     except OSError as exc:  # sounddevice raises OSError when libportaudio is missing
         raise SourceError(
             f"the microphone needs PortAudio, which is not installed here ({exc}); "
@@ -131,7 +130,9 @@ def list_devices() -> str:
     lines = []
     for index, dev in enumerate(sd.query_devices()):
         if dev["max_input_channels"] > 0:
-            lines.append(f"{index:3d}  {dev['name']}  ({dev['max_input_channels']} ch, {dev['default_samplerate']:.0f} Hz)")
+            lines.append(
+                f"{index:3d}  {dev['name']}  ({dev['max_input_channels']} ch, {dev['default_samplerate']:.0f} Hz)"
+            )
     return "\n".join(lines) if lines else "no input devices found (is a sound card or microphone connected?)"
 
 
@@ -170,7 +171,9 @@ class MicSource(CallbackCapture):
 class ArraySource:
     """Samples already in memory, delivered in blocks as fast as possible or at real-time pace."""
 
-    def __init__(self, samples: np.ndarray, realtime: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, samples: np.ndarray, realtime: bool = False, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.samples = samples.astype(np.float32, copy=False)
         self.realtime = realtime
         self.duration_s: float | None = samples.size / SAMPLE_RATE

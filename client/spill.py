@@ -50,8 +50,14 @@ class ChunkStore:
         if self._in_memory >= self.max_in_memory:
             path = self._spill_path(chunk)
             await asyncio.to_thread(np.save, path, chunk.samples)
-            chunk = Chunk(chunk.index, chunk.start, np.zeros(0, np.float32), chunk.captured_at, chunk.final,
-                          {**chunk.meta, "spilled": path, "n": chunk.samples.size})
+            chunk = Chunk(
+                chunk.index,
+                chunk.start,
+                np.zeros(0, np.float32),
+                chunk.captured_at,
+                chunk.final,
+                {**chunk.meta, "spilled": path, "n": chunk.samples.size},
+            )
         else:
             self._in_memory += 1
         async with self._changed:

@@ -65,7 +65,7 @@ class Stitcher:
 
     def add(self, start: float, end: float, words: list[Word] | None) -> list[Word]:
         """Add the next chunk's words (None: the chunk was skipped); return the newly committed words."""
-        words = sorted(words or [], key=lambda w: w.start)
+        words = list(words or [])  # Whisper's order is authoritative; times may wobble, order does not
         prev_end = self._partial_end
         if prev_end is None or prev_end <= start or not self.partial:
             keep_a, keep_b = self.partial, self._after_committed(words)

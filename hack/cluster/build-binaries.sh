@@ -7,12 +7,16 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=hack/cluster/lib.sh
 . "$HERE/lib.sh"
 mkdir -p "$STT_BIN"
+TOOLS_ONLY=0
+[ "${1:-}" = "--tools-only" ] && TOOLS_ONLY=1   # only kubectl + helm (the kind mode needs no more)
 
 need_build=0
 for b in "${K8S_BINS[@]}"; do [ -x "$STT_BIN/$b" ] || need_build=1; done
 [ -x "$STT_BIN/pause" ] || need_build=1
 
-if [ "$need_build" = 1 ]; then
+if [ "$TOOLS_ONLY" = 1 ]; then
+  :
+elif [ "$need_build" = 1 ]; then
   apt_install golang-go golang-github-modern-go-reflect2-dev dpkg-dev make gcc libc6-dev rsync
   work="$STT_K8S_CACHE/build"
   rm -rf "$work"; mkdir -p "$work/apt/lists/partial" "$work/apt/sources" "$work/src"
@@ -45,7 +49,7 @@ if [ "$need_build" = 1 ]; then
   start=$(date +%s)
   (
     cd "$work/gopath/src/k8s.io/kubernetes"
-    export GOPATH="$work/gopath" CGO_ENABLED=0 GOFLAGS= GO111MODULE=off GOCACHE="$work/gocache"
+    export GOPATH="$work/gopath" CGO_ENABLED=0 GOFLAGS="" GO111MODULE=off GOCACHE="$work/gocache"
     make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler cmd/kubelet cmd/kube-proxy" \
       GOLDFLAGS="-s -w" >"$work/build.log" 2>&1
   ) || { tail -40 "$work/build.log" >&2; die "kubernetes build failed (log: $work/build.log)"; }
@@ -75,4 +79,4 @@ if [ ! -x "$STT_BIN/kubectl" ] || [ ! -x "$STT_BIN/helm" ]; then
   install -m 0755 "$tmp/helm/helm" "$STT_BIN/helm"
   rm -rf "$tmp"
 fi
-log "binaries ready in $STT_BIN: $(cd "$STT_BIN" && ls | tr '\n' ' ')"
+log "binaries ready in $STT_BIN: $(find "$STT_BIN" -maxdepth 1 -type f -printf '%f ')"

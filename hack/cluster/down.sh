@@ -7,25 +7,33 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=hack/cluster/lib.sh
 . "$HERE/lib.sh"
+if use_kind; then exec "$HERE/kind.sh" down; fi
 D="$STT_CLUSTER_DIR"
 PIDS="$D/pids"
 
-stop() { # name: SIGTERM, then SIGKILL, the process whose PID we recorded
-  local f="$PIDS/$1" pid i
-  [ -f "$f" ] || return 0
-  pid=$(cat "$f")
-  if kill -0 "$pid" 2>/dev/null; then
-    log "stopping $1 (pid $pid)"
-    kill "$pid" 2>/dev/null || true
-    for ((i = 0; i < 40; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-    kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -f "$f"
+stop() { # name...: SIGTERM all, wait (10 s at most), SIGKILL leftovers; only PIDs we recorded
+  local n pid i left pids=()
+  for n in "$@"; do
+    [ -f "$PIDS/$n" ] || continue
+    pid=$(cat "$PIDS/$n")
+    if ours "$PIDS/$n" "$n"; then
+      log "stopping $n (pid $pid)"
+      kill "$pid" 2>/dev/null || true
+      pids+=("$pid")
+    fi
+    rm -f "$PIDS/$n"
+  done
+  for ((i = 0; i < 40; i++)); do
+    left=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && left=1; done
+    [ "$left" = 0 ] && break
+    sleep 0.25
+  done
+  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
 }
 
-stop kubelet
-stop kube-proxy
-if [ -f "$PIDS/containerd" ] && kill -0 "$(cat "$PIDS/containerd")" 2>/dev/null; then
+stop kubelet kube-proxy
+if ours "$PIDS/containerd" containerd; then
   CTR=(ctr --address "$CONTAINERD_SOCK" -n k8s.io)
   for t in $("${CTR[@]}" tasks ls -q 2>/dev/null); do
     "${CTR[@]}" tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true
@@ -43,9 +51,7 @@ stop containerd
 for p in $(pgrep -f "containerd-shim-runc-v2 .*-address $CONTAINERD_SOCK" 2>/dev/null || true); do
   kill -9 "$p" 2>/dev/null || true
 done
-stop kube-scheduler
-stop kube-controller-manager
-stop kube-apiserver
+stop kube-scheduler kube-controller-manager kube-apiserver
 stop etcd
 
 # mounts under our directories (deepest first)
@@ -60,7 +66,7 @@ if [ -f "$D/netns-before" ]; then
     grep -qx "$ns" "$D/netns-before" || ip netns delete "$ns" 2>/dev/null || true
   done
 fi
-ip link show cni0 >/dev/null 2>&1 && ip link delete cni0 2>/dev/null || true
+if ip link show cni0 >/dev/null 2>&1; then ip link delete cni0 2>/dev/null || true; fi
 # iptables: KUBE-* chains (kube-proxy, kubelet), CNI-* chains (portmap), our STT-INPUT guard
 for table in filter nat mangle; do
   iptables -t "$table" -S 2>/dev/null | awk '/^-A/ && / -j (KUBE-|CNI-|STT-)/' | sed 's/^-A/-D/' |

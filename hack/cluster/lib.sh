@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034  # settings used by the scripts that source this file
 # Common settings for the local single-node Kubernetes (sourced by the other hack/cluster scripts).
 STT_K8S_CACHE="${STT_K8S_CACHE:-/var/tmp/stt-k8s}"          # binaries, base rootfs (kept across runs)
 STT_BIN="${STT_BIN:-$STT_K8S_CACHE/bin}"
@@ -17,6 +18,14 @@ FAKE_GPUS="${STT_FAKE_GPUS:-2}"
 K8S_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 export PATH="$STT_BIN:$PATH"
 
+# ours PIDFILE NAME: the recorded PID is alive and still runs NAME (guards against PID reuse)
+ours() {
+  local pid
+  [ -f "$1" ] || return 1
+  pid=$(cat "$1")
+  [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q -- "$2"
+}
+
 log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
@@ -34,4 +43,12 @@ apt_install() {
   fi
 }
 
-have_docker_kind() { command -v kind >/dev/null 2>&1 && docker info >/dev/null 2>&1; }
+KIND_CLUSTER="${STT_KIND_CLUSTER:-stt}"
+# STT_CLUSTER_MODE=kind|local forces a mode; by default kind is used when Docker and kind work.
+use_kind() {
+  case "${STT_CLUSTER_MODE:-auto}" in
+    kind) return 0 ;;
+    local) return 1 ;;
+    *) command -v kind >/dev/null 2>&1 && docker info >/dev/null 2>&1 ;;
+  esac
+}

@@ -6,11 +6,12 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=hack/cluster/lib.sh
 . "$HERE/lib.sh"
+if use_kind; then exec "$HERE/kind.sh" up; fi
 T0=$(date +%s)
 D="$STT_CLUSTER_DIR"
 PIDS="$D/pids"
 
-alive() { [ -f "$PIDS/$1" ] && kill -0 "$(cat "$PIDS/$1")" 2>/dev/null; }
+alive() { ours "$PIDS/$1" "$1"; }
 kc() { "$STT_BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
 
 if alive kube-apiserver && alive kubelet && kc get node localhost >/dev/null 2>&1; then
@@ -23,7 +24,7 @@ if [ -d "$PIDS" ] && ls "$PIDS"/* >/dev/null 2>&1; then
 fi
 
 "$HERE/build-binaries.sh"
-apt_install etcd-server containerd runc containernetworking-plugins iptables iproute2 openssl ca-certificates
+apt_install etcd-server containerd runc containernetworking-plugins iptables iproute2 openssl ca-certificates curl procps
 # Debian's packages may have started their own daemons through init scripts: we use our own.
 for f in /usr/lib/cni/bridge /usr/lib/cni/host-local /usr/lib/cni/portmap /usr/lib/cni/loopback; do
   [ -x "$f" ] || die "missing CNI plugin $f"
@@ -71,7 +72,7 @@ EOT
   openssl rsa -in "$P/sa.key" -pubout -out "$P/sa.pub" 2>/dev/null
   : > "$P/tokens.csv"
   for who in admin kubelet controller-manager scheduler proxy; do
-    echo "$(openssl rand -hex 24)" > "$P/$who.token"
+    openssl rand -hex 24 > "$P/$who.token"
   done
   {
     echo "$(cat "$P/admin.token"),admin,admin,system:masters"
@@ -228,6 +229,11 @@ for port in "$API_PORT" 10250; do
     ip6tables -C INPUT -p tcp --dport "$port" ! -i lo -j DROP 2>/dev/null || ip6tables -I INPUT -p tcp --dport "$port" ! -i lo -j DROP
   fi
 done
+# pods talk to each other, to Services and to this host only: nothing from the pod network is
+# forwarded to another interface (even where ip_forward is on)
+iptables -N STT-FORWARD 2>/dev/null || iptables -F STT-FORWARD
+iptables -A STT-FORWARD -s 10.244.0.0/16 ! -d 10.244.0.0/16 -j DROP
+iptables -C FORWARD -j STT-FORWARD 2>/dev/null || iptables -I FORWARD -j STT-FORWARD
 wait_for kube-apiserver 90 curl -fsS --cacert "$P/ca.crt" "https://127.0.0.1:$API_PORT/readyz"
 
 start kube-controller-manager "$STT_BIN/kube-controller-manager" \

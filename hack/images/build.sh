@@ -9,6 +9,7 @@
 # The base layer (Debian bookworm minbase + python3 + /opt/stt/venv with the project) is one
 # tar shared by all four images, so containerd stores it once. Same user (10001), paths and
 # env as the Dockerfiles. Usage: build.sh [--no-import] [IMAGE...]   (IMAGE: tiny base proxy controller)
+# --no-import leaves the docker-archive in /var/tmp/stt-k8s/images/stt-images.tar (docker load works too).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
@@ -29,10 +30,40 @@ for a in "$@"; do
 done
 [ ${#IMAGES[@]} -gt 0 ] || IMAGES=(tiny base proxy controller)
 T0=$(date +%s)
+
+# ---- Docker mode: the real Dockerfiles, then `kind load` (see kind-config.yaml)
+if use_kind; then
+  BASE_TARGET="${STT_BASE_TARGET:-cpu}"   # gpu: CUDA 12 + cuDNN 9 image (large)
+  for img in "${IMAGES[@]}"; do
+    case "$img" in
+      tiny) df=services/tiny/Dockerfile; target=() ;;
+      base) df=services/base/Dockerfile; target=(--target "$BASE_TARGET") ;;
+      proxy) df=services/proxy/Dockerfile; target=() ;;
+      controller) df=controller/Dockerfile; target=() ;;
+    esac
+    log "docker build -f $df ${target[*]} -t localhost/stt-$img:$TAG ."
+    (cd "$REPO" && docker build -f "$df" "${target[@]}" -t "localhost/stt-$img:$TAG" .)
+  done
+  if [ "$IMPORT" = 1 ]; then
+    for img in "${IMAGES[@]}"; do
+      kind load docker-image --name "$KIND_CLUSTER" "localhost/stt-$img:$TAG"
+    done
+  fi
+  log "images built in $(( $(date +%s) - T0 ))s; sizes:"
+  for img in "${IMAGES[@]}"; do
+    printf '  %-34s %5s MB\n' "localhost/stt-$img:$TAG" \
+      "$(( $(docker image inspect -f '{{.Size}}' "localhost/stt-$img:$TAG") / 1000000 ))"
+  done
+  exit 0
+fi
+
+if [ "$IMPORT" = 1 ] && ! ctr --address "$CONTAINERD_SOCK" version >/dev/null 2>&1; then
+  die "the local cluster is not running: run 'make cluster' first (or build.sh --no-import to only build archives)"
+fi
 mkdir -p "$OUT"
 
 # ---- 1. Debian base root filesystem (cached tarball)
-DEBS="python3,python3-venv,libgomp1"
+DEBS="python3,python3-venv"
 BASE_TAR="$STT_K8S_CACHE/rootfs-bookworm-minbase.tar"
 if [ ! -f "$BASE_TAR" ] || [ "$(cat "$BASE_TAR.pkgs" 2>/dev/null)" != "$DEBS" ]; then
   apt_install debootstrap
@@ -75,32 +106,34 @@ tar --numeric-owner -C "$ROOT" -xf "$BASE_TAR"
 mkdir -p "$ROOT/tmp/wheels"
 cp "$WHEELS"/*.whl "$PROJ_WHL" "$ROOT/tmp/wheels/"
 log "installing the project into /opt/stt/venv"
-chroot "$ROOT" /usr/bin/python3 -m venv /opt/stt/venv
-chroot "$ROOT" /opt/stt/venv/bin/pip install -q --no-index --no-compile --no-cache-dir \
+# a clean environment: none of the host's PIP_* settings leak into the image build
+inroot() { env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 chroot "$ROOT" "$@"; }
+inroot /usr/bin/python3 -m venv /opt/stt/venv
+inroot /opt/stt/venv/bin/pip install -q --no-index --no-compile --no-cache-dir --disable-pip-version-check \
   --find-links /tmp/wheels "/tmp/wheels/$(basename "$PROJ_WHL")"
-chroot "$ROOT" /opt/stt/venv/bin/pip uninstall -q -y pip setuptools >/dev/null 2>&1 || true
+inroot /opt/stt/venv/bin/pip uninstall -q -y pip setuptools >/dev/null 2>&1 || true
 grep -q '^stt:' "$ROOT/etc/group" || echo 'stt:x:10001:' >> "$ROOT/etc/group"
 grep -q '^stt:' "$ROOT/etc/passwd" || echo 'stt:x:10001:10001:stt:/tmp:/usr/sbin/nologin' >> "$ROOT/etc/passwd"
 mkdir -p "$ROOT/opt/stt/models"
 # slim down: caches, docs, man pages, locales, bytecode, apt lists, device nodes
-rm -rf "$ROOT"/tmp/* "$ROOT"/var/cache/apt/* "$ROOT"/var/lib/apt/lists/* "$ROOT"/var/log/* \
-  "$ROOT"/usr/share/doc/* "$ROOT"/usr/share/man/* "$ROOT"/usr/share/info/* "$ROOT"/usr/share/locale/* \
-  "$ROOT"/root/.cache "$ROOT"/dev/* "$ROOT"/proc/* "$ROOT"/sys/* "$ROOT"/run/*
+rm -rf "${ROOT:?}"/tmp/* "${ROOT:?}"/var/cache/apt/* "${ROOT:?}"/var/lib/apt/lists/* "${ROOT:?}"/var/log/* \
+  "${ROOT:?}"/usr/share/doc/* "${ROOT:?}"/usr/share/man/* "${ROOT:?}"/usr/share/info/* "${ROOT:?}"/usr/share/locale/* \
+  "${ROOT:?}"/root/.cache "${ROOT:?}"/dev/* "${ROOT:?}"/proc/* "${ROOT:?}"/sys/* "${ROOT:?}"/run/*
 find "$ROOT" -depth -name __pycache__ -type d -exec rm -rf {} +
 find "$ROOT" -name '*.pyc' -delete
 chmod 1777 "$ROOT/tmp"
 BASE_LAYER="$OUT/layer-base.tar"
 tar --numeric-owner --sort=name --mtime=@0 -C "$ROOT" -cf "$BASE_LAYER" .
-log "base layer: $(du -m "$BASE_LAYER" | cut -f1) MB"
+BASE_MB=$(du -m "$BASE_LAYER" | cut -f1)
+log "base layer: $BASE_MB MB"
+declare -A SIZES
 
-# ---- 4. per-image layers and archives
+# ---- 4. model layers, then one docker-archive holding all requested images (the shared base
+# layer is written, hashed and imported once)
 MODELS="$STT_K8S_CACHE/models"
-COMMON_ENV=(--env HOME=/tmp --env PATH=/opt/stt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-  --env STT_MODEL_CACHE=/opt/stt/models --env PYTHONDONTWRITEBYTECODE=1 --env PYTHONUNBUFFERED=1
-  --user 10001:10001 --workdir /opt/stt --label org.opencontainers.image.source=stt-platform)
 model_layer() { # model-name -> prints the layer directory holding /opt/stt/models/NAME
   local name=$1 dir="$OUT/layer-model-$1"
-  STT_MODEL_CACHE="$MODELS" PYTHONPATH="$SRC" "$PY" -m services.common.models fetch "$name" >&2
+  STT_MODEL_CACHE="$MODELS" PYTHONPATH="$SRC" "$PY" -m services.common.models fetch "$name" >/dev/null
   rm -rf "$dir"; mkdir -p "$dir/opt/stt/models"
   cp -r "$MODELS/$name" "$dir/opt/stt/models/$name"
   rm -f "$dir/opt/stt/models/$name/.verified"
@@ -111,32 +144,44 @@ model_layer() { # model-name -> prints the layer directory holding /opt/stt/mode
   chmod -R a+rX "$dir"
   echo "$dir"
 }
+uvicorn_cmd() { printf '["uvicorn","services.%s.app:app","--host","0.0.0.0","--port","%s"]' "$1" "$2"; }
+SPEC="$OUT/images.json"
+ARCHIVE="$OUT/stt-images.tar"
+sep="["
+: > "$SPEC"
 for img in "${IMAGES[@]}"; do
-  extra=()
+  dirs="" ports="" cmd=""
   case "$img" in
-    tiny) extra=(--layer-dir "$(model_layer tiny.en)" --port 5004
-            --cmd '["uvicorn","services.tiny.app:app","--host","0.0.0.0","--port","5004"]') ;;
-    base) extra=(--layer-dir "$(model_layer base)" --port 5002
-            --cmd '["uvicorn","services.base.app:app","--host","0.0.0.0","--port","5002"]') ;;
-    proxy) extra=(--port 5001 --cmd '["uvicorn","services.proxy.app:app","--host","0.0.0.0","--port","5001"]') ;;
-    controller) extra=(--cmd '["kopf","run","--standalone","--all-namespaces","-m","controller.operator"]') ;;
+    tiny) d=$(model_layer tiny.en); dirs="\"$d\""; ports='"5004"'; cmd=$(uvicorn_cmd tiny 5004)
+          SIZES[$img]=$(( BASE_MB + $(du -sm "$d" | cut -f1) )) ;;
+    base) d=$(model_layer base); dirs="\"$d\""; ports='"5002"'; cmd=$(uvicorn_cmd base 5002)
+          SIZES[$img]=$(( BASE_MB + $(du -sm "$d" | cut -f1) )) ;;
+    proxy) ports='"5001"'; cmd=$(uvicorn_cmd proxy 5001); SIZES[$img]=$BASE_MB ;;
+    controller) cmd='["kopf","run","--standalone","--all-namespaces","-m","controller.operator"]'
+                SIZES[$img]=$BASE_MB ;;
   esac
-  python3 "$HERE/mkarchive.py" --out "$OUT/stt-$img.tar" --tag "localhost/stt-$img:$TAG" \
-    --layer "$BASE_LAYER" "${COMMON_ENV[@]}" "${extra[@]}"
-  log "archive $OUT/stt-$img.tar ($(du -m "$OUT/stt-$img.tar" | cut -f1) MB)"
+  cat >> "$SPEC" <<EOT
+$sep{"tag": "localhost/stt-$img:$TAG", "layers": ["$BASE_LAYER"], "layer_dirs": [$dirs],
+ "env": ["PATH=/opt/stt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/tmp",
+         "STT_MODEL_CACHE=/opt/stt/models", "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"],
+ "user": "10001:10001", "workdir": "/opt/stt", "ports": [$ports], "cmd": $cmd,
+ "labels": {"org.opencontainers.image.title": "stt-$img"}}
+EOT
+  sep=","
 done
-rm -rf "$ROOT" "$SRC" "$OUT/proj" "$OUT"/layer-model-*
+echo "]" >> "$SPEC"
+python3 "$HERE/mkarchive.py" --out "$ARCHIVE" --spec "$SPEC"
+log "archive $ARCHIVE ($(du -m "$ARCHIVE" | cut -f1) MB, ${#IMAGES[@]} images)"
+rm -rf "$ROOT" "$SRC" "$OUT/proj" "$OUT"/layer-model-* "$BASE_LAYER"
 
 # ---- 5. import into the cluster's containerd
 if [ "$IMPORT" = 1 ]; then
-  [ -S "$CONTAINERD_SOCK" ] || die "the local cluster is not running (make cluster); archives are in $OUT"
-  for img in "${IMAGES[@]}"; do
-    ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$OUT/stt-$img.tar" >/dev/null
-  done
+  ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$ARCHIVE" >/dev/null
+  rm -f "$ARCHIVE"   # containerd holds the images now
   log "imported into containerd (k8s.io namespace):"
-  ctr --address "$CONTAINERD_SOCK" -n k8s.io images ls | awk 'NR==1 || /localhost\/stt-/ {print $1, $4, $5}' | column -t >&2
+  ctr --address "$CONTAINERD_SOCK" -n k8s.io images ls | awk 'NR==1 || /localhost\/stt-/ {printf "  %-34s %s %s\n", $1, $4, $5}' >&2
 fi
-log "images built in $(( $(date +%s) - T0 ))s; sizes (uncompressed):"
+log "images built in $(( $(date +%s) - T0 ))s; sizes (uncompressed; the ${BASE_MB} MB base layer is shared):"
 for img in "${IMAGES[@]}"; do
-  printf '  %-34s %5s MB\n' "localhost/stt-$img:$TAG" "$(du -m "$OUT/stt-$img.tar" | cut -f1)"
+  printf '  %-34s %5s MB\n' "localhost/stt-$img:$TAG" "${SIZES[$img]}"
 done

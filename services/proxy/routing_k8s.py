@@ -99,6 +99,7 @@ class KubernetesRoutingStore:
         namespace: str | None = None,
         access: ApiAccess | None = None,
         watch_timeout_s: int | None = None,
+        sync_timeout_s: float = 5.0,
     ):
         self._mode = initial
         self.name = name or os.environ.get("STT_STTCONFIG_NAME", "").strip() or "stt"
@@ -107,7 +108,8 @@ class KubernetesRoutingStore:
         self.watch_timeout_s = watch_timeout_s or int(os.environ.get("STT_ROUTING_WATCH_TIMEOUT_S", "300"))
         self._client: httpx.AsyncClient | None = None
         self._task: asyncio.Task | None = None
-        self.synced = asyncio.Event()  # set once the mode was read from the resource
+        self.sync_timeout_s = sync_timeout_s
+        self.synced = asyncio.Event()  # set once the API answered (the mode read, or the object missing)
         self.resource_version: str | None = None
 
     @property
@@ -146,7 +148,7 @@ class KubernetesRoutingStore:
         # Serve with the resource's mode from the first request when the API answers quickly;
         # otherwise start with the initial mode and let the watch catch up (never block start-up).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.synced.wait(), timeout=5.0)
+            await asyncio.wait_for(self.synced.wait(), timeout=self.sync_timeout_s)
         if not self.synced.is_set():
             log.error(
                 "could not read SttConfig %s/%s yet; routing with %s until the API answers",
@@ -178,6 +180,7 @@ class KubernetesRoutingStore:
             self._set(items[0], "list")
         else:
             log.error("SttConfig %s/%s does not exist; routing with %s", self.namespace, self.name, self._mode)
+            self.synced.set()
         return body["metadata"]["resourceVersion"]
 
     async def _watch(self, resource_version: str) -> None:

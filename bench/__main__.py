@@ -1,0 +1,186 @@
+"""``python -m bench [--quick] [--device cpu|cuda]``: run every measurement, write the results,
+print PASS/FAIL per goal. ``make bench`` (mk/bench.mk) prepares models and corpus first."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from bench import capacity, designs, detectors, offline, peer, proxy, report
+from bench.data import FULL, QUICK, Sizes, detector_chunks, long_files, wer_set
+from bench.goals import check
+from bench.metrics import summarize_ms, word_errors
+from bench.progress import Progress
+from bench.stacks import BenchStack, cpu_delta, make_stacks
+from bench.streaming import SHIPPED, transcribe_all
+
+CHUNK_S = SHIPPED.chunk_s
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="smaller samples everywhere (~3 min instead of ~15)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device for base (STT_DEVICE)")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results", help="results directory")
+    p.add_argument("--max-streams", type=int, help="upper bound of the capacity search")
+    p.add_argument("--no-peer", action="store_true", help="skip the WhisperLive comparison")
+    return p.parse_args(argv)
+
+
+def machine() -> str:
+    load = os.getloadavg()[0]
+    return f"{platform.machine()}, {os.cpu_count()} cores, load {load:.1f} at start, Python {platform.python_version()}"
+
+
+def plan_units(sizes: Sizes, wer_items: int, det_speech: int, det_nonspeech: int) -> int:
+    return (
+        2 * wer_items  # offline + streamed
+        + det_speech
+        + det_nonspeech
+        + sizes.proxy_pairs // 10
+        + 2  # seed vs this
+        + 10  # capacity steps, roughly
+        + (0 if sizes is QUICK else 1)  # peer
+    )
+
+
+def streamed_pass(stack: BenchStack, items, tick) -> dict:
+    before = stack.cpu_seconds()
+    began = time.monotonic()
+    texts = asyncio.run(transcribe_all(stack.proxy_url, [i.samples for i in items], SHIPPED, parallel=2))
+    for _ in items:
+        tick()
+    cpu = cpu_delta(before, stack.cpu_seconds())
+    audio = sum(i.seconds for i in items)
+    counts = word_errors([i.text for i in items], texts)
+    return {
+        **counts.as_dict(),
+        "audio_s": round(audio, 1),
+        "wall_s": round(time.monotonic() - began, 1),
+        "cpu_s_per_audio_s": round(sum(cpu.values()) / audio, 4),
+        "files": len(items),
+        "_texts": texts,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    limit = args.max_streams or (sizes.max_streams * (4 if args.device == "cuda" else 1))
+    started = time.monotonic()
+    results: dict = {
+        "meta": {
+            "mode": "quick" if args.quick else "full",
+            "command": "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv),
+            "machine": machine(),
+            "device": args.device,
+            "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "chunk_s": CHUNK_S,
+        }
+    }
+    out = args.out
+    stacks = make_stacks(out / "logs", args.device)
+    for stack in stacks.values():
+        stack.start()
+    try:
+        items = wer_set(sizes)
+        speech_chunks, nonspeech_chunks = detector_chunks(sizes)
+        design_audio = long_files(1, sizes.design_seconds, first_seed=50)[0]
+        progress = Progress(plan_units(sizes, len(items), len(speech_chunks), len(nonspeech_chunks)))
+        progress.start("starting services")
+        for stack in stacks.values():
+            stack.wait()
+        design, baseline = stacks["design"], stacks["baseline"]
+
+        def save() -> None:
+            report.write_json(results, out)
+
+        progress.start(f"offline faster-whisper over {len(items)} files")
+        results["offline"] = offline.run(items, args.device, progress.tick)
+        save()
+
+        progress.start("streamed pass (client → proxy → tiny → base)")
+        results["streamed"] = streamed_pass(design, items, progress.tick)
+        report.write_transcripts(
+            [i.name for i in items],
+            [i.text for i in items],
+            {"offline": results["offline"]["_texts"], "streamed": results["streamed"]["_texts"]},
+            out,
+        )
+        save()
+
+        progress.start(f"detectors on {len(speech_chunks)} speech + {len(nonspeech_chunks)} non-speech chunks")
+        results["detector"] = detectors.run(
+            design.tiny_url,
+            speech_chunks,
+            nonspeech_chunks,
+            sizes.whisper_tiny_speech,
+            sizes.whisper_tiny_nonspeech,
+            progress.tick,
+        )
+        save()
+
+        progress.start("proxy overhead")
+        results["proxy"] = proxy.run(design.base_url, design.proxy_url, sizes.proxy_pairs, progress.tick)
+        save()
+
+        progress.start(f"seed vs this design ({design_audio.seconds:.0f} s real time each)")
+        results["designs"], this_stream = designs.run(
+            design, baseline, design_audio.samples, design_audio.text, progress.tick
+        )
+        results["streamed"]["latency_ms"] = summarize_ms(this_stream.latencies_s)
+        results["streamed"]["commit_latency_ms"] = summarize_ms(this_stream.commit_latencies_s)
+        results["streamed"]["latency_source"] = results["designs"]["this_design"]["client"] | {
+            "audio_s": results["designs"]["audio_s"],
+            "streams": 1,
+        }
+        save()
+
+        progress.start("capacity search (baseline and design interleaved)")
+        results["capacity"] = capacity.run(
+            {"baseline": baseline, "design": design}, sizes.step_seconds, limit, CHUNK_S, progress.tick
+        )
+        save()
+
+        if not args.no_peer:
+            progress.start("peer: WhisperLive")
+            results["peer"] = peer.run(design_audio, args.device, out / "logs", progress.note)
+            progress.tick()
+            save()
+        progress.close()
+
+        curves = {"this design": this_stream.latencies_s}
+        seed_lat = results["designs"]["seed_design"].get("_latencies")
+        if seed_lat:
+            curves["seed design"] = seed_lat
+        if results.get("peer", {}).get("_latencies"):
+            curves["WhisperLive (segment commit)"] = results["peer"]["_latencies"]
+        report.plot_latency_cdf(curves, out / "latency_cdf.png", CHUNK_S)
+        report.plot_capacity(results["capacity"], out / "throughput_vs_streams.png", CHUNK_S)
+    finally:
+        for stack in stacks.values():
+            stack.stop()
+    results["meta"]["wall_s"] = round(time.monotonic() - started, 1)
+    results["meta"]["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    results["goals"] = check(results)
+    report.write_json(results, out)
+    report.write_markdown(results, out)
+    print(report.markdown(results))
+    for g in results["goals"]:
+        print(f"{'PASS' if g['pass'] else 'FAIL'}  {g['goal']}: {g['value']}")
+    print(
+        f"\nresults: {out / 'latest.json'}, {out / 'latest.md'}, {out / 'latency_cdf.png'}, "
+        f"{out / 'throughput_vs_streams.png'}"
+    )
+    return 0 if all(g["pass"] for g in results["goals"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""The bench's arithmetic: percentiles, word error rate, and the stream-count search.
+
+Kept free of I/O so that ``tests/bench`` can check it quickly; every number in the report
+passes through here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from whisper_normalizer.english import EnglishTextNormalizer
+
+_NORMALIZER = EnglishTextNormalizer()
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100) with linear interpolation between order statistics
+    (numpy's default), so that p50 of an even-sized sample is the mean of the middle two."""
+    if not values:
+        return math.nan
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile must be within 0..100, got {q}")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def summarize_ms(seconds: Sequence[float]) -> dict[str, float]:
+    """p50/p95/p99/mean/max in milliseconds of durations given in seconds, plus the count."""
+    ms = [s * 1000 for s in seconds]
+    if not ms:
+        return {"n": 0}
+    out = {f"p{q}": round(percentile(ms, q), 1) for q in (50, 95, 99)}
+    out["mean"] = round(sum(ms) / len(ms), 1)
+    out["max"] = round(max(ms), 1)
+    out["n"] = len(ms)
+    return out
+
+
+def normalize(text: str) -> str:
+    """Whisper's English normalizer: case, punctuation, spelling and number forms ("press 4" ==
+    "press four") must not count as errors; the Asterisk references mix both."""
+    return " ".join(_NORMALIZER(text).split())
+
+
+@dataclass
+class WerCounts:
+    """Edit counts summed over many utterances: corpus WER weights each word equally, so a
+    long file is not outvoted by many two-word prompts."""
+
+    reference_words: int = 0
+    substitutions: int = 0
+    deletions: int = 0
+    insertions: int = 0
+
+    @property
+    def errors(self) -> int:
+        return self.substitutions + self.deletions + self.insertions
+
+    @property
+    def wer(self) -> float:
+        return self.errors / self.reference_words if self.reference_words else math.nan
+
+    def as_dict(self) -> dict:
+        return {
+            "wer": round(self.wer, 4),
+            "reference_words": self.reference_words,
+            "substitutions": self.substitutions,
+            "deletions": self.deletions,
+            "insertions": self.insertions,
+        }
+
+
+def word_errors(references: Sequence[str], hypotheses: Sequence[str]) -> WerCounts:
+    """Corpus-level word errors after normalizing both sides."""
+    import jiwer
+
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
+    counts = WerCounts()
+    for ref, hyp in zip(references, hypotheses, strict=True):
+        ref_n, hyp_n = normalize(ref), normalize(hyp)
+        ref_words = len(ref_n.split())
+        if ref_words == 0:
+            counts.insertions += len(hyp_n.split())
+            continue
+        if not hyp_n:
+            counts.reference_words += ref_words
+            counts.deletions += ref_words
+            continue
+        out = jiwer.process_words(ref_n, hyp_n)
+        counts.reference_words += ref_words
+        counts.substitutions += out.substitutions
+        counts.deletions += out.deletions
+        counts.insertions += out.insertions
+    return counts
+
+
+@dataclass
+class CapacitySearch:
+    """Find the largest stream count that passes, stepping up then bisecting.
+
+    Counts double from ``start`` until one fails (or ``limit`` is reached), then the gap
+    between the last pass and the first failure is bisected, so the answer costs
+    O(log n) load steps instead of n while still being "the most streams that passed".
+    Call :meth:`next_count`, run that many streams, then :meth:`record` the verdict.
+    """
+
+    start: int = 1
+    limit: int = 64
+    results: dict[int, bool] = field(default_factory=dict)
+
+    @property
+    def best(self) -> int:
+        """Largest count that passed below the smallest that failed (0 if even ``start`` failed)."""
+        fail = self.first_failure
+        passed = [n for n, ok in self.results.items() if ok and (fail is None or n < fail)]
+        return max(passed, default=0)
+
+    @property
+    def first_failure(self) -> int | None:
+        return min((n for n, ok in self.results.items() if not ok), default=None)
+
+    def record(self, count: int, passed: bool) -> None:
+        self.results[count] = passed
+
+    def next_count(self) -> int | None:
+        """The next stream count to try, or None when the answer is known."""
+        if not self.results:
+            return self.start
+        fail = self.first_failure
+        best = self.best
+        if fail is None:
+            if best >= self.limit:
+                return None
+            return min(self.limit, max(best * 2, best + 1))
+        if fail - best <= 1:
+            return None
+        return (best + fail) // 2 if best else None

@@ -1,0 +1,41 @@
+"""The baseline a user would write themselves: one faster-whisper pass over each whole file,
+in this process, with the model and decoding settings the service uses (same model
+directory, int8 on CPU / float16 on CUDA, greedy decoding, language given)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from faster_whisper import WhisperModel
+
+from bench.data import Item
+from bench.metrics import word_errors
+from services.common.models import provision
+
+
+def run(items: list[Item], device: str, tick: Callable[[], None]) -> dict:
+    compute_type = "float16" if device == "cuda" else "int8"
+    model = WhisperModel(str(provision("base")), device=device, compute_type=compute_type, cpu_threads=0)
+    texts, seconds = [], 0.0
+    cpu_before = time.process_time()
+    for item in items:
+        start = time.perf_counter()
+        segments, _ = model.transcribe(item.samples, language="en", beam_size=1)
+        texts.append(" ".join(s.text.strip() for s in segments))  # the generator does the work
+        seconds += time.perf_counter() - start
+        tick()
+    cpu = time.process_time() - cpu_before
+    audio = sum(i.seconds for i in items)
+    counts = word_errors([i.text for i in items], texts)
+    del model
+    return {
+        **counts.as_dict(),
+        "rtf": round(seconds / audio, 4),
+        "audio_s": round(audio, 1),
+        "processing_s": round(seconds, 2),
+        "cpu_s_per_audio_s": round(cpu / audio, 4),
+        "files": len(items),
+        "settings": {"model": "base", "compute_type": compute_type, "beam_size": 1, "language": "en"},
+        "_texts": texts,
+    }

@@ -1,0 +1,231 @@
+"""Write what a run measured: ``latest.json`` (every number), ``latest.md`` (the table a
+person reads) and two PNG plots (latency CDF; throughput and p95 vs concurrent streams)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+import matplotlib.pyplot as plt
+
+from bench.metrics import normalize, word_errors
+
+
+def _strip_private(node):
+    """Drop ``_``-prefixed keys (raw transcripts and latency lists kept for plotting)."""
+    if isinstance(node, dict):
+        return {k: _strip_private(v) for k, v in node.items() if not k.startswith("_")}
+    if isinstance(node, list):
+        return [_strip_private(v) for v in node]
+    return node
+
+
+def write_json(results: dict, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "latest.json"
+    path.write_text(json.dumps(_strip_private(results), indent=1, sort_keys=False) + "\n")
+    return path
+
+
+def write_transcripts(names: list[str], references: list[str], paths: dict[str, list[str]], out_dir: Path) -> Path:
+    """Every file's reference and each path's transcript with its error count, to see where a
+    WER gap comes from (a seam, a prompt, a file) rather than only that there is one."""
+    rows = []
+    for i, (name, ref) in enumerate(zip(names, references, strict=True)):
+        row: dict = {"name": name, "reference": normalize(ref)}
+        for path, texts in paths.items():
+            counts = word_errors([ref], [texts[i]])
+            row[path] = {"errors": counts.errors, "text": normalize(texts[i])}
+        rows.append(row)
+    path = out_dir / "transcripts.json"
+    path.write_text(json.dumps(rows, indent=1) + "\n")
+    return path
+
+
+def _fmt(value, spec: str = "") -> str:
+    if value is None:
+        return "–"
+    try:
+        return format(value, spec)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _pct(value) -> str:
+    return "–" if value is None else f"{value:.2%}"
+
+
+def markdown(results: dict) -> str:
+    meta = results.get("meta", {})
+    lines = [
+        f"# Benchmark results ({meta.get('mode', '?')} run, {meta.get('finished_at', '?')})",
+        "",
+        f"Command: `{meta.get('command', '')}` · machine: {meta.get('machine', '')} · device: {meta.get('device', '')}"
+        f" · wall time {meta.get('wall_s', '?')} s",
+        "",
+    ]
+    goals = results.get("goals", [])
+    if goals:
+        lines += ["## Goals", "", "| goal | target | measured | verdict |", "|---|---|---|---|"]
+        lines += [f"| {g['goal']} | {g['target']} | {g['value']} | {'PASS' if g['pass'] else 'FAIL'} |" for g in goals]
+        lines.append("")
+    off, st = results.get("offline", {}), results.get("streamed", {})
+    if off or st:
+        lines += ["## Accuracy and speed", "", "| path | WER | speed | latency p50 / p95 / p99 |", "|---|---|---|---|"]
+        if off:
+            lines.append(
+                f"| offline (faster-whisper, whole files, one process) | {_pct(off.get('wer'))} "
+                f"| RTF {_fmt(off.get('rtf'), '.3f')} | – |"
+            )
+        if st:
+            lat = st.get("latency_ms", {})
+            lines.append(
+                f"| streamed (client → proxy → tiny → base → stitcher) | {_pct(st.get('wer'))} "
+                f"| {_fmt(st.get('cpu_s_per_audio_s'), '.3f')} CPU s / audio s "
+                f"| {_fmt(lat.get('p50'))} / {_fmt(lat.get('p95'))} / {_fmt(lat.get('p99'))} ms |"
+            )
+        peer = results.get("peer", {})
+        if peer.get("status") == "measured":
+            lat = peer.get("latency_ms", {})
+            lines.append(
+                f"| peer: {peer.get('name')} | {_pct(peer.get('wer'))} "
+                f"| {_fmt(peer.get('cpu_s_per_audio_s'), '.3f')} CPU s / audio s "
+                f"| {_fmt(lat.get('p50'))} / {_fmt(lat.get('p95'))} / {_fmt(lat.get('p99'))} ms |"
+            )
+        lines.append("")
+    det = results.get("detector", {})
+    if det:
+        lines += [
+            "## Speech detectors (3 s chunks)",
+            "",
+            "| detector | ms per chunk | speech recall | non-speech false positives |",
+            "|---|---|---|---|",
+        ]
+        for name in ("silero", "whisper-tiny"):
+            d = det.get(name)
+            if d:
+                fp = round(d["nonspeech_false_positive_rate"] * d["nonspeech_chunks"])
+                lines.append(
+                    f"| {name} | {d['ms_per_chunk']:.1f} | {d['speech_recall']:.2%} of {d['speech_chunks']} "
+                    f"| {fp} of {d['nonspeech_chunks']} {d.get('false_positives_by_kind') or ''} |"
+                )
+        lines += [f"\nWhisper tiny costs {det.get('cost_ratio_whisper_tiny_over_silero')}x Silero per chunk.", ""]
+    px = results.get("proxy", {})
+    if px:
+        o = px["overhead_ms"]
+        lines += [
+            "## Proxy overhead",
+            "",
+            f"p50 {o['p50']} ms, p95 {o['p95']} ms, p99 {o['p99']} ms over {px['pairs']} interleaved pairs "
+            f"(direct p50 {px['direct_ms']['p50']} ms, proxied p50 {px['proxied_ms']['p50']} ms).",
+            "",
+        ]
+    des = results.get("designs", {})
+    if des:
+        lines += [
+            f"## Seed design vs this design ({des['audio_s']} s of speech, one real-time stream each)",
+            "",
+            "| | WER | latency p50 / p95 | commit latency p50 | service CPU s per audio s |",
+            "|---|---|---|---|---|",
+        ]
+        for key in ("seed_design", "this_design"):
+            d = des[key]
+            lines.append(
+                f"| {key} | {_pct(d['wer'])} | {d['latency_ms'].get('p50')} / {d['latency_ms'].get('p95')} ms "
+                f"| {d['commit_latency_ms'].get('p50')} ms | {d['cpu_s_per_audio_s']:.3f} |"
+            )
+        r = des["seed_over_this"]
+        lines += [
+            f"\nseed / this: CPU per audio second {r['cpu_s_per_audio_s']}x, latency p50 {r['latency_p50']}x.",
+            "",
+        ]
+    cap = results.get("capacity", {})
+    if cap:
+        lines += [
+            "## Capacity (concurrent real-time streams on one backend)",
+            "",
+            f"Criterion: {cap.get('criterion')}; {cap.get('seconds_per_stream')} s of speech per stream and step.",
+            "",
+            "| config | streams | p50 ms | p95 ms | last-third p95 ms | audio s / s | CPU s / audio s | verdict |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name in ("baseline", "design"):
+            for s in cap.get(name, {}).get("steps", []):
+                lat = s["latency_ms"]
+                lines.append(
+                    f"| {name} | {s['streams']} | {lat.get('p50')} | {lat.get('p95')} | {s['last_third_p95_ms']} "
+                    f"| {s['throughput_audio_s_per_s']} | {s['cpu_s_per_audio_s']} "
+                    f"| {'pass' if s['passed'] else 'FAIL'} |"
+                )
+        lines += [
+            f"\nCapacity: baseline {cap.get('baseline', {}).get('realtime_streams')}, "
+            f"this design {cap.get('design', {}).get('realtime_streams')} "
+            f"(ratio {cap.get('ratio_vs_baseline')}x).",
+            "",
+        ]
+    peer = results.get("peer", {})
+    if peer:
+        lines += [
+            "## Peer",
+            "",
+            f"{peer.get('name', 'WhisperLive')}: {peer.get('status')}"
+            + (f" — {peer.get('reason')}" if peer.get("reason") else ""),
+            "",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(results: dict, out_dir: Path) -> Path:
+    path = out_dir / "latest.md"
+    path.write_text(markdown(results))
+    return path
+
+
+def plot_latency_cdf(curves: dict[str, list[float]], path: Path, chunk_s: float) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, seconds in curves.items():
+        if not seconds:
+            continue
+        xs = sorted(s * 1000 for s in seconds)
+        ys = [(i + 1) / len(xs) for i in range(len(xs))]
+        ax.step(xs, ys, where="post", label=f"{label} (n={len(xs)})")
+    ax.axvline(chunk_s * 1000, color="grey", linestyle=":", label=f"chunk length {chunk_s:g} s")
+    ax.set_xlabel("latency: end of chunk audio → text (ms)")
+    ax.set_ylabel("fraction of chunks")
+    ax.set_xscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Streamed latency CDF (one real-time stream)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_capacity(capacity: dict, path: Path, chunk_s: float) -> None:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+    for name, style in (("baseline", "s--"), ("design", "o-")):
+        steps = capacity.get(name, {}).get("steps", [])
+        if not steps:
+            continue
+        xs = [s["streams"] for s in steps]
+        left.plot(xs, [s["throughput_audio_s_per_s"] for s in steps], style, label=name)
+        right.plot(xs, [s["latency_ms"].get("p95", float("nan")) for s in steps], style, label=name)
+    top = max([s["streams"] for n in ("baseline", "design") for s in capacity.get(n, {}).get("steps", [])] or [1])
+    left.plot([0, top], [0, top], ":", color="grey", label="keeping up (1 audio s/s per stream)")
+    left.set_xlabel("concurrent real-time streams")
+    left.set_ylabel("audio seconds transcribed per second")
+    left.legend(fontsize=8)
+    left.grid(alpha=0.3)
+    right.axhline(chunk_s * 1000, color="grey", linestyle=":", label="chunk length")
+    right.set_xlabel("concurrent real-time streams")
+    right.set_ylabel("p95 latency (ms)")
+    right.set_yscale("log")
+    right.legend(fontsize=8)
+    right.grid(alpha=0.3, which="both")
+    fig.suptitle("Throughput and latency vs concurrent streams (one CPU backend)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

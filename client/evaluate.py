@@ -1,0 +1,251 @@
+"""Measure the streaming client against one offline pass of the same model.
+
+``python -m client.evaluate --url http://127.0.0.1:5001 --seconds 180`` streams a long
+recording of real speech (:func:`corpus.long_recording`) through the client pipeline (as
+fast as the service allows), transcribes the same file in one offline faster-whisper pass
+(base, CPU, int8), and prints:
+
+- WER of each against the reference transcript (both sides normalised with
+  whisper_normalizer's EnglishTextNormalizer: the references mix "press 4" and "press one");
+- boundary errors: words the stream has twice, or lacks, near a chunk boundary, found by
+  aligning the streamed words with the offline words (same model, so a difference right at a
+  seam is the seam's fault);
+- words produced on non-speech audio (music, noise, tones, clicks, silence): should be 0.
+
+``--overlaps 0,0.5,1,1.5`` sweeps the overlap; ``--baseline`` adds independent 3 s chunks
+with no overlap, no prompt, texts simply joined (what stitching has to beat).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from difflib import SequenceMatcher
+from pathlib import Path
+
+import jiwer
+import numpy as np
+from whisper_normalizer.english import EnglishTextNormalizer
+
+from client.api import SttApi, Word
+from client.dispatcher import Outcome
+from client.pipeline import Pipeline, Settings
+from client.sources import ArraySource
+from client.stats import Stats
+from client.stitcher import join_words, norm
+from corpus import long_recording, nonspeech_clips
+from corpus.fetch import read_wav
+
+_normalizer = EnglishTextNormalizer()
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate in percent after Whisper's English normalisation of both sides."""
+    ref, hyp = _normalizer(reference), _normalizer(hypothesis)
+    if not ref.strip():
+        return 0.0 if not hyp.strip() else 100.0
+    return 100.0 * jiwer.wer(ref, hyp)
+
+
+def offline_words(path: Path, language: str = "en") -> list[Word]:
+    """One faster-whisper pass over the whole file (cached beside the recording)."""
+    cache = path.with_suffix(".offline-base.json")
+    if cache.is_file() and cache.stat().st_mtime >= path.stat().st_mtime:
+        return [Word(**w) for w in json.loads(cache.read_text())]
+    from faster_whisper import WhisperModel
+
+    from services.common.models import provision
+
+    model = WhisperModel(str(provision("base")), device="cpu", compute_type="int8")
+    segments, _ = model.transcribe(str(path), language=language, word_timestamps=True)
+    words = [Word(w.start, w.end, w.word, w.probability) for s in segments for w in (s.words or [])]
+    cache.write_text(json.dumps([w.__dict__ for w in words]))
+    return words
+
+
+@dataclass
+class BoundaryErrors:
+    duplicates: int = 0
+    drops: int = 0
+    examples: list[str] = field(default_factory=list)
+
+
+def boundary_errors(
+    streamed: list[Word], offline: list[Word], boundaries: list[tuple[float, float]], margin: float = 0.4
+) -> BoundaryErrors:
+    """Count words doubled or missing near chunk boundaries.
+
+    ``boundaries`` are the shared windows (start, end) between consecutive chunks (start ==
+    end without overlap). A streamed word with no counterpart offline that repeats one of its
+    neighbours, inside a window, is a duplicate; an offline word with no counterpart in the
+    stream, inside a window, is a drop.
+    """
+
+    def near(t: float) -> bool:
+        return any(lo - margin <= t <= hi + margin for lo, hi in boundaries)
+
+    out = BoundaryErrors()
+    s_norm, o_norm = [norm(w.text) for w in streamed], [norm(w.text) for w in offline]
+    for op, i1, i2, j1, j2 in SequenceMatcher(None, o_norm, s_norm, autojunk=False).get_opcodes():
+        if op in ("insert", "replace"):
+            for j in range(j1, j2):
+                neighbours = {s_norm[k] for k in range(max(0, j - 2), min(len(s_norm), j + 3)) if k != j}
+                extra = j - j1 >= (i2 - i1)  # in a replace, only the words beyond a 1:1 substitution
+                if (op == "insert" or extra) and s_norm[j] in neighbours and near(streamed[j].mid):
+                    out.duplicates += 1
+                    out.examples.append(f"dup {streamed[j].text.strip()!r} at {streamed[j].start:.1f}s")
+        if op in ("delete", "replace"):
+            for i in range(i1, i2):
+                missing = i - i1 >= (j2 - j1)
+                if (op == "delete" or missing) and near(offline[i].mid):
+                    out.drops += 1
+                    out.examples.append(f"drop {offline[i].text.strip()!r} at {offline[i].start:.1f}s")
+    return out
+
+
+@dataclass
+class StreamRun:
+    words: list[Word]
+    boundaries: list[tuple[float, float]]
+    stats: Stats
+    seconds: float
+
+
+async def stream(samples: np.ndarray, url: str, settings: Settings) -> StreamRun:
+    """Push samples through the real client pipeline and keep what the evaluation needs."""
+    chunks: list[tuple[float, float]] = []
+
+    def record(outcome: Outcome) -> None:
+        chunks.append((outcome.chunk.start, outcome.chunk.end))
+
+    api = SttApi(url)
+    stats = Stats()
+    began = time.monotonic()
+    try:
+        words = await Pipeline(ArraySource(samples), api, settings, stats, on_outcome=record).run()
+    finally:
+        await api.aclose()
+    boundaries = [(b_start, a_end) for (_, a_end), (b_start, _) in itertools.pairwise(chunks)]
+    return StreamRun(words, boundaries, stats, time.monotonic() - began)
+
+
+async def stream_independent(samples: np.ndarray, url: str, chunk_s: float, language: str) -> StreamRun:
+    """The baseline: independent chunks, no overlap, no prompt, texts joined (words kept as they come)."""
+    settings = Settings(chunk_s=chunk_s, overlap_s=0.0, prompt=False, language=language, concurrency=1)
+    return await stream(samples, url, settings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--url", default="http://127.0.0.1:5001")
+    p.add_argument("--seconds", type=float, default=180.0, help="length of the long recording")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chunk", type=float, default=3.0)
+    p.add_argument("--overlaps", default="1.0", help="comma-separated overlaps to measure (seconds)")
+    p.add_argument("--prompt", choices=("on", "off", "both"), default="on")
+    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--language", default="en")
+    p.add_argument("--baseline", action="store_true", help="also measure independent chunks without stitching")
+    p.add_argument("--nonspeech-seconds", type=float, default=30.0, help="non-speech audio to stream (0: skip)")
+    p.add_argument("--json", type=Path, help="also write the results as JSON here")
+    args = p.parse_args(argv)
+
+    clip = long_recording(args.seconds, args.seed)
+    samples = read_wav(clip.path)
+    print(f"recording: {clip.path} ({samples.size / 16000:.0f} s, {len(clip.text.split())} reference words)")
+    began = time.monotonic()
+    offline = offline_words(clip.path, args.language)
+    offline_wer = wer(clip.text, join_words(offline))
+    print(f"offline base (one pass, int8): WER {offline_wer:.2f}%  ({time.monotonic() - began:.0f} s)")
+    results: list[dict] = [{"mode": "offline", "wer": round(offline_wer, 2)}]
+
+    runs: list[tuple[str, Settings | None]] = []
+    if args.baseline:
+        runs.append(("independent chunks, texts joined", None))
+    prompts = {"on": [True], "off": [False], "both": [True, False]}[args.prompt]
+    for overlap in (float(x) for x in args.overlaps.split(",")):
+        for prompt in prompts:
+            settings = Settings(
+                chunk_s=args.chunk,
+                overlap_s=overlap,
+                prompt=prompt,
+                language=args.language,
+                concurrency=args.concurrency,
+                detector=True,
+            )
+            runs.append((f"stitched, overlap {overlap:.2f} s, prompt {'on' if prompt else 'off'}", settings))
+
+    print(
+        f"{'mode':44s} {'WER %':>6s} {'Δ offline':>9s} {'dups':>4s} {'drops':>5s} {'chunks':>6s} {'retries':>7s} "
+        f"{'time s':>6s}"
+    )
+    for label, settings in runs:
+        if settings is None:
+            run = asyncio.run(stream_independent(samples, args.url, args.chunk, args.language))
+        else:
+            run = asyncio.run(stream(samples, args.url, settings))
+        text = join_words(run.words)
+        w = wer(clip.text, text)
+        errors = boundary_errors(run.words, offline, run.boundaries)
+        print(
+            f"{label:44s} {w:6.2f} {w - offline_wer:+9.2f} {errors.duplicates:4d} {errors.drops:5d} "
+            f"{run.stats.chunks_captured:6d} {run.stats.chunks_retried:7d} {run.seconds:6.0f}"
+        )
+        for example in errors.examples[:8]:
+            print(f"    {example}")
+        results.append(
+            {
+                "mode": label,
+                "wer": round(w, 2),
+                "delta_vs_offline": round(w - offline_wer, 2),
+                "boundary_duplicates": errors.duplicates,
+                "boundary_drops": errors.drops,
+                "overlap_s": settings.overlap_s if settings else 0.0,
+                "prompt": settings.prompt if settings else False,
+                "chunks": run.stats.chunks_captured,
+                "dropped": run.stats.chunks_dropped,
+                "seconds": round(run.seconds, 1),
+                "text": text,
+            }
+        )
+
+    if args.nonspeech_seconds > 0:
+        pieces, total = [], 0
+        for c in nonspeech_clips():
+            pieces.append(c.samples())
+            total += pieces[-1].size
+            if total >= args.nonspeech_seconds * 16000:
+                break
+        noise = np.concatenate(pieces)
+        settings = Settings(
+            chunk_s=args.chunk,
+            overlap_s=float(args.overlaps.split(",")[0]),
+            language=args.language,
+            concurrency=args.concurrency,
+            detector=True,
+        )
+        run = asyncio.run(stream(noise, args.url, settings))
+        print(
+            f"non-speech ({noise.size / 16000:.0f} s of music/noise/tones/clicks/silence, detector on): "
+            f"{len(run.words)} words {join_words(run.words)!r}"
+        )
+        results.append(
+            {
+                "mode": "nonspeech",
+                "words": len(run.words),
+                "text": join_words(run.words),
+                "seconds_audio": round(noise.size / 16000, 1),
+            }
+        )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,14 @@
+"""The SttConfig operator (kopf).
+
+``SttConfig`` (``stt.platform.io/v1alpha1``) is the one place where an operator of the platform
+says how it should run: routing mode, GPU/CPU replicas, detector. This package reconciles the
+Deployments to it and reports what is really running in its ``status``; the proxies read the
+routing mode from the same resource themselves (:mod:`services.proxy.routing_k8s`).
+
+Entry point: ``kopf run --standalone -m controller.operator`` (``--namespace`` or ``--all-namespaces``).
+"""
+
+GROUP = "stt.platform.io"
+VERSION = "v1alpha1"
+KIND = "SttConfig"
+PLURAL = "sttconfigs"

@@ -1,0 +1,274 @@
+"""kopf handlers: make the Deployments match the SttConfig, and say in its status what runs.
+
+Run: ``kopf run --standalone --namespace NS -m controller.operator --liveness http://0.0.0.0:8081/healthz``
+(``--all-namespaces`` works too, with cluster-wide RBAC). Settings (environment):
+
+- ``STT_STTCONFIG_NAME``: the one SttConfig this operator manages (empty: every SttConfig it sees).
+- ``STT_CPU_DEPLOYMENT`` (``stt-base-cpu``), ``STT_GPU_DEPLOYMENT`` (``stt-base-gpu``),
+  ``STT_DETECTOR_DEPLOYMENT`` (``stt-tiny``), ``STT_DETECTOR_CONTAINER`` (``tiny``): what it drives,
+  in the SttConfig's namespace.
+- ``STT_CONTROLLER_METRICS_PORT`` (8080; 0 = off): Prometheus ``/metrics``.
+- ``STT_STATUS_RESYNC_S`` (15): status is refreshed on every Deployment event; this periodic
+  refresh is the backstop for a missed event.
+
+What it does on create/update/resume of the spec: scale the GPU Deployment (``gpuReplicas``
+while routing is ``gpu``/``auto``, ``gpuIdleReplicas`` while ``cpu``), scale the CPU Deployment,
+set the detector's default (``STT_DETECTOR`` on the tiny Deployment: a rolling update), then write
+the status. The routing switch itself needs no action here: every proxy watches the same
+SttConfig (``services.proxy.routing_k8s``), so there is one source of truth and nothing to
+keep in sync. No deletion handler and no kopf timers/daemons on purpose: those put finalizers on
+the SttConfig, which would block ``helm uninstall`` (the CRD's deletion) once the operator is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+from prometheus_client import start_http_server
+
+from controller import GROUP, PLURAL, VERSION
+from controller import metrics as m
+from controller.kube import Cluster, Names, container_env, load_config, ready_replicas
+from controller.state import Observed, Spec, compute_status
+
+log = logging.getLogger("stt.controller")
+
+CONFIG_NAME = os.environ.get("STT_STTCONFIG_NAME", "").strip()
+NAMES = Names(
+    cpu=os.environ.get("STT_CPU_DEPLOYMENT", "stt-base-cpu"),
+    gpu=os.environ.get("STT_GPU_DEPLOYMENT", "stt-base-gpu"),
+    detector=os.environ.get("STT_DETECTOR_DEPLOYMENT", "stt-tiny"),
+    detector_container=os.environ.get("STT_DETECTOR_CONTAINER", "tiny"),
+)
+METRICS_PORT = int(os.environ.get("STT_CONTROLLER_METRICS_PORT", "8080"))
+RESYNC_S = float(os.environ.get("STT_STATUS_RESYNC_S", "15"))
+
+_cluster: Cluster | None = None
+_known: set[tuple[str, str]] = set()  # (namespace, name) of managed SttConfigs
+_errors: dict[tuple[str, str], str] = {}  # last apply error per SttConfig, shown in its status
+_applied: dict[tuple[str, str], int] = {}  # metadata.generation last applied, per SttConfig
+# Status is written from kopf's handler threads and the resync loop: one writer at a time, so a
+# refresh that read an older status can never overwrite a newer one.
+_status_lock = threading.Lock()
+_resync_task: asyncio.Task | None = None
+
+
+def cluster() -> Cluster:
+    global _cluster
+    if _cluster is None:
+        load_config()
+        _cluster = Cluster()
+    return _cluster
+
+
+def managed(name: str, **_: Any) -> bool:
+    return not CONFIG_NAME or name == CONFIG_NAME
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def observe(c: Cluster, namespace: str) -> Observed:
+    cpu = c.read_deployment(namespace, NAMES.cpu)
+    gpu = c.read_deployment(namespace, NAMES.gpu)
+    det = c.read_deployment(namespace, NAMES.detector)
+    # No STT_DETECTOR in the pod template means the tiny service's own default, silero.
+    detector = (container_env(det, NAMES.detector_container).get("STT_DETECTOR") or "silero") if det else None
+    return Observed(ready_replicas(cpu), ready_replicas(gpu), ready_replicas(det), detector)
+
+
+def refresh_status(namespace: str, name: str, generation: int | None = None) -> dict[str, Any] | None:
+    """Write the status from what runs now; ``generation`` marks a spec as applied."""
+    with _status_lock:
+        return _refresh_status(namespace, name, generation)
+
+
+def _refresh_status(namespace: str, name: str, generation: int | None) -> dict[str, Any] | None:
+    key = (namespace, name)
+    if generation is not None:
+        _applied[key] = generation
+    c = cluster()
+    obj = c.read_config(namespace, name)
+    if obj is None:
+        _known.discard(key)
+        return None
+    previous = obj.get("status") or {}
+    if generation is None:
+        generation = _applied.get(key, previous.get("observedGeneration"))
+    error = _errors.get((namespace, name))
+    try:
+        spec = Spec.from_dict(obj.get("spec"))
+    except ValueError as exc:
+        spec, error = Spec(), str(exc)
+    status = compute_status(spec, observe(c, namespace), generation, previous, _now(), error)
+    m.publish(spec.routing, spec.desired_gpu_replicas, status["gpuReplicasReady"])
+    if any(previous.get(k) != v for k, v in status.items()):
+        c.patch_status(namespace, name, status)
+    return status
+
+
+def reconcile(c: Cluster, namespace: str, spec: Spec) -> list[str]:
+    """Bring the Deployments to the spec; returns what changed (for the log and the event)."""
+    changed = []
+    if c.scale(namespace, NAMES.gpu, spec.desired_gpu_replicas):
+        changed.append(f"{NAMES.gpu} replicas={spec.desired_gpu_replicas}")
+    if c.scale(namespace, NAMES.cpu, spec.cpu_replicas):
+        changed.append(f"{NAMES.cpu} replicas={spec.cpu_replicas}")
+    if c.set_env(namespace, NAMES.detector, NAMES.detector_container, "STT_DETECTOR", spec.detector):
+        changed.append(f"{NAMES.detector} STT_DETECTOR={spec.detector}")
+    return changed
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    global _resync_task
+    # Progress and diff-base live in annotations: the status belongs to this operator's own fields.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    # Only warnings and errors become Kubernetes Events by themselves (an INFO event per Deployment
+    # status change would be spam); apply() posts one Event per change it makes.
+    settings.posting.level = logging.WARNING
+    # No cluster-wide scanning of namespaces and CRDs: it needs cluster-scope RBAC that a
+    # namespaced operator should not have. The CRD is installed before this Deployment (Helm's
+    # order), and wait_for_crd() below holds start-up until the API serves it.
+    settings.scanning.disabled = True
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    if METRICS_PORT:
+        start_http_server(METRICS_PORT)
+        log.info("metrics on :%d/metrics", METRICS_PORT)
+    await asyncio.to_thread(cluster)
+    await asyncio.to_thread(wait_for_crd)
+    _resync_task = asyncio.create_task(_resync_loop())
+
+
+def wait_for_crd(timeout_s: float = 120.0) -> None:
+    """Block until the API serves sttconfigs (discovery needs no RBAC), so kopf starts watching it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            resources = cluster().custom.get_api_resources(GROUP, VERSION)
+            if any(r.name == PLURAL for r in resources.resources or []):
+                return
+        except ApiException as exc:
+            if exc.status != 404 or time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{PLURAL}.{GROUP}/{VERSION} is not served: install the chart's CRD")
+        log.warning("waiting for the %s.%s CRD to be served", PLURAL, GROUP)
+        time.sleep(2)
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    if _resync_task is not None:
+        _resync_task.cancel()
+
+
+def correct_drift(namespace: str, name: str) -> None:
+    """Re-apply the current spec (someone scaled by hand, a ``helm rollback``) and refresh the status.
+
+    The SttConfig is the truth: a Deployment that drifted from it is put back. Writes nothing
+    when everything is in place.
+    """
+    c = cluster()
+    obj = c.read_config(namespace, name)
+    if obj is None:
+        _known.discard((namespace, name))
+        return
+    if (namespace, name) not in _errors:
+        try:
+            spec = Spec.from_dict(obj.get("spec"))
+        except ValueError:
+            spec = None
+        if spec is not None:
+            changed = reconcile(c, namespace, spec)
+            if changed:
+                m.RECONCILIATIONS.labels("success").inc()
+                log.warning("corrected drift from SttConfig %s/%s: %s", namespace, name, ", ".join(changed))
+    refresh_status(namespace, name)
+
+
+async def _resync_loop() -> None:
+    while True:
+        await asyncio.sleep(RESYNC_S)
+        for namespace, name in list(_known):
+            try:
+                await asyncio.to_thread(correct_drift, namespace, name)
+            except Exception:
+                log.exception("resync of %s/%s failed; retrying in %.0fs", namespace, name, RESYNC_S)
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL, when=managed, id="apply-resume")
+@kopf.on.create(GROUP, VERSION, PLURAL, when=managed, id="apply-create")
+@kopf.on.update(GROUP, VERSION, PLURAL, when=managed, field="spec", id="apply-update")
+def apply(
+    spec: dict[str, Any],
+    meta: dict[str, Any],
+    name: str,
+    namespace: str,
+    logger: logging.Logger,
+    body: Any = None,
+    **_: Any,
+) -> None:
+    """Reconcile on every spec change (and once per SttConfig when the operator starts)."""
+    started = time.perf_counter()
+    key = (namespace, name)
+    _known.add(key)
+    try:
+        wanted = Spec.from_dict(spec)
+    except ValueError as exc:  # the CRD schema should have refused it; say so rather than guess
+        _errors[key] = str(exc)
+        m.RECONCILIATIONS.labels("error").inc()
+        refresh_status(namespace, name)
+        raise kopf.PermanentError(str(exc)) from exc
+    try:
+        changed = reconcile(cluster(), namespace, wanted)
+    except ApiException as exc:
+        _errors[key] = f"applying the spec failed: HTTP {exc.status} {exc.reason}"
+        m.RECONCILIATIONS.labels("error").inc()
+        refresh_status(namespace, name)
+        raise kopf.TemporaryError(_errors[key], delay=5) from exc
+    _errors.pop(key, None)
+    m.APPLY_SECONDS.observe(time.perf_counter() - started)
+    m.RECONCILIATIONS.labels("success").inc()
+    refresh_status(namespace, name, generation=meta.get("generation"))
+    summary = (
+        f"applied routing={wanted.routing} gpuReplicas={wanted.desired_gpu_replicas} "
+        f"cpuReplicas={wanted.cpu_replicas} detector={wanted.detector}: {', '.join(changed) or 'already in place'}"
+    )
+    logger.info("%s", summary)
+    if changed and body is not None:
+        kopf.info(body, reason="Applied", message=summary)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, when=managed)
+def track(event: dict[str, Any], name: str, namespace: str, **_: Any) -> None:
+    """Forget deleted SttConfigs (there is no deletion handler, see the module docstring)."""
+    if event.get("type") == "DELETED":
+        _known.discard((namespace, name))
+        _errors.pop((namespace, name), None)
+        _applied.pop((namespace, name), None)
+
+
+def _ours(name: str, **_: Any) -> bool:
+    return name in (NAMES.cpu, NAMES.gpu, NAMES.detector)
+
+
+@kopf.on.event("apps", "v1", "deployments", when=_ours)
+def deployment_changed(namespace: str, **_: Any) -> None:
+    """Pods came or went (or someone scaled by hand): correct drift and refresh the status at once."""
+    for ns, name in list(_known):
+        if ns == namespace:
+            correct_drift(ns, name)

@@ -1,0 +1,166 @@
+"""What the SttConfig asks for, what is really running, and the status that says so.
+
+Pure functions (no API calls) so that every status rule is unit-tested without a cluster. The
+rules mirror the proxy's own routing choice (:func:`services.proxy.backends.choose`): in
+``gpu``/``auto`` mode a ready GPU pod serves, otherwise the CPU side does, so ``activeBackend``
+in the resource and ``active_backend`` in the proxy's ``/gpu-status`` tell the same story.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+ROUTING_MODES = ("cpu", "gpu", "auto")
+DETECTORS = ("silero", "whisper-tiny")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The SttConfig ``spec`` with the CRD's defaults applied (the API server applies them too;
+    repeating them here keeps the operator correct against objects created before a default existed)."""
+
+    routing: str = "cpu"
+    gpu_replicas: int = 1
+    gpu_idle_replicas: int = 0
+    cpu_replicas: int = 1
+    detector: str = "silero"
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any] | None) -> Spec:
+        spec = dict(spec or {})
+        routing = str(spec.get("routing", cls.routing))
+        detector = str(spec.get("detector", cls.detector))
+        if routing not in ROUTING_MODES:
+            raise ValueError(f"spec.routing={routing!r}: use one of {', '.join(ROUTING_MODES)}")
+        if detector not in DETECTORS:
+            raise ValueError(f"spec.detector={detector!r}: use one of {', '.join(DETECTORS)}")
+        values = {
+            "gpu_replicas": spec.get("gpuReplicas", cls.gpu_replicas),
+            "gpu_idle_replicas": spec.get("gpuIdleReplicas", cls.gpu_idle_replicas),
+            "cpu_replicas": spec.get("cpuReplicas", cls.cpu_replicas),
+        }
+        for key, value in values.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"spec.{key}={value!r}: must be a non-negative integer")
+        return cls(routing=routing, detector=detector, **values)
+
+    @property
+    def desired_gpu_replicas(self) -> int:
+        """GPU pods cost money: ``gpuReplicas`` only while routing may use them, else ``gpuIdleReplicas``."""
+        return self.gpu_replicas if self.routing in ("gpu", "auto") else self.gpu_idle_replicas
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Ready pod counts read from the Deployments' status (``None``: the Deployment is missing)."""
+
+    cpu_ready: int | None
+    gpu_ready: int | None
+    detector_ready: int | None
+    detector: str | None = None  # STT_DETECTOR currently in the detector's pod template
+
+
+def active_backend(routing: str, observed: Observed) -> str:
+    """The backend the proxy serves from now, by the proxy's own rule (``backends.choose``)."""
+    cpu, gpu = observed.cpu_ready or 0, observed.gpu_ready or 0
+    if routing in ("gpu", "auto") and gpu > 0:
+        return "gpu"
+    if cpu > 0:
+        return "cpu"
+    if gpu > 0:
+        return "gpu"
+    return "none"
+
+
+def _condition(ctype: str, ok: bool, reason: str, message: str, generation: int | None) -> dict[str, Any]:
+    return {
+        "type": ctype,
+        "status": "True" if ok else "False",
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+    }
+
+
+def conditions_for(
+    spec: Spec, observed: Observed, generation: int | None, error: str | None = None
+) -> list[dict[str, Any]]:
+    """Ready, GpuReady and Degraded, each with a reason a person (and an alert) can act on."""
+    cpu, gpu, det = observed.cpu_ready or 0, observed.gpu_ready or 0, observed.detector_ready or 0
+    want_gpu = spec.desired_gpu_replicas
+    active = active_backend(spec.routing, observed)
+
+    if want_gpu == 0:
+        gpu_cond = _condition(
+            "GpuReady", False, "ScaledToZero", f"GPU Deployment scaled to 0 (routing {spec.routing})", generation
+        )
+    elif gpu >= want_gpu:
+        gpu_cond = _condition("GpuReady", True, "AllReplicasReady", f"{gpu}/{want_gpu} GPU pods ready", generation)
+    else:
+        gpu_cond = _condition("GpuReady", False, "ReplicasNotReady", f"{gpu}/{want_gpu} GPU pods ready", generation)
+
+    if error:
+        degraded = _condition("Degraded", True, "ApplyFailed", error, generation)
+    elif spec.routing == "gpu" and gpu == 0:
+        degraded = _condition(
+            "Degraded",
+            True,
+            "GpuNotReady",
+            f"routing is gpu but no GPU pod is ready (0/{want_gpu}); the proxy serves on {active}",
+            generation,
+        )
+    elif spec.cpu_replicas > 0 and cpu == 0:
+        degraded = _condition("Degraded", True, "CpuNotReady", f"0/{spec.cpu_replicas} CPU pods ready", generation)
+    elif det == 0:
+        degraded = _condition("Degraded", True, "DetectorNotReady", "no speech detector pod is ready", generation)
+    else:
+        degraded = _condition("Degraded", False, "AsRequested", f"serving on {active} as requested", generation)
+
+    if error:
+        ready = _condition("Ready", False, "ApplyFailed", error, generation)
+    elif active == "none":
+        ready = _condition("Ready", False, "NoBackendReady", "no transcription pod is ready", generation)
+    elif det == 0:
+        ready = _condition("Ready", False, "DetectorNotReady", "no speech detector pod is ready", generation)
+    else:
+        ready = _condition("Ready", True, "Serving", f"serving on {active}", generation)
+    return [ready, gpu_cond, degraded]
+
+
+def keep_transition_times(
+    new: list[dict[str, Any]], old: list[dict[str, Any]] | None, now: str
+) -> list[dict[str, Any]]:
+    """``lastTransitionTime`` changes only when a condition's status does (the Kubernetes convention)."""
+    before = {c.get("type"): c for c in old or []}
+    out = []
+    for cond in new:
+        prev = before.get(cond["type"])
+        same = prev is not None and prev.get("status") == cond["status"] and prev.get("lastTransitionTime")
+        out.append({**cond, "lastTransitionTime": prev["lastTransitionTime"] if same else now})
+    return out
+
+
+def compute_status(
+    spec: Spec,
+    observed: Observed,
+    generation: int | None,
+    previous: dict[str, Any] | None,
+    now: str,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """The full ``status`` for the SttConfig; equal to ``previous`` when nothing changed."""
+    previous = previous or {}
+    return {
+        "observedGeneration": generation,
+        "routing": spec.routing,
+        "activeBackend": active_backend(spec.routing, observed),
+        "detector": observed.detector or spec.detector,
+        "gpuReplicasDesired": spec.desired_gpu_replicas,
+        "gpuReplicasReady": observed.gpu_ready or 0,
+        "cpuReplicasDesired": spec.cpu_replicas,
+        "cpuReplicasReady": observed.cpu_ready or 0,
+        "conditions": keep_transition_times(
+            conditions_for(spec, observed, generation, error), previous.get("conditions"), now
+        ),
+    }

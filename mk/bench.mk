@@ -1,0 +1,37 @@
+# Benchmark (included by the top-level Makefile; also works alone: `make -f mk/bench.mk bench`).
+# See docs/performance.md.
+#
+#   make bench                  full run (~15 min on 2 cores): bench/results/latest.{json,md} + PNG plots
+#   make bench ARGS=--quick     the same measurements on smaller samples (~3 min)
+#   make bench ARGS="--device cuda"   base on the GPU (STT_DEVICE=cuda)
+#   make bench-peer             install the peer (WhisperLive) into .cache/peer-venv; `make bench` tries it
+VENV ?= .venv
+PY ?= $(VENV)/bin/python
+PYTHON ?= python3
+PEER_VENV ?= .cache/peer-venv
+ARGS ?=
+# WhisperLive's server needs PyTorch and pins its own faster-whisper; its other requirements
+# (OpenVINO, openai-whisper, PyAudio, ...) serve backends and clients the bench does not use.
+PEER_PACKAGES ?= torch==2.14.1 faster-whisper==1.2.0 tokenizers==0.20.3 "numpy<2.5" websockets websocket-client \
+  scipy fastapi uvicorn python-multipart prometheus-client soundfile "setuptools>=77"
+
+.PHONY: bench bench-prepare bench-peer
+
+bench-prepare:
+	$(PY) -m services.common.models fetch base tiny.en
+	@command -v apt-get >/dev/null || { echo "the corpus needs apt-get (Debian/Ubuntu)"; exit 1; }
+	@ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || apt-get update -qq
+	$(PY) -m corpus
+
+$(PEER_VENV)/.installed:
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install --quiet --no-deps whisper-live==0.10.0
+	$(PEER_VENV)/bin/pip install --quiet $(PEER_PACKAGES)
+	@touch $@
+
+bench-peer: $(PEER_VENV)/.installed ## Install WhisperLive (the peer the bench compares with; ~6 GB with PyTorch)
+
+bench: bench-prepare ## Benchmark everything (ARGS=--quick for ~3 min); writes bench/results/
+	@$(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) bench-peer PY=$(PY) || \
+	  echo "bench: the peer could not be installed; the results will say why"
+	$(PY) -m bench $(ARGS)

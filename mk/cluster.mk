@@ -1,0 +1,48 @@
+# Cluster and image infrastructure (included by the top-level Makefile; also works alone:
+# `make -f mk/cluster.mk cluster`). See docs/cluster.md.
+#
+#   make cluster        kind cluster (Docker + kind present) or the local Docker-free Kubernetes v1.20;
+#                       ends when the node is Ready, prints how long it took
+#   make images         build localhost/stt-{tiny,base,proxy,controller}:dev, load them into the cluster
+#   make cluster-smoke  one throwaway pod per image + in-cluster API access check
+#   make kubeconfig     print the admin kubeconfig path
+#   make cluster-down   stop/delete the cluster (twice is fine); binaries and image caches stay
+VENV ?= .venv
+PY ?= $(VENV)/bin/python
+STT_K8S_CACHE ?= /var/tmp/stt-k8s
+STT_CLUSTER_DIR ?= /var/tmp/stt-cluster
+STT_KUBECONFIG ?= $(STT_CLUSTER_DIR)/kubeconfig
+STT_IMAGE_TAG ?= dev
+export STT_K8S_CACHE STT_CLUSTER_DIR STT_IMAGE_TAG
+# kubectl and helm live in $(STT_K8S_CACHE)/bin (fetched by `make cluster`)
+export PATH := $(STT_K8S_CACHE)/bin:$(PATH)
+KUBECTL ?= kubectl --kubeconfig $(STT_KUBECONFIG)
+HELM ?= helm --kubeconfig $(STT_KUBECONFIG)
+
+.PHONY: cluster cluster-down images kubeconfig cluster-smoke cluster-tools cluster-status images-dockerfile-check
+
+cluster:
+	@bash hack/cluster/up.sh
+
+cluster-down:
+	@bash hack/cluster/down.sh
+
+images:
+	@PY="$(abspath $(PY))" bash hack/images/build.sh
+
+kubeconfig:
+	@echo $(STT_KUBECONFIG)
+
+cluster-smoke:
+	@bash hack/cluster/smoke.sh
+
+# kubectl + helm only (no cluster), e.g. for `helm lint` in CI
+cluster-tools:
+	@bash hack/cluster/build-binaries.sh --tools-only
+
+cluster-status:
+	@$(KUBECTL) get nodes -o wide && $(KUBECTL) get pods -A -o wide
+
+# build the real Dockerfiles with podman (no Docker here) to prove they work; ~5 min
+images-dockerfile-check:
+	@bash hack/images/dockerfile-check.sh

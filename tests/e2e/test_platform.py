@@ -1,0 +1,409 @@
+"""The whole platform on a real cluster, in the order a person would use it: install, transcribe
+real speech through a real port-forward, switch routing with ``kubectl edit`` and with
+``/gpu-toggle``, watch the GPU Deployment follow, check RBAC, then upgrade, roll back and
+uninstall. The tests share one release and run in file order."""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import NAMESPACE, RELEASE, Kube, PortForward, record, wait_for
+
+pytestmark = pytest.mark.e2e
+
+STATE: dict = {}
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def condition(cfg: dict, ctype: str) -> dict:
+    return next((c for c in cfg.get("status", {}).get("conditions", []) if c["type"] == ctype), {})
+
+
+def proxy_modes(kube: Kube) -> set[str]:
+    """The routing mode every proxy replica has in force (asked inside each pod)."""
+    pods = [p["metadata"]["name"] for p in kube.pods("proxy") if not p["metadata"].get("deletionTimestamp")]
+    return {kube.exec_http(p, "http://127.0.0.1:5001/gpu-status")["mode"] for p in pods}
+
+
+class ProxyReplicas:
+    """A port-forward to each proxy pod, to ask every replica its mode quickly (for the timings)."""
+
+    def __init__(self, kube: Kube):
+        names = [p["metadata"]["name"] for p in kube.pods("proxy") if not p["metadata"].get("deletionTimestamp")]
+        assert len(names) >= 2, f"expected several proxy replicas, have {names}"
+        self.forwards = [PortForward(kube, f"pod/{name}", 5001) for name in names]
+        self.urls = [pf.url for pf in self.forwards]
+
+    def modes(self) -> set[str]:
+        return {httpx.get(f"{u}/gpu-status", timeout=2).json()["mode"] for u in self.urls}
+
+    def wait_switch(self, mode: str, since: float, what: str) -> float:
+        wait_for(f"every proxy replica routing {mode}", lambda: self.modes() == {mode}, timeout=30, interval=0.05)
+        elapsed = time.monotonic() - since
+        record(what, elapsed)
+        return elapsed
+
+    def close(self) -> None:
+        for pf in self.forwards:
+            pf.stop()
+
+
+@pytest.fixture
+def replicas(kube: Kube, installed):
+    r = ProxyReplicas(kube)
+    yield r
+    r.close()
+
+
+def edit_routing(kube: Kube, mode: str) -> None:
+    """``kubectl edit`` for real, with a non-interactive editor that changes the routing line."""
+    kube.kubectl(
+        "edit",
+        "sttconfig",
+        RELEASE,
+        env={"KUBE_EDITOR": f"sed -i -E 's/^(  routing:) .*/\\1 {mode}/'", "EDITOR": ""},
+    )
+    assert kube.sttconfig()["spec"]["routing"] == mode
+
+
+def transcribe(pf: PortForward, clip) -> httpx.Response:
+    r = httpx.post(
+        f"{pf.url}/transcribe",
+        content=clip.path.read_bytes(),
+        headers={"Content-Type": "audio/wav"},
+        params={"language": "en"},
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    return r
+
+
+def assert_heard(clip, text: str) -> None:
+    said, heard = words(clip.text), set(words(text))
+    hits = sum(w in heard for w in said)
+    assert hits >= 0.7 * len(said), f"expected {clip.text!r}, heard {text!r}"
+
+
+@pytest.fixture(scope="module")
+def clip():
+    from corpus import speech_clips
+
+    clips = [c for c in speech_clips() if c.name.startswith("asterisk") and len(words(c.text)) >= 6]
+    assert clips, "no speech clips (python -m corpus fetches them)"
+    return clips[0]
+
+
+@pytest.fixture(scope="module")
+def installed(kube: Kube, chart) -> dict:
+    if kube.helm("status", RELEASE, check=False).returncode == 0:
+        kube.helm("uninstall", RELEASE, "--wait", "--timeout", "3m")
+    subprocess_ns = kube.kubectl("get", "namespace", NAMESPACE, check=False)
+    if subprocess_ns.returncode != 0:
+        kube.kubectl("create", "namespace", NAMESPACE)
+    start = time.monotonic()
+    kube.helm(
+        "install",
+        RELEASE,
+        str(chart),
+        "--set",
+        "image.pullPolicy=Never",
+        "--wait",
+        "--timeout",
+        "10m",
+    )
+    helm_done = time.monotonic() - start
+    # Ready: every Deployment available (helm --wait) and the operator has reported the SttConfig.
+    wait_for(
+        "SttConfig Ready=True at the current generation",
+        lambda: (
+            (cfg := kube.sttconfig())
+            and condition(cfg, "Ready").get("status") == "True"
+            and cfg["status"].get("observedGeneration") == cfg["metadata"]["generation"]
+        ),
+        timeout=120,
+    )
+    record("install_to_ready_s (helm install --wait)", helm_done)
+    record("install_to_ready_s (SttConfig Ready)", time.monotonic() - start)
+    return {"started": start}
+
+
+def test_install_reports_status(kube: Kube, installed) -> None:
+    cfg = kube.sttconfig()
+    assert cfg["spec"] == {
+        "routing": "cpu",
+        "gpuReplicas": 1,
+        "gpuIdleReplicas": 0,
+        "cpuReplicas": 1,
+        "detector": "silero",
+    }
+    st = cfg["status"]
+    assert st["activeBackend"] == "cpu" and st["cpuReplicasReady"] == 1 and st["gpuReplicasDesired"] == 0
+    assert condition(cfg, "GpuReady")["reason"] == "ScaledToZero"
+    assert condition(cfg, "Degraded")["status"] == "False"
+    printed = kube.kubectl("get", "stc").stdout  # short name and printer columns
+    assert re.search(r"^stt\s+cpu\s+cpu\s+0\s+1\s+True", printed, re.M), printed
+    # the operator runs in the cluster, as a pod with its own ServiceAccount
+    (ctrl,) = kube.pods("controller")
+    assert ctrl["spec"]["serviceAccountName"] == f"{RELEASE}-controller"
+    assert kube.json("get", "deployment", f"{RELEASE}-base-gpu")["spec"]["replicas"] == 0
+
+
+def test_transcribes_real_speech_through_port_forward(kube: Kube, installed, proxy_forward: PortForward, clip) -> None:
+    r = transcribe(proxy_forward, clip)
+    body = r.json()
+    assert r.headers["X-STT-Backend"] == "cpu" and body["backend"] == "cpu"
+    assert body["device"] == "cpu"
+    assert_heard(clip, body["text"])
+    det = httpx.post(
+        f"{proxy_forward.url}/detect", content=clip.path.read_bytes(), headers={"Content-Type": "audio/wav"}, timeout=60
+    )
+    assert det.status_code == 200 and det.json()["speech"] is True
+    status = httpx.get(f"{proxy_forward.url}/gpu-status", timeout=5).json()
+    assert status["source"] == "kubernetes" and status["mode"] == "cpu"
+
+
+def test_invalid_sttconfig_is_rejected_by_the_api_server(kube: Kube, installed) -> None:
+    for patch, needle in (
+        ('{"spec": {"routing": "fast"}}', "routing"),
+        ('{"spec": {"gpuReplicas": -1}}', "gpuReplicas"),
+        ('{"spec": {"detector": "vad"}}', "detector"),
+        ('{"spec": {"cpuReplicas": "many"}}', "cpuReplicas"),
+    ):
+        r = kube.kubectl("patch", "sttconfig", RELEASE, "--type", "merge", "-p", patch, check=False)
+        assert r.returncode != 0 and needle in r.stderr, (patch, r.stderr)
+    assert kube.sttconfig()["spec"]["routing"] == "cpu"
+
+
+def test_edit_to_gpu_scales_up_and_routes_to_gpu(
+    kube: Kube, installed, proxy_forward: PortForward, replicas: ProxyReplicas, clip
+) -> None:
+    start = time.monotonic()
+    edit_routing(kube, "gpu")
+    edited = time.monotonic()
+    record("kubectl_edit_command_s", edited - start)
+    replicas.wait_switch("gpu", edited, "edit_to_routing_switched_s (all proxy replicas, after the edit)")
+    assert proxy_modes(kube) == {"gpu"}  # and asked inside each pod
+    # Before the GPU pod is ready the platform says so: serving on CPU, Degraded GpuNotReady.
+    cfg = wait_for(
+        "SttConfig Degraded=GpuNotReady",
+        lambda: (c := kube.sttconfig()) and condition(c, "Degraded").get("reason") == "GpuNotReady" and c,
+        timeout=30,
+    )
+    assert cfg["status"]["activeBackend"] == "cpu"
+    r = transcribe(proxy_forward, clip)
+    assert r.headers["X-STT-Backend"] == "cpu" and r.headers.get("X-STT-Fallback"), dict(r.headers)
+
+    wait_for(
+        "GPU Deployment ready",
+        lambda: kube.json("get", "deployment", f"{RELEASE}-base-gpu")["status"].get("readyReplicas") == 1,
+        timeout=300,
+    )
+    record("gpu_scale_up_to_ready_s (edit to GPU pod ready)", time.monotonic() - start)
+    (gpu_pod,) = kube.pods("base-gpu")
+    limits = gpu_pod["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == "1"
+    assert gpu_pod["spec"]["nodeName"] == "localhost"
+
+    # Requests land on the GPU pod once the proxies' health checks see it ready.
+    def on_gpu():
+        resp = transcribe(proxy_forward, clip)
+        return resp if resp.headers["X-STT-Backend"] == "gpu" else None
+
+    r = wait_for("a request served by the GPU backend", on_gpu, timeout=60, interval=1)
+    record("gpu_scale_up_to_serving_s (edit to first GPU answer)", time.monotonic() - start)
+    body = r.json()
+    assert body["backend"] == "gpu" and "X-STT-Fallback" not in r.headers
+    # No CUDA on this node: the pod says so instead of pretending.
+    assert body["requested_device"] == "cuda" and body["device"] == "cpu" and body["device_fallback_reason"]
+    assert_heard(clip, body["text"])
+    cfg = wait_for(
+        "SttConfig activeBackend gpu",
+        lambda: (c := kube.sttconfig())["status"].get("activeBackend") == "gpu" and c,
+        timeout=30,
+    )
+    assert condition(cfg, "GpuReady")["status"] == "True" and condition(cfg, "Degraded")["status"] == "False"
+
+
+def test_edit_back_to_cpu(kube: Kube, installed, proxy_forward: PortForward, replicas: ProxyReplicas, clip) -> None:
+    edit_routing(kube, "cpu")
+    replicas.wait_switch("cpu", time.monotonic(), "edit_back_to_cpu_switched_s (after the edit)")
+    r = transcribe(proxy_forward, clip)
+    assert r.headers["X-STT-Backend"] == "cpu"
+    wait_for(
+        "GPU Deployment back to gpuIdleReplicas (0)",
+        lambda: (
+            kube.json("get", "deployment", f"{RELEASE}-base-gpu")["spec"]["replicas"] == 0 and not kube.pods("base-gpu")
+        ),
+        timeout=120,
+    )
+    cfg = kube.sttconfig()
+    assert cfg["status"]["gpuReplicasDesired"] == 0 and cfg["status"]["activeBackend"] == "cpu"
+
+
+def test_gpu_toggle_needs_the_admin_token_and_writes_the_sttconfig(
+    kube: Kube, installed, proxy_forward: PortForward, replicas: ProxyReplicas
+) -> None:
+    url = f"{proxy_forward.url}/gpu-toggle"
+    assert httpx.post(url, json={"mode": "gpu"}, timeout=10).status_code == 401
+    bad = httpx.post(url, json={"mode": "gpu"}, headers={"Authorization": "Bearer nope"}, timeout=10)
+    assert bad.status_code == 403
+    assert kube.sttconfig()["spec"]["routing"] == "cpu"
+
+    secret = kube.json("get", "secret", f"{RELEASE}-admin")
+    token = base64.b64decode(secret["data"]["token"]).decode()
+    STATE["token"] = token
+    start = time.monotonic()
+    r = httpx.post(url, json={"mode": "auto"}, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json()["mode"] == "auto" and r.json()["source"] == "kubernetes"
+    # /gpu-toggle and kubectl agree: the toggle is a write to the SttConfig
+    assert kube.sttconfig()["spec"]["routing"] == "auto"
+    replicas.wait_switch("auto", start, "gpu_toggle_to_all_replicas_s")
+    # an empty body flips auto -> cpu
+    r = httpx.post(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert r.status_code == 200 and r.json()["mode"] == "cpu"
+    assert kube.sttconfig()["spec"]["routing"] == "cpu"
+
+
+def test_routing_survives_a_proxy_restart(kube: Kube, installed, proxy_forward: PortForward) -> None:
+    kube.kubectl("patch", "sttconfig", RELEASE, "--type", "merge", "-p", '{"spec": {"routing": "auto"}}')
+    wait_for("proxies routing auto", lambda: proxy_modes(kube) == {"auto"}, timeout=30)
+    kube.kubectl("rollout", "restart", f"deployment/{RELEASE}-proxy")
+    kube.kubectl("rollout", "status", f"deployment/{RELEASE}-proxy", "--timeout=180s")
+    # new pods, no memory of the old ones: the mode comes back from the SttConfig
+    assert proxy_modes(kube) == {"auto"}
+    status = httpx.get(f"{proxy_forward.url}/gpu-status", timeout=5).json()
+    assert status["mode"] == "auto"
+    kube.kubectl("patch", "sttconfig", RELEASE, "--type", "merge", "-p", '{"spec": {"routing": "cpu"}}')
+    wait_for("proxies routing cpu", lambda: proxy_modes(kube) == {"cpu"}, timeout=30)
+
+
+def test_detector_choice_is_applied(kube: Kube, installed, proxy_forward: PortForward, clip) -> None:
+    def detector_used() -> str:
+        r = httpx.post(
+            f"{proxy_forward.url}/detect",
+            content=clip.path.read_bytes(),
+            headers={"Content-Type": "audio/wav"},
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        return r.json()["detector"]
+
+    assert detector_used() == "silero"
+    start = time.monotonic()
+    kube.kubectl("patch", "sttconfig", RELEASE, "--type", "merge", "-p", '{"spec": {"detector": "whisper-tiny"}}')
+    wait_for(
+        "the tiny Deployment rolled out with STT_DETECTOR=whisper-tiny",
+        lambda: (
+            (d := kube.json("get", "deployment", f"{RELEASE}-tiny"))
+            and {"name": "STT_DETECTOR", "value": "whisper-tiny"}
+            in d["spec"]["template"]["spec"]["containers"][0]["env"]
+            and d["status"].get("updatedReplicas") == d["status"].get("readyReplicas") == d["spec"]["replicas"]
+            and not d["status"].get("unavailableReplicas")
+        ),
+        timeout=180,
+    )
+    wait_for("requests detected by whisper-tiny", lambda: detector_used() == "whisper-tiny", timeout=60, interval=1)
+    record("detector_switch_s (edit to new detector serving)", time.monotonic() - start)
+    assert kube.sttconfig()["status"]["detector"] == "whisper-tiny"
+
+
+def test_service_accounts_have_least_privilege(kube: Kube, installed) -> None:
+    ctrl = f"system:serviceaccount:{NAMESPACE}:{RELEASE}-controller"
+    proxy = f"system:serviceaccount:{NAMESPACE}:{RELEASE}-proxy"
+    backend = f"system:serviceaccount:{NAMESPACE}:{RELEASE}-backend"
+    cases = [
+        (ctrl, ["patch", f"deployments/{RELEASE}-base-gpu"], "yes"),
+        (ctrl, ["patch", f"deployments/{RELEASE}-tiny"], "yes"),
+        (ctrl, ["watch", "deployments"], "yes"),
+        (ctrl, ["patch", "sttconfigs/status"], "yes"),
+        (ctrl, ["create", "events"], "yes"),
+        (ctrl, ["patch", f"deployments/{RELEASE}-proxy"], "no"),
+        (ctrl, ["delete", "deployments"], "no"),
+        (ctrl, ["create", "deployments"], "no"),
+        (ctrl, ["get", "secrets"], "no"),
+        (ctrl, ["create", "pods"], "no"),
+        (ctrl, ["list", "namespaces"], "no"),
+        (ctrl, ["list", "sttconfigs", "-n", "default"], "no"),
+        (proxy, ["patch", f"sttconfigs/{RELEASE}"], "yes"),
+        (proxy, ["watch", f"sttconfigs/{RELEASE}"], "yes"),
+        (proxy, ["patch", "sttconfigs/other"], "no"),
+        (proxy, ["delete", f"sttconfigs/{RELEASE}"], "no"),
+        (proxy, ["patch", "sttconfigs/status"], "no"),
+        (proxy, ["get", "secrets"], "no"),
+        (proxy, ["list", "deployments"], "no"),
+        (backend, ["get", f"sttconfigs/{RELEASE}"], "no"),
+        (backend, ["get", "pods"], "no"),
+    ]
+    wrong = []
+    for who, args, expected in cases:
+        r = kube.kubectl("auth", "can-i", *args, "--as", who, check=False)
+        if r.stdout.strip() != expected:
+            wrong.append(f"{who.rsplit(':', 1)[1]} can-i {' '.join(args)}: {r.stdout.strip()} (expected {expected})")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_controller_metrics(kube: Kube, installed) -> None:
+    (pod,) = kube.pods("controller")
+    code = "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:8080/metrics').read().decode())"
+    text = kube.kubectl("exec", pod["metadata"]["name"], "--", "python", "-c", code).stdout
+    success = re.search(r'^stt_controller_reconciliations_total\{result="success"\} (\S+)', text, re.M)
+    assert success and float(success.group(1)) >= 3, text[:2000]  # install, gpu, cpu, ...
+    assert re.search(r'^stt_controller_routing_mode\{mode="cpu"\} 1\.0', text, re.M)
+    assert re.search(r'^stt_controller_routing_mode\{mode="gpu"\} 0\.0', text, re.M)
+    assert re.search(r"^stt_controller_apply_seconds_count \d", text, re.M)
+    assert re.search(r"^stt_controller_gpu_replicas_desired 0\.0", text, re.M)
+    assert re.search(r"^stt_controller_gpu_replicas_ready 0\.0", text, re.M)
+
+
+def test_upgrade_rollback_uninstall_leave_nothing_behind(kube: Kube, installed, chart) -> None:
+    kube.kubectl(
+        "patch", "sttconfig", RELEASE, "--type", "merge", "-p", '{"spec": {"routing": "auto", "gpuReplicas": 0}}'
+    )
+    wait_for("operator applied the edit", lambda: kube.sttconfig()["status"].get("routing") == "auto", timeout=30)
+
+    kube.helm(
+        "upgrade", RELEASE, str(chart), "--reuse-values", "--set", "proxy.replicas=1", "--wait", "--timeout", "5m"
+    )
+    assert kube.json("get", "deployment", f"{RELEASE}-proxy")["spec"]["replicas"] == 1
+    # upgrade keeps what the cluster owns: the SttConfig's edits, the admin token
+    assert kube.sttconfig()["spec"]["routing"] == "auto"
+    secret = kube.json("get", "secret", f"{RELEASE}-admin")
+    assert base64.b64decode(secret["data"]["token"]).decode() == STATE["token"]
+
+    kube.helm("rollback", RELEASE, "1", "--wait", "--timeout", "5m")
+    assert kube.json("get", "deployment", f"{RELEASE}-proxy")["spec"]["replicas"] == 2
+    assert kube.sttconfig()["spec"]["routing"] == "auto"
+    secret = kube.json("get", "secret", f"{RELEASE}-admin")
+    assert base64.b64decode(secret["data"]["token"]).decode() == STATE["token"]
+    history = kube.helm("history", RELEASE, "-o", "json").stdout
+    assert history.count('"revision"') == 3
+
+    kube.helm("uninstall", RELEASE, "--wait", "--timeout", "5m")
+    sel = f"app.kubernetes.io/instance={RELEASE}"
+
+    def gone() -> bool:
+        left = kube.kubectl(
+            "get",
+            "all,configmaps,secrets,serviceaccounts,roles,rolebindings,networkpolicies,poddisruptionbudgets",
+            "-l",
+            sel,
+            "-o",
+            "name",
+        ).stdout.strip()
+        crd = kube.kubectl("get", "crd", "sttconfigs.stt.platform.io", check=False)
+        pods = kube.kubectl("get", "pods", "-o", "name").stdout.strip()
+        return not left and not pods and crd.returncode != 0
+
+    wait_for("every object of the release gone (CRD, SttConfig, pods included)", gone, timeout=180, interval=1)
+    cluster_scoped = kube.kubectl("get", "clusterroles,clusterrolebindings", "-l", sel, "-o", "name").stdout
+    assert not cluster_scoped.strip()
+    kube.kubectl("delete", "namespace", NAMESPACE, "--wait=false")

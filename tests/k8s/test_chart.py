@@ -1,0 +1,343 @@
+"""The Helm chart, checked without a cluster: lint, schema validation of every rendered object
+for several Kubernetes versions, and the properties that matter (security, GPU scheduling,
+least privilege, network isolation, API versions chosen by capability)."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import subprocess
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.k8s.tools import CHART, find_tool
+
+# Objects whose schema comes from a CRD (ours or the Prometheus operator's): not in
+# kubernetes-validate's built-in schemas. The SttConfig is checked against our CRD below.
+CRD_KINDS = {"SttConfig", "ServiceMonitor", "PrometheusRule"}
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    path = find_tool("helm")
+    if path is None:
+        pytest.fail("helm not found and could not be fetched (hack/cluster/build-binaries.sh --tools-only)")
+    return str(path)
+
+
+@functools.cache
+def _render(helm: str, kube_version: str, args: tuple[str, ...], release: str) -> tuple[dict, ...]:
+    cmd = [helm, "template", release, str(CHART), "--namespace", "stt", "--kube-version", kube_version, *args]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return tuple(d for d in yaml.safe_load_all(out) if d)
+
+
+def render(helm: str, kube_version: str = "1.33.0", *args: str, release: str = "stt") -> list[dict]:
+    return list(_render(helm, kube_version, tuple(args), release))
+
+
+def find(docs: list[dict], kind: str, name: str) -> dict:
+    for d in docs:
+        if d["kind"] == kind and d["metadata"]["name"] == name:
+            return d
+    raise AssertionError(f"{kind}/{name} not rendered; have {[(d['kind'], d['metadata']['name']) for d in docs]}")
+
+
+def deployments(docs: list[dict]) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+
+
+def env_of(deployment: dict, container: int = 0) -> dict[str, str]:
+    c = deployment["spec"]["template"]["spec"]["containers"][container]
+    return {e["name"]: e.get("value") for e in c.get("env", [])}
+
+
+@pytest.mark.parametrize("kube_version", ["1.20.2", "1.33.0"])
+def test_helm_lint_strict(helm: str, kube_version: str) -> None:
+    args = [helm, "lint", "--strict", str(CHART), "--kube-version", kube_version]
+    r = subprocess.run(args, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("kube_version", ["1.25.0", "1.29.0", "1.33.0", "1.37.0"])
+def test_every_object_validates_strictly(helm: str, kube_version: str) -> None:
+    docs = render(helm, kube_version)
+    checked = 0
+    for doc in docs:
+        if doc["kind"] in CRD_KINDS:
+            continue
+        try:
+            kubernetes_validate.validate(doc, kube_version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} invalid on {kube_version}: {exc.path}: {exc.message}")
+        checked += 1
+    kinds = {d["kind"] for d in docs}
+    assert {"Deployment", "Service", "CustomResourceDefinition", "NetworkPolicy", "PodDisruptionBudget"} <= kinds
+    assert {"Role", "RoleBinding", "ServiceAccount", "Secret"} <= kinds
+    assert checked >= 25
+
+
+def test_pdb_and_seccomp_api_chosen_by_version(helm: str) -> None:
+    old = render(helm, "1.20.2")
+    new = render(helm, "1.33.0")
+    assert {d["apiVersion"] for d in old if d["kind"] == "PodDisruptionBudget"} == {"policy/v1beta1"}
+    assert {d["apiVersion"] for d in new if d["kind"] == "PodDisruptionBudget"} == {"policy/v1"}
+    # seccomp: a field from 1.19 (so on the local 1.20 cluster too), the alpha annotation before.
+    for docs in (old, new):
+        for d in deployments(docs).values():
+            assert d["spec"]["template"]["spec"]["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    ancient = deployments(render(helm, "1.18.0"))
+    for d in ancient.values():
+        pod = d["spec"]["template"]
+        assert "seccompProfile" not in pod["spec"]["securityContext"]
+        assert pod["metadata"]["annotations"]["seccomp.security.alpha.kubernetes.io/pod"] == "runtime/default"
+
+
+def test_pods_are_locked_down(helm: str) -> None:
+    deps = deployments(render(helm))
+    assert set(deps) == {"stt-tiny", "stt-base-cpu", "stt-base-gpu", "stt-proxy", "stt-controller"}
+    for name, d in deps.items():
+        pod = d["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["runAsUser"] == 10001, name
+        for c in pod["containers"]:
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True, name
+            assert sc["allowPrivilegeEscalation"] is False, name
+            assert sc["privileged"] is False, name
+            assert sc["capabilities"]["drop"] == ["ALL"], name
+            assert "add" not in sc["capabilities"], name
+            assert c["resources"]["requests"]["cpu"] and c["resources"]["limits"]["memory"], name
+            assert any(m["mountPath"] == "/tmp" for m in c["volumeMounts"]), f"{name}: read-only root needs /tmp"
+        # only the proxy and the operator talk to the API server
+        assert pod["automountServiceAccountToken"] is (name in ("stt-proxy", "stt-controller")), name
+
+
+def test_probes_use_the_services_endpoints(helm: str) -> None:
+    deps = deployments(render(helm))
+    for name in ("stt-tiny", "stt-base-cpu", "stt-base-gpu", "stt-proxy"):
+        c = deps[name]["spec"]["template"]["spec"]["containers"][0]
+        assert c["readinessProbe"]["httpGet"]["path"] == "/readyz", name
+        assert c["livenessProbe"]["httpGet"]["path"] == "/healthz", name
+        # model loading must not trip the liveness probe: a start-up probe covers it
+        assert c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"] >= 120, name
+    ctrl = deps["stt-controller"]["spec"]["template"]["spec"]["containers"][0]
+    assert ctrl["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert "--liveness=http://0.0.0.0:8081/healthz" in ctrl["command"]
+
+
+def test_gpu_deployment_requests_a_gpu_and_is_placeable(helm: str) -> None:
+    gpu = deployments(render(helm))["stt-base-gpu"]
+    pod = gpu["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert env_of(gpu)["STT_DEVICE"] == "cuda"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert "runtimeClassName" not in pod and "nodeSelector" not in pod
+    # a GPU rollout must not need a second GPU
+    assert gpu["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    # routing cpu by default: no GPU pod until someone asks for one
+    assert gpu["spec"]["replicas"] == 0
+
+    custom = deployments(
+        render(
+            helm,
+            "1.33.0",
+            "--set",
+            "baseGpu.runtimeClassName=nvidia",
+            "--set",
+            "baseGpu.nodeSelector.gpu-type=a100",
+            "--set",
+            "baseGpu.gpusPerPod=2",
+            "--set",
+            "sttConfig.routing=gpu",
+            "--set",
+            "sttConfig.gpuReplicas=3",
+        )
+    )["stt-base-gpu"]
+    pod = custom["spec"]["template"]["spec"]
+    assert pod["runtimeClassName"] == "nvidia"
+    assert pod["nodeSelector"] == {"gpu-type": "a100"}
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert custom["spec"]["replicas"] == 3
+    cpu = deployments(render(helm))["stt-base-cpu"]
+    assert "nvidia.com/gpu" not in cpu["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+
+
+def test_proxy_follows_the_sttconfig_and_finds_backends(helm: str) -> None:
+    proxy = deployments(render(helm))["stt-proxy"]
+    env = env_of(proxy)
+    assert env["STT_ROUTING_SOURCE"] == "kubernetes"
+    assert env["STT_STTCONFIG_NAME"] == "stt"
+    assert env["STT_CPU_BACKEND_URL"] == "http://$(STT_BASE_CPU_SERVICE_HOST):$(STT_BASE_CPU_SERVICE_PORT)"
+    assert env["STT_GPU_BACKEND_URL"] == "http://$(STT_BASE_GPU_SERVICE_HOST):$(STT_BASE_GPU_SERVICE_PORT)"
+    assert env["STT_DETECTOR_URL"] == "http://$(STT_TINY_SERVICE_HOST):$(STT_TINY_SERVICE_PORT)"
+    assert env["STT_ADMIN_TOKEN_FILE"] == "/var/run/stt/admin/token"
+    assert "STT_ADMIN_TOKEN" not in env  # the token is a mounted file, not in the pod spec
+    pod_env = proxy["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in pod_env
+
+    dns = env_of(deployments(render(helm, "1.33.0", "--set", "serviceDiscovery=dns"))["stt-proxy"])
+    assert dns["STT_CPU_BACKEND_URL"] == "http://stt-base-cpu.stt.svc.cluster.local:5002"
+    # Names derive from the release: a different release gets its own Services and variables.
+    other = env_of(deployments(render(helm, "1.33.0", release="demo"))["demo-stt-proxy"])
+    assert other["STT_CPU_BACKEND_URL"] == "http://$(DEMO_STT_BASE_CPU_SERVICE_HOST):$(DEMO_STT_BASE_CPU_SERVICE_PORT)"
+
+
+def test_rbac_is_least_privilege(helm: str) -> None:
+    docs = render(helm)
+    proxy = find(docs, "Role", "stt-proxy")
+    assert proxy["rules"] == [
+        {
+            "apiGroups": ["stt.platform.io"],
+            "resources": ["sttconfigs"],
+            "resourceNames": ["stt"],
+            "verbs": ["get", "list", "watch", "patch"],
+        }
+    ]
+    ctrl = find(docs, "Role", "stt-controller")
+    verbs = {
+        (g, r, v) for rule in ctrl["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]
+    }
+    assert not {v for _, _, v in verbs} & {"create", "delete", "deletecollection", "update", "*"} - {"create"}
+    assert not any(r in ("secrets", "pods", "*") for _, r, _ in verbs)
+    assert ("", "events", "create") in verbs  # kopf posts events; the only thing it creates
+    assert {v for g, r, v in verbs if r == "deployments"} == {"get", "list", "watch", "patch"}
+    patch_rule = next(r for r in ctrl["rules"] if r["resources"] == ["deployments"] and r["verbs"] == ["patch"])
+    assert sorted(patch_rule["resourceNames"]) == ["stt-base-cpu", "stt-base-gpu", "stt-tiny"]
+    # nothing cluster-scoped: the release can be installed by a namespace admin's grants
+    assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    deps = deployments(docs)
+    assert deps["stt-proxy"]["spec"]["template"]["spec"]["serviceAccountName"] == "stt-proxy"
+    assert deps["stt-controller"]["spec"]["template"]["spec"]["serviceAccountName"] == "stt-controller"
+    assert deps["stt-base-gpu"]["spec"]["template"]["spec"]["serviceAccountName"] == "stt-backend"
+    assert find(docs, "ServiceAccount", "stt-backend")["automountServiceAccountToken"] is False
+
+
+def test_network_policy_lets_only_the_proxy_reach_backends(helm: str) -> None:
+    docs = render(helm)
+    for component in ("tiny", "base-cpu", "base-gpu"):
+        np = find(docs, "NetworkPolicy", f"stt-{component}")
+        assert np["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == component
+        assert np["spec"]["policyTypes"] == ["Ingress"]
+        peers = [p for rule in np["spec"]["ingress"] for p in rule["from"]]
+        assert len(peers) == 2
+        proxy_peer, prom_peer = peers
+        assert proxy_peer == {
+            "podSelector": {
+                "matchLabels": {
+                    "app.kubernetes.io/name": "stt",
+                    "app.kubernetes.io/instance": "stt",
+                    "app.kubernetes.io/component": "proxy",
+                }
+            }
+        }
+        assert prom_peer["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}
+    assert "from" not in find(docs, "NetworkPolicy", "stt-proxy")["spec"]["ingress"][0]
+    assert not [
+        d for d in render(helm, "1.33.0", "--set", "networkPolicy.enabled=false") if d["kind"] == "NetworkPolicy"
+    ]
+
+
+def test_admin_token_secret(helm: str) -> None:
+    secret = find(render(helm), "Secret", "stt-admin")
+    token = base64.b64decode(secret["data"]["token"]).decode()
+    assert len(token) == 40 and token.isalnum()
+    given = find(render(helm, "1.33.0", "--set", "admin.token=a-long-enough-token-1234"), "Secret", "stt-admin")
+    assert base64.b64decode(given["data"]["token"]).decode() == "a-long-enough-token-1234"
+    existing = render(helm, "1.33.0", "--set", "admin.existingSecret=my-token")
+    assert not [d for d in existing if d["kind"] == "Secret"]
+    vols = deployments(existing)["stt-proxy"]["spec"]["template"]["spec"]["volumes"]
+    assert {
+        "name": "admin-token",
+        "secret": {"secretName": "my-token", "defaultMode": 0o440, "items": [{"key": "token", "path": "token"}]},
+    } in vols
+
+
+def test_values_schema_rejects_nonsense(helm: str) -> None:
+    for bad in (
+        "sttConfig.routing=fast",
+        "sttConfig.gpuReplicas=-1",
+        "image.pullPolicy=Sometimes",
+        "admin.token=short",
+    ):
+        r = subprocess.run([helm, "template", "stt", str(CHART), "--set", bad], capture_output=True, text=True)
+        assert r.returncode != 0 and "values don't meet the specifications" in r.stderr, bad
+
+
+def test_crd_shape(helm: str) -> None:
+    crd = find(render(helm), "CustomResourceDefinition", "sttconfigs.stt.platform.io")
+    assert crd["spec"]["names"]["shortNames"] == ["stc"]
+    (version,) = crd["spec"]["versions"]
+    assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert "additionalProperties" not in spec  # forbidden beside properties; unknown fields are pruned
+    assert spec["properties"]["routing"]["enum"] == ["cpu", "gpu", "auto"]
+    assert spec["properties"]["routing"]["default"] == "cpu"
+    assert spec["properties"]["detector"]["enum"] == ["silero", "whisper-tiny"]
+    assert spec["properties"]["gpuReplicas"]["minimum"] == 0
+    cond = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["conditions"]["items"]
+    assert set(cond["properties"]) == {
+        "type",
+        "status",
+        "reason",
+        "message",
+        "lastTransitionTime",
+        "observedGeneration",
+    }
+    columns = {c["name"] for c in version["additionalPrinterColumns"]}
+    assert {"Routing", "Active", "GPU", "CPU", "Ready", "Age"} <= columns
+
+
+def test_default_sttconfig_is_a_post_install_hook_matching_the_crd(helm: str) -> None:
+    docs = render(helm, "1.33.0", "--set", "sttConfig.detector=whisper-tiny")
+    cfg = find(docs, "SttConfig", "stt")
+    assert cfg["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    assert cfg["spec"] == {
+        "routing": "cpu",
+        "gpuReplicas": 1,
+        "gpuIdleReplicas": 0,
+        "cpuReplicas": 1,
+        "detector": "whisper-tiny",
+    }
+    # every spec field is one the CRD knows (it refuses unknown fields)
+    crd = find(docs, "CustomResourceDefinition", "sttconfigs.stt.platform.io")
+    known = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    assert set(cfg["spec"]) <= set(known)
+
+
+def test_monitoring_objects(helm: str) -> None:
+    files = CHART / "files"
+    docs = render(helm)
+    if (files / "grafana-dashboard.json").is_file():
+        cm = find(docs, "ConfigMap", "stt-grafana-dashboard")
+        assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert cm["data"]["stt-dashboard.json"] == (files / "grafana-dashboard.json").read_text()
+    if (files / "prometheus-rules.yml").is_file():
+        # no Prometheus operator: the rules as a ConfigMap
+        assert find(docs, "ConfigMap", "stt-prometheus-rules")["data"]["stt-rules.yml"]
+        assert not [d for d in docs if d["kind"] in ("PrometheusRule", "ServiceMonitor")]
+        with_operator = render(
+            helm,
+            "1.33.0",
+            "--api-versions",
+            "monitoring.coreos.com/v1/PrometheusRule",
+            "--api-versions",
+            "monitoring.coreos.com/v1/ServiceMonitor",
+        )
+        rule = find(with_operator, "PrometheusRule", "stt")
+        source = yaml.safe_load((files / "prometheus-rules.yml").read_text())
+        assert rule["spec"]["groups"] == source["groups"]
+        sm = find(with_operator, "ServiceMonitor", "stt")
+        assert {e["port"] for e in sm["spec"]["endpoints"]} == {"http", "metrics"}
+        assert not [
+            d for d in with_operator if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "stt-prometheus-rules"
+        ]
+    for d in deployments(docs).values():
+        ann = d["spec"]["template"]["metadata"]["annotations"]
+        assert ann["prometheus.io/scrape"] == "true" and ann["prometheus.io/path"] == "/metrics"
+    assert (
+        deployments(docs)["stt-controller"]["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"]
+        == "8080"
+    )

@@ -1,0 +1,88 @@
+"""The operator's status rules (pure functions): what the SttConfig says about what runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from controller.state import Observed, Spec, active_backend, compute_status
+
+
+def conds(status: dict) -> dict[str, dict]:
+    return {c["type"]: c for c in status["conditions"]}
+
+
+def test_spec_defaults_and_validation() -> None:
+    assert Spec.from_dict({}) == Spec("cpu", 1, 0, 1, "silero")
+    assert Spec.from_dict({"routing": "gpu", "gpuReplicas": 2}).desired_gpu_replicas == 2
+    assert Spec.from_dict({"routing": "auto", "gpuReplicas": 3}).desired_gpu_replicas == 3
+    # routing cpu: GPU pods cost money, so only the idle count runs
+    assert Spec.from_dict({"routing": "cpu", "gpuReplicas": 3, "gpuIdleReplicas": 1}).desired_gpu_replicas == 1
+    for bad in (
+        {"routing": "fast"},
+        {"detector": "vad"},
+        {"gpuReplicas": -1},
+        {"cpuReplicas": "2"},
+        {"gpuReplicas": True},
+    ):
+        with pytest.raises(ValueError):
+            Spec.from_dict(bad)
+
+
+@pytest.mark.parametrize(
+    ("routing", "cpu", "gpu", "expected"),
+    [
+        ("cpu", 1, 1, "cpu"),
+        ("cpu", 0, 1, "gpu"),  # the proxy falls back to the GPU side when CPU is down
+        ("gpu", 1, 1, "gpu"),
+        ("gpu", 1, 0, "cpu"),
+        ("auto", 1, 0, "cpu"),
+        ("auto", 1, 2, "gpu"),
+        ("gpu", 0, 0, "none"),
+    ],
+)
+def test_active_backend_matches_the_proxy_rule(routing: str, cpu: int, gpu: int, expected: str) -> None:
+    assert active_backend(routing, Observed(cpu, gpu, 1)) == expected
+
+
+def test_gpu_routing_without_a_ready_gpu_pod_is_degraded() -> None:
+    status = compute_status(Spec(routing="gpu"), Observed(1, 0, 1), 4, None, "2026-11-26T06:00:00Z")
+    c = conds(status)
+    assert status["activeBackend"] == "cpu"
+    assert c["Degraded"]["status"] == "True" and c["Degraded"]["reason"] == "GpuNotReady"
+    assert c["GpuReady"]["status"] == "False" and c["GpuReady"]["reason"] == "ReplicasNotReady"
+    assert c["Ready"]["status"] == "True"  # still serving, on CPU
+    assert status["observedGeneration"] == 4 and all(x["observedGeneration"] == 4 for x in c.values())
+    assert status["gpuReplicasDesired"] == 1 and status["gpuReplicasReady"] == 0
+
+
+def test_gpu_routing_with_gpu_ready_is_healthy() -> None:
+    status = compute_status(Spec(routing="gpu", gpu_replicas=2), Observed(1, 2, 1), 5, None, "t0")
+    c = conds(status)
+    assert status["activeBackend"] == "gpu"
+    assert (c["Ready"]["status"], c["GpuReady"]["status"], c["Degraded"]["status"]) == ("True", "True", "False")
+    assert c["GpuReady"]["reason"] == "AllReplicasReady"
+
+
+def test_cpu_routing_scaled_to_zero_gpu() -> None:
+    c = conds(compute_status(Spec(), Observed(1, 0, 1), 1, None, "t0"))
+    assert c["GpuReady"]["reason"] == "ScaledToZero" and c["Degraded"]["status"] == "False"
+
+
+def test_nothing_ready_and_errors() -> None:
+    c = conds(compute_status(Spec(), Observed(0, 0, 1), 1, None, "t0"))
+    assert c["Ready"]["reason"] == "NoBackendReady" and c["Degraded"]["reason"] == "CpuNotReady"
+    c = conds(compute_status(Spec(), Observed(1, 0, 0), 1, None, "t0"))
+    assert c["Ready"]["reason"] == "DetectorNotReady" and c["Degraded"]["reason"] == "DetectorNotReady"
+    c = conds(compute_status(Spec(), Observed(1, 0, 1), 1, None, "t0", error="HTTP 403 Forbidden"))
+    assert c["Ready"]["status"] == "False" and c["Degraded"]["reason"] == "ApplyFailed"
+    assert c["Degraded"]["message"] == "HTTP 403 Forbidden"
+
+
+def test_transition_time_moves_only_when_status_changes() -> None:
+    first = compute_status(Spec(routing="gpu"), Observed(1, 0, 1), 1, None, "t0")
+    same = compute_status(Spec(routing="gpu"), Observed(1, 0, 1), 1, first, "t1")
+    assert same == first  # nothing changed: the operator writes nothing
+    healed = compute_status(Spec(routing="gpu"), Observed(1, 1, 1), 1, first, "t2")
+    c = conds(healed)
+    assert c["Degraded"]["lastTransitionTime"] == "t2" and c["GpuReady"]["lastTransitionTime"] == "t2"
+    assert c["Ready"]["lastTransitionTime"] == "t0"  # Ready stayed True
