@@ -21,28 +21,28 @@ HELM ?= helm --kubeconfig $(STT_KUBECONFIG)
 
 .PHONY: cluster cluster-down images kubeconfig cluster-smoke cluster-tools cluster-status images-dockerfile-check
 
-cluster:
+cluster: ## Single-node Kubernetes (kind with Docker, else local v1.20); ends when the node is Ready
 	@bash hack/cluster/up.sh
 
-cluster-down:
+cluster-down: ## Stop/delete the cluster and clean up after it (twice is fine)
 	@bash hack/cluster/down.sh
 
-images:
+images: ## Build localhost/stt-{tiny,base,proxy,controller}:dev and load them into the cluster
 	@PY="$(abspath $(PY))" bash hack/images/build.sh
 
-kubeconfig:
+kubeconfig: ## Print the admin kubeconfig path
 	@echo $(STT_KUBECONFIG)
 
-cluster-smoke:
+cluster-smoke: ## One pod per image, in-cluster API access, Service discovery via env vars
 	@bash hack/cluster/smoke.sh
 
 # kubectl + helm only (no cluster), e.g. for `helm lint` in CI
-cluster-tools:
+cluster-tools: ## kubectl + helm into /var/tmp/stt-k8s/bin (no cluster)
 	@bash hack/cluster/build-binaries.sh --tools-only
 
-cluster-status:
+cluster-status: ## kubectl get nodes and pods
 	@$(KUBECTL) get nodes -o wide && $(KUBECTL) get pods -A -o wide
 
 # build the real Dockerfiles with podman (no Docker here) to prove they work; ~5 min
-images-dockerfile-check:
+images-dockerfile-check: ## Build the real Dockerfiles with podman (no Docker here; ~5 min)
 	@bash hack/images/dockerfile-check.sh

@@ -83,5 +83,8 @@ fi
 if [ -f "$D/link-created" ] || ip -br addr show dev "$NODE_LINK" 2>/dev/null | grep -q "$NODE_IP"; then
   ip link delete "$NODE_LINK" 2>/dev/null || true
 fi
+if [ -f "$D/sysctl-before" ]; then
+  while read -r k v; do echo "$v" > "/proc/sys/$k" 2>/dev/null || true; done < "$D/sysctl-before"
+fi
 rm -rf "$D"
 log "cluster down (binaries and imported images stay cached in $STT_K8S_CACHE)"

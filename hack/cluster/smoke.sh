@@ -3,7 +3,8 @@
 # (imagePullPolicy: Never, non-root, read-only root filesystem, /tmp an emptyDir) importing the
 # runtime stack and, for tiny/base, verifying the baked-in model without writing; and one pod
 # that calls the API server through the in-cluster `kubernetes` Service with its
-# service-account token. Prints each pod's output; exits non-zero on any failure.
+# service-account token; and one that finds a Service through SMOKE_WEB_SERVICE_HOST/_PORT
+# (there is no cluster DNS). Prints each pod's output; exits non-zero on any failure.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=hack/cluster/lib.sh
@@ -59,11 +60,43 @@ print("kubernetes client in-cluster ->", client.VersionApi().get_code().git_vers
   pod smoke-controller "localhost/stt-controller:$TAG" "$IMPORTS"
   pod smoke-api "localhost/stt-controller:$TAG" "$API"
 } > "$STT_CLUSTER_DIR/smoke.yaml"
-kubectl -n "$NS" delete pod -l app.kubernetes.io/part-of=stt-smoke --wait=true >/dev/null 2>&1 || true
+# Service discovery without DNS: a server pod behind Service "smoke-web", and a client pod
+# (created after the Service) that finds it through SMOKE_WEB_SERVICE_HOST/_PORT.
+cat > "$STT_CLUSTER_DIR/smoke-web.yaml" <<EOT
+apiVersion: v1
+kind: Service
+metadata: {name: smoke-web, namespace: $NS, labels: {app.kubernetes.io/part-of: stt-smoke}}
+spec:
+  selector: {app: smoke-web}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: smoke-web, namespace: $NS, labels: {app: smoke-web, app.kubernetes.io/part-of: stt-smoke}}
+spec:
+  securityContext: {runAsNonRoot: true}
+  containers:
+  - name: main
+    image: localhost/stt-proxy:$TAG
+    imagePullPolicy: Never
+    command: ["python", "-m", "http.server", "8080", "--directory", "/opt/stt"]
+    readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+    securityContext: {readOnlyRootFilesystem: true}
+EOT
+WEB='
+import os, urllib.request
+host, port = os.environ["SMOKE_WEB_SERVICE_HOST"], os.environ["SMOKE_WEB_SERVICE_PORT"]
+url = f"http://{host}:{port}/"
+print("GET", url, "->", urllib.request.urlopen(url, timeout=10).status, "(Service found via env vars)")'
+pod smoke-discovery "localhost/stt-proxy:$TAG" "$WEB" >> "$STT_CLUSTER_DIR/smoke.yaml"
+
+kubectl -n "$NS" delete pod,svc -l app.kubernetes.io/part-of=stt-smoke --wait=true >/dev/null 2>&1 || true
 t0=$(date +%s)
+kubectl apply -f "$STT_CLUSTER_DIR/smoke-web.yaml" >/dev/null
+kubectl -n "$NS" wait --for=condition=Ready pod/smoke-web --timeout=120s >/dev/null
 kubectl apply -f "$STT_CLUSTER_DIR/smoke.yaml" >/dev/null
 fail=0
-for p in smoke-tiny smoke-base smoke-proxy smoke-controller smoke-api; do
+for p in smoke-tiny smoke-base smoke-proxy smoke-controller smoke-api smoke-discovery; do
   phase=""
   for _ in $(seq 1 240); do
     phase=$(kubectl -n "$NS" get pod "$p" -o jsonpath='{.status.phase}' 2>/dev/null || true)

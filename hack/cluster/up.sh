@@ -33,6 +33,12 @@ done
 mkdir -p "$D"/{pids,logs,pki,etcd,cni/net.d,kubelet,containerd} "$STT_K8S_CACHE/containerd"
 chmod 700 "$D/pki"
 ip netns list 2>/dev/null | awk '{print $1}' | sort > "$D/netns-before"
+# sysctls we (or the CNI bridge plugin) change; cluster-down restores them
+if [ ! -f "$D/sysctl-before" ]; then
+  for k in net/ipv4/ip_forward net/bridge/bridge-nf-call-iptables; do
+    [ -r "/proc/sys/$k" ] && echo "$k $(cat "/proc/sys/$k")"
+  done > "$D/sysctl-before"
+fi
 
 # --- a non-loopback host address for the apiserver (pods reach it via the kubernetes Service)
 if ! ip -br addr show dev "$NODE_LINK" 2>/dev/null | grep -q "$NODE_IP"; then
@@ -231,9 +237,10 @@ for port in "$API_PORT" 10250; do
 done
 # pods talk to each other, to Services and to this host only: nothing from the pod network is
 # forwarded to another interface (even where ip_forward is on)
-iptables -N STT-FORWARD 2>/dev/null || iptables -F STT-FORWARD
-iptables -A STT-FORWARD -s 10.244.0.0/16 ! -d 10.244.0.0/16 -j DROP
-iptables -C FORWARD -j STT-FORWARD 2>/dev/null || iptables -I FORWARD -j STT-FORWARD
+# (the bridge plugin turns ip_forward on; the mangle table runs before kube-proxy's filter rules)
+iptables -t mangle -N STT-FORWARD 2>/dev/null || iptables -t mangle -F STT-FORWARD
+iptables -t mangle -A STT-FORWARD -s 10.244.0.0/16 ! -d 10.244.0.0/16 -j DROP
+iptables -t mangle -C FORWARD -j STT-FORWARD 2>/dev/null || iptables -t mangle -I FORWARD -j STT-FORWARD
 wait_for kube-apiserver 90 curl -fsS --cacert "$P/ca.crt" "https://127.0.0.1:$API_PORT/readyz"
 
 start kube-controller-manager "$STT_BIN/kube-controller-manager" \
