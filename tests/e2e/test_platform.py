@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.conftest import NAMESPACE, RELEASE, Kube, PortForward, record, wait_for
+from tests.e2e.helpers import NAMESPACE, RELEASE, Kube, PortForward, record, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -185,12 +185,17 @@ def test_invalid_sttconfig_is_rejected_by_the_api_server(kube: Kube, installed) 
 def test_edit_to_gpu_scales_up_and_routes_to_gpu(
     kube: Kube, installed, proxy_forward: PortForward, replicas: ProxyReplicas, clip
 ) -> None:
+    before = {p["metadata"]["uid"] for p in kube.pods("proxy")}
     start = time.monotonic()
     edit_routing(kube, "gpu")
     edited = time.monotonic()
     record("kubectl_edit_command_s", edited - start)
     replicas.wait_switch("gpu", edited, "edit_to_routing_switched_s (all proxy replicas, after the edit)")
     assert proxy_modes(kube) == {"gpu"}  # and asked inside each pod
+    # the same pods, none restarted: the switch is a watch event, not a rollout
+    after = kube.pods("proxy")
+    assert {p["metadata"]["uid"] for p in after} == before
+    assert all(c["restartCount"] == 0 for p in after for c in p["status"]["containerStatuses"])
     # Before the GPU pod is ready the platform says so: serving on CPU, Degraded GpuNotReady.
     cfg = wait_for(
         "SttConfig Degraded=GpuNotReady",
