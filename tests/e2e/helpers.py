@@ -89,8 +89,9 @@ def free_port() -> int:
 class PortForward:
     """A real ``kubectl port-forward`` to a Service, restarted when its pod went away."""
 
-    def __init__(self, kube: Kube, target: str, remote: int):
+    def __init__(self, kube: Kube, target: str, remote: int, health_path: str = "/healthz"):
         self.kube, self.target, self.remote = kube, target, remote
+        self.health_path = health_path
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -116,7 +117,7 @@ class PortForward:
 
     def _answers(self) -> bool:
         try:
-            return httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=2).status_code == 200
+            return httpx.get(f"http://127.0.0.1:{self.port}{self.health_path}", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import re
+import subprocess
+import sys
 import time
 
 import httpx
@@ -367,6 +369,59 @@ def test_controller_metrics(kube: Kube, installed) -> None:
     assert re.search(r"^stt_controller_apply_seconds_count \d", text, re.M)
     assert re.search(r"^stt_controller_gpu_replicas_desired 0\.0", text, re.M)
     assert re.search(r"^stt_controller_gpu_replicas_ready 0\.0", text, re.M)
+
+
+def test_prometheus_fills_every_dashboard_panel_and_alert(
+    kube: Kube, installed, proxy_forward: PortForward, clip, tmp_path
+) -> None:
+    """A real Prometheus scrapes every component of the release and a real client streaming
+    through the proxy; every PromQL expression of the shipped dashboard and alert rules must then
+    return series. Unlike the local-stack check (tests/monitoring), nothing may be missing."""
+    from monitoring.local_prometheus import PrometheusServer, ensure_installed, scrape_config
+    from monitoring.promql_check import Prometheus, check_until, dashboard_expressions, report, rules_expressions
+    from services.local_stack import free_ports
+    from tests.k8s.tools import CHART
+
+    components = {"proxy": 5001, "tiny": 5004, "base-cpu": 5002}
+    forwards = [PortForward(kube, f"svc/{RELEASE}-{name}", port) for name, port in components.items()]
+    forwards.append(PortForward(kube, f"svc/{RELEASE}-controller", 8080, health_path="/metrics"))
+    prom_port, client_port = free_ports(2)
+    jobs = {"stt": [f"127.0.0.1:{pf.port}" for pf in forwards], "stt-client": [f"127.0.0.1:{client_port}"]}
+    for pf in forwards:
+        pf.ensure()
+    rules = CHART / "files" / "prometheus-rules.yml"
+    config = scrape_config(jobs, interval_s=1.0, rule_files=[rules])
+    server = PrometheusServer(tmp_path / "prometheus", prom_port, config, binary=ensure_installed())
+    server.start()
+    client = None
+    try:
+        # Routing gpu before the GPU pod is ready: real fallbacks to CPU, then back to cpu.
+        edit_routing(kube, "gpu")
+        transcribe(proxy_forward, clip)
+        edit_routing(kube, "cpu")
+        args = ["--url", proxy_forward.url, "--file", str(clip.path), "--realtime", "--language", "en"]
+        client = subprocess.Popen(
+            [sys.executable, "-m", "client", *args, "--metrics-port", str(client_port), "--quiet"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        expressions = dashboard_expressions(CHART / "files" / "grafana-dashboard.json") + rules_expressions(rules)
+        prom = Prometheus(server.url)
+        try:
+            results = check_until(prom, expressions, wait_s=90)
+        finally:
+            prom.close()
+        out, _ = client.communicate(timeout=120)
+        assert client.returncode == 0
+        assert_heard(clip, out)
+    finally:
+        if client and client.poll() is None:
+            client.kill()
+        server.stop()
+        for pf in forwards:
+            pf.stop()
+    failed = [r for r in results if not r.ok]
+    assert not failed, report(failed)
 
 
 def test_upgrade_rollback_uninstall_leave_nothing_behind(kube: Kube, installed, chart) -> None:
