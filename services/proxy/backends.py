@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
 
 from services.proxy.metrics import BACKEND_READY
 from services.proxy.routing import Mode
@@ -72,7 +72,7 @@ def choose(mode: Mode, cpu: Backend, gpu: Backend) -> Route:
 
 
 class HealthChecker:
-    def __init__(self, client: httpx.AsyncClient, backends: list[Backend], interval: float):
+    def __init__(self, client: aiohttp.ClientSession, backends: list[Backend], interval: float):
         self.client = client
         self.backends = [b for b in backends if b.configured]
         self.interval = interval
@@ -82,10 +82,11 @@ class HealthChecker:
 
     async def check(self, backend: Backend) -> None:
         try:
-            response = await self.client.get(f"{backend.url}/readyz", timeout=min(2.0, self.interval))
-            ok = response.status_code == 200
-            backend.mark(ok, None if ok else f"/readyz answered {response.status_code}")
-        except httpx.HTTPError as exc:
+            timeout = aiohttp.ClientTimeout(total=min(2.0, self.interval))
+            async with self.client.get(f"{backend.url}/readyz", timeout=timeout) as response:
+                ok = response.status == 200
+            backend.mark(ok, None if ok else f"/readyz answered {response.status}")
+        except (aiohttp.ClientError, TimeoutError) as exc:
             backend.mark(False, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
 
     async def check_all(self) -> None:
