@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 SAMPLE_RATE = 16_000
+LEAD_S = 1.0
 
 
 @dataclass
@@ -26,6 +27,8 @@ class Chunk:
     captured_at: float = 0.0  # monotonic clock when the chunk's last sample arrived (for lag)
     final: bool = False  # the stream ended with this chunk
     meta: dict = field(default_factory=dict)
+    # Audio just before ``start`` (up to LEAD_S): sent only when the chunk alone came back empty.
+    lead: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
     @property
     def duration(self) -> float:
@@ -88,7 +91,10 @@ class Chunker:
 
     def _emit(self, start: int, end: int, now: float, final: bool) -> Chunk:
         lo, hi = start - self._buffer_start, end - self._buffer_start
-        chunk = Chunk(self._index, start / SAMPLE_RATE, self._buffer[lo:hi].copy(), captured_at=now, final=final)
+        lead = self._buffer[max(0, lo - round(LEAD_S * SAMPLE_RATE)) : lo].copy()
+        chunk = Chunk(
+            self._index, start / SAMPLE_RATE, self._buffer[lo:hi].copy(), captured_at=now, final=final, lead=lead
+        )
         self._index += 1
         self._emitted_end = end
         return chunk

@@ -55,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--prompt",
         choices=("on", "off"),
-        default="on",
-        help="send the text heard so far as Whisper's prompt (default on)",
+        default="off",
+        help="send the text heard so far as Whisper's prompt (default off: measured worse, see docs/client.md)",
     )
     p.add_argument("--concurrency", type=int, default=2, help="transcription requests in flight (default 2)")
     p.add_argument(

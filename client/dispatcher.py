@@ -21,7 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from client.api import ChunkResult, PermanentError, RetryableError
-from client.chunker import Chunk
+from client.chunker import SAMPLE_RATE, Chunk
 from client.spill import ChunkStore
 from client.stats import Stats
 
@@ -77,6 +77,7 @@ class Dispatcher:
         max_in_memory: int = 64,
         spill_dir: Path | None = None,
         backoff: Backoff | None = None,
+        resend_empty: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.api = api
@@ -85,6 +86,7 @@ class Dispatcher:
         self.language = language
         self.prompt = prompt
         self.backoff = backoff or Backoff()
+        self.resend_empty = resend_empty
         self.clock = clock
         self.store = ChunkStore(max_in_memory, spill_dir)
         self._done: dict[int, Outcome] = {}
@@ -160,11 +162,23 @@ class Dispatcher:
         if not await self._is_speech(chunk):
             self.stats.chunks_nonspeech += 1
             return Outcome(chunk, None, speech=False)
+        outcome = await self._transcribe(chunk, chunk.samples, chunk.start)
+        empty = outcome.result is not None and not outcome.result.words
+        if empty and self.resend_empty and self.detector and chunk.lead.size:
+            # The detector heard speech but Whisper wrote nothing: greedy decoding of 3 s that start
+            # mid-sentence sometimes ends at once. The same audio with 1 s before it is decoded
+            # differently (measured: it recovers the words); the stitcher drops what repeats.
+            self.stats.chunks_resent_with_lead += 1
+            lead_s = chunk.lead.size / SAMPLE_RATE
+            outcome = await self._transcribe(chunk, np.concatenate([chunk.lead, chunk.samples]), chunk.start - lead_s)
+        return outcome
+
+    async def _transcribe(self, chunk: Chunk, samples: np.ndarray, offset: float) -> Outcome:
         attempt = 0
         while True:
             prompt = self.prompt(chunk) if self.prompt else None
             try:
-                result = await self.api.transcribe(chunk.samples, chunk.start, self.language, prompt)
+                result = await self.api.transcribe(samples, offset, self.language, prompt)
             except RetryableError as exc:
                 self.stats.chunks_retried += 1
                 self.stats.backend_down = True

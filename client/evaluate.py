@@ -136,12 +136,18 @@ async def stream(samples: np.ndarray, url: str, settings: Settings) -> StreamRun
 
 async def stream_independent(samples: np.ndarray, url: str, chunk_s: float, language: str) -> StreamRun:
     """The baseline: independent chunks, no overlap, no prompt, texts joined (words kept as they come)."""
-    settings = Settings(chunk_s=chunk_s, overlap_s=0.0, prompt=False, language=language, concurrency=1)
+    settings = Settings(
+        chunk_s=chunk_s, overlap_s=0.0, prompt=False, language=language, concurrency=1, resend_empty=False
+    )
     return await stream(samples, url, settings)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m client.evaluate",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     p.add_argument("--url", default="http://127.0.0.1:5001")
     p.add_argument("--seconds", type=float, default=180.0, help="length of the long recording")
     p.add_argument("--seed", type=int, default=0)
@@ -182,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"{'mode':44s} {'WER %':>6s} {'Δ offline':>9s} {'dups':>4s} {'drops':>5s} {'chunks':>6s} {'retries':>7s} "
-        f"{'time s':>6s}"
+        f"{'resent':>6s} {'time s':>6s}"
     )
     for label, settings in runs:
         if settings is None:
@@ -194,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         errors = boundary_errors(run.words, offline, run.boundaries)
         print(
             f"{label:44s} {w:6.2f} {w - offline_wer:+9.2f} {errors.duplicates:4d} {errors.drops:5d} "
-            f"{run.stats.chunks_captured:6d} {run.stats.chunks_retried:7d} {run.seconds:6.0f}"
+            f"{run.stats.chunks_captured:6d} {run.stats.chunks_retried:7d} "
+            f"{run.stats.chunks_resent_with_lead:6d} {run.seconds:6.0f}"
         )
         for example in errors.examples[:8]:
             print(f"    {example}")
@@ -209,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                 "prompt": settings.prompt if settings else False,
                 "chunks": run.stats.chunks_captured,
                 "dropped": run.stats.chunks_dropped,
+                "resent_with_lead": run.stats.chunks_resent_with_lead,
                 "seconds": round(run.seconds, 1),
                 "text": text,
             }

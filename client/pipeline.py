@@ -31,7 +31,8 @@ class Settings:
     overlap_s: float = 1.0
     detector: bool = True
     language: str | None = None
-    prompt: bool = True
+    prompt: bool = False
+    resend_empty: bool = True  # a speech chunk that comes back empty is sent again with 1 s of lead-in
     concurrency: int = 2
     max_in_memory: int = 64
     spill_dir: Path | None = None
@@ -90,6 +91,7 @@ class Pipeline:
             max_in_memory=s.max_in_memory,
             spill_dir=s.spill_dir,
             backoff=s.backoff,
+            resend_empty=s.resend_empty,
             clock=self.clock,
         )
         producer = asyncio.create_task(self._produce(), name="produce")

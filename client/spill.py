@@ -49,14 +49,14 @@ class ChunkStore:
     async def put(self, chunk: Chunk) -> None:
         if self._in_memory >= self.max_in_memory:
             path = self._spill_path(chunk)
-            await asyncio.to_thread(np.save, path, chunk.samples)
+            await asyncio.to_thread(np.save, path, np.concatenate([chunk.lead, chunk.samples]))
             chunk = Chunk(
                 chunk.index,
                 chunk.start,
                 np.zeros(0, np.float32),
                 chunk.captured_at,
                 chunk.final,
-                {**chunk.meta, "spilled": path, "n": chunk.samples.size},
+                {**chunk.meta, "spilled": path, "lead": chunk.lead.size},
             )
         else:
             self._in_memory += 1
@@ -79,10 +79,10 @@ class ChunkStore:
         if path is None:
             self._in_memory -= 1
             return chunk
-        samples = await asyncio.to_thread(np.load, path)
+        data = await asyncio.to_thread(np.load, path)
         path.unlink(missing_ok=True)
-        chunk.meta.pop("n", None)
-        return Chunk(chunk.index, chunk.start, samples, chunk.captured_at, chunk.final, chunk.meta)
+        lead = chunk.meta.pop("lead", 0)
+        return Chunk(chunk.index, chunk.start, data[lead:], chunk.captured_at, chunk.final, chunk.meta, data[:lead])
 
     def cleanup(self) -> None:
         if self._tmp is not None:

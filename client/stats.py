@@ -17,6 +17,7 @@ class Stats:
     chunks_dropped: int = 0  # chunks given up on (a 4xx the server will never accept); must stay 0
     chunks_nonspeech: int = 0  # skipped because the detector heard no speech
     detector_unavailable: int = 0  # chunks sent on unchecked because /detect failed
+    chunks_resent_with_lead: int = 0  # speech chunks that came back empty and were sent again with 1 s before them
     chunks_held: int = 0  # waiting to be sent (memory + disk)
     chunks_spilled: int = 0  # currently held on disk
     chunks_done: int = 0  # answered (or skipped) and handed to the stitcher

@@ -7,15 +7,20 @@ At each seam the stitcher:
 
 1. takes the words of A and of B that fall in the shared window (plus a little slack, since
    Whisper's word times wander by ~0.1-0.3 s);
-2. aligns the two word sequences on normalised text (``difflib``);
-3. a word both heard at the same moment (text equal, times within ``max_shift_s``) is kept
-   once, from the chunk where it lies farther from the edge (A before the middle of the
-   overlap, B after it);
-4. where they disagree (a substitution), each chunk is trusted only on its own side of the
-   middle; a word only one chunk heard is kept (the other lost it at its edge).
+2. places each word by its time, correcting Whisper's edge habit: the first word of a chunk
+   is pinned to the chunk's start (and the last may be stretched to its end), so a word that
+   touches an edge is placed by its other end;
+3. aligns the two word sequences on normalised text (``difflib``): a run of words both heard
+   at the same moment (text equal, times within ``max_shift_s``) is kept once, each word from
+   the chunk where it lies farther from the edge (A before the middle of the overlap, B after);
+4. everywhere else the chunks disagree, and each is trusted only on its own side of the
+   middle, except that a fragment cut by a chunk's edge goes when the other chunk kept a word
+   covering its time.
 
-Each spoken word is therefore taken exactly once: the time rule alone loses a word whose
-two copies straddle the middle, text matching alone fuses genuine repeats.
+Text matching makes the cut robust to time jitter (two copies of one word that straddle
+the middle are still one word); the time rule keeps genuine repeats ("press 1, press 1")
+and throws away what a chunk invented at its edge. Measured on real chunk transcripts
+(docs/client.md), this gives no duplicated and no lost words at the seams.
 
 Words of the newest chunk are *partial* (the next chunk may still replace its tail); all
 words before them are *committed* and never change.
@@ -24,6 +29,7 @@ words before them are *committed* and never change.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from difflib import SequenceMatcher
 
 from client.api import Word
@@ -101,34 +107,72 @@ class Stitcher:
         center = (ov_start + ov_end) / 2
         a0 = next((i for i, w in enumerate(a) if w.end > ov_start - self.slack_s), len(a))
         b1 = next((j for j in range(len(b) - 1, -1, -1) if b[j].start < ov_end + self.slack_s), -1) + 1
-        a_win, b_win = a[a0:], b[:b1]
+        a_win = [_Placed(w, *_span(w, ov_start, ov_end)) for w in a[a0:]]
+        b_win = [_Placed(w, *_span(w, ov_start, ov_end)) for w in b[:b1]]
         keep_a, keep_b = list(a[:a0]), []
-        matcher = SequenceMatcher(None, [norm(w.text) for w in a_win], [norm(w.text) for w in b_win], autojunk=False)
+        matcher = SequenceMatcher(
+            None, [norm(p.word.text) for p in a_win], [norm(p.word.text) for p in b_win], autojunk=False
+        )
         counts = {"equal": 0, "replace": 0, "delete": 0, "insert": 0}
         for op, i1, i2, j1, j2 in matcher.get_opcodes():
             counts[op] += max(i2 - i1, j2 - j1)
-            if op == "equal":
-                for wa, wb in zip(a_win[i1:i2], b_win[j1:j2], strict=True):
-                    if abs(wa.mid - wb.mid) <= self.max_shift_s:
-                        # The same word heard by both: one copy, from the chunk where it is farther from the edge.
-                        (keep_a.append(wa) if (wa.mid + wb.mid) / 2 < center else keep_b.append(wb))
-                    else:  # same text at different times: two different utterances of it
-                        self._by_side(wa, wb, center, keep_a, keep_b)
-            elif op == "replace":
-                # The chunks disagree: trust each only on its own side of the middle of the overlap.
-                keep_a.extend(w for w in a_win[i1:i2] if w.mid < center)
-                keep_b.extend(w for w in b_win[j1:j2] if w.mid >= center)
+            if op == "equal" and all(
+                abs(pa.mid - pb.mid) <= self.max_shift_s for pa, pb in zip(a_win[i1:i2], b_win[j1:j2], strict=True)
+            ):
+                # The same words heard by both: one copy, from the chunk where they are farther from the edge.
+                for pa, pb in zip(a_win[i1:i2], b_win[j1:j2], strict=True):
+                    (keep_a.append(pa.word) if (pa.mid + pb.mid) / 2 < center else keep_b.append(pb.word))
             else:
-                # Heard by one chunk only ("delete": A, "insert": B): keep it, whichever side it is on.
-                keep_a.extend(a_win[i1:i2])
-                keep_b.extend(b_win[j1:j2])
+                self._resolve(a_win[i1:i2], b_win[j1:j2], ov_start, ov_end, keep_a, keep_b)
         keep_b.extend(b[b1:])
         self.seams.append({"start": ov_start, "end": ov_end, "center": center, **counts})
         return keep_a, keep_b
 
     @staticmethod
-    def _by_side(wa: Word, wb: Word, center: float, keep_a: list[Word], keep_b: list[Word]) -> None:
-        if wa.mid < center:
-            keep_a.append(wa)
-        if wb.mid >= center:
-            keep_b.append(wb)
+    def _resolve(
+        a_part: list[_Placed], b_part: list[_Placed], ov_start: float, ov_end: float, keep_a: list, keep_b: list
+    ) -> None:
+        """Words the chunks disagree on: each chunk is trusted only on its own side of the middle.
+
+        Except a word cut by its chunk's edge (it touches A's end or B's start): when the other
+        chunk kept a word covering most of its time, it is the fragment of that word and goes.
+        """
+        center = (ov_start + ov_end) / 2
+        from_a = [p for p in a_part if p.mid < center]
+        from_b = [p for p in b_part if p.mid >= center]
+        keep_a.extend(p.word for p in from_a if not (p.word.end >= ov_end - 0.05 and _covered(p.word, from_b)))
+        keep_b.extend(p.word for p in from_b if not (p.word.start <= ov_start + 0.05 and _covered(p.word, from_a)))
+
+
+@dataclass
+class _Placed:
+    """A word with the span used to place it: Whisper's times, corrected at the chunk's edges."""
+
+    word: Word
+    lo: float
+    hi: float
+
+    @property
+    def mid(self) -> float:
+        return (self.lo + self.hi) / 2
+
+
+MAX_EDGE_WORD_S = 0.5
+
+
+def _covered(word: Word, others: list[_Placed]) -> bool:
+    """Does another chunk's kept word cover at least half of this word's (raw) time?"""
+    length = max(0.01, word.end - word.start)
+    return any(min(word.end, o.word.end) - max(word.start, o.word.start) >= 0.5 * length for o in others)
+
+
+def _span(w: Word, ov_start: float, ov_end: float) -> tuple[float, float]:
+    """Whisper pins the first word of a chunk to the chunk's start (and may stretch the last to its
+    end), which makes a word that began 0.5 s later look as if it sat on the edge. A word touching
+    the edge is placed by its other, reliable end, assuming at most ``MAX_EDGE_WORD_S`` of length."""
+    lo, hi = w.start, w.end
+    if abs(lo - ov_start) < 0.02 and hi - lo > MAX_EDGE_WORD_S:
+        lo = hi - MAX_EDGE_WORD_S
+    if abs(hi - ov_end) < 0.02 and hi - lo > MAX_EDGE_WORD_S:
+        hi = lo + MAX_EDGE_WORD_S
+    return lo, hi

@@ -41,8 +41,10 @@ class Request:
 
     @property
     def group_key(self) -> tuple:
-        # Alignment runs once per batch with one tokenizer, so batches share a language setting.
-        return (self.language, self.word_timestamps)
+        # Alignment runs once per batch with one tokenizer, so batches share a language setting;
+        # CTranslate2 needs <|startoftranscript|> at the same position in every prompt of a batch,
+        # so only chunks with the same prompt (usually none) share a batch.
+        return (self.language, self.word_timestamps, self.prompt or None)
 
 
 @dataclass
@@ -149,7 +151,7 @@ class BatchTranscriber:
         language = batch[0].language
         word_timestamps = batch[0].word_timestamps
         if any(r.group_key != batch[0].group_key for r in batch):
-            raise ValueError("a batch must share language and word_timestamps")
+            raise ValueError("a batch must share language, word_timestamps and prompt")
         raw = [self.model.feature_extractor(r.samples)[..., :-1] for r in batch]
         window = self.window_frames(max(f.shape[-1] for f in raw))
         features = np.ascontiguousarray(np.stack([self._fit(f, window) for f in raw]))

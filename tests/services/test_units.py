@@ -49,7 +49,7 @@ def test_choose_without_gpu_configured() -> None:
 
 def fake_results(batch: list[Request]) -> list[Result]:
     time.sleep(0.05)
-    return [Result(f"{r.prompt}", r.language or "en", 1.0, 1.0) for r in batch]
+    return [Result(str(r.samples.size), r.language or "en", 1.0, 1.0) for r in batch]
 
 
 async def test_batcher_groups_concurrent_requests_and_keeps_order() -> None:
@@ -57,11 +57,11 @@ async def test_batcher_groups_concurrent_requests_and_keeps_order() -> None:
     batcher.start()
     try:
         answers = await asyncio.gather(
-            *(batcher.submit(Request(np.zeros(160, np.float32), "en", prompt=str(i))) for i in range(6))
+            *(batcher.submit(Request(np.zeros(160 + i, np.float32), "en")) for i in range(6))
         )
     finally:
         await batcher.stop()
-    assert [a[0].text for a in answers] == [str(i) for i in range(6)]
+    assert [a[0].text for a in answers] == [str(160 + i) for i in range(6)]
     assert sorted({a[1] for a in answers}) == [2, 4]  # one full batch, then the rest
 
 
@@ -82,6 +82,23 @@ async def test_batcher_never_mixes_languages() -> None:
         await batcher.stop()
     assert all(len(langs) == 1 for langs in seen)
     assert len(seen) == 3
+
+
+async def test_batcher_batches_only_chunks_with_the_same_prompt() -> None:
+    seen: list[set] = []
+
+    def run(batch: list[Request]) -> list[Result]:
+        seen.append({r.prompt for r in batch})
+        return fake_results(batch)
+
+    batcher = Batcher(run, max_batch=8, window_ms=30)
+    batcher.start()
+    try:
+        prompts = [None, "Press one.", None, "Please hold.", "Press one."]
+        await asyncio.gather(*(batcher.submit(Request(np.zeros(160, np.float32), "en", p)) for p in prompts))
+    finally:
+        await batcher.stop()
+    assert sorted(len(s) for s in seen) == [1, 1, 1] and len(seen) == 3
 
 
 async def test_batcher_refuses_past_queue_limit_and_survives_failures() -> None:

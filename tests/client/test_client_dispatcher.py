@@ -184,3 +184,56 @@ async def test_abort_stops_retrying_at_once() -> None:
     await asyncio.wait_for(dispatcher.abort(), 1)
     outcomes = [o async for o in dispatcher.results()]
     assert outcomes == []
+
+
+async def test_a_speech_chunk_that_comes_back_empty_is_resent_with_its_lead_in() -> None:
+    """Measured on the 180 s recording: the chunk at 172 s came back empty; with 1 s before it,
+    the words came back. The resend carries the lead-in and the shifted offset."""
+    sent: list[tuple[int, float]] = []
+
+    class EmptyAlone(FakeService):
+        async def transcribe(self, samples, offset, language=None, prompt=None):
+            sent.append((samples.size, offset))
+            if samples.size == 48000:
+                return ChunkResult([], "")
+            return ChunkResult([Word(offset + 0.5, offset + 0.9, " found")], "found")
+
+    stats = Stats()
+    c = Chunk(0, 2.0, np.full(48000, 0.001, np.float32), lead=np.zeros(16000, np.float32))
+    dispatcher = Dispatcher(EmptyAlone(), stats, backoff=FAST)
+    await dispatcher.submit(c)
+    await dispatcher.close()
+    outcomes = [o async for o in dispatcher.results()]
+    assert sent == [(48000, 2.0), (64000, 1.0)]
+    assert [w.text for w in outcomes[0].result.words] == [" found"]
+    assert stats.chunks_resent_with_lead == 1
+
+
+async def test_empty_answers_are_not_resent_without_a_detector_verdict() -> None:
+    """With the detector off an empty answer may be plain silence: no second request."""
+    calls = []
+
+    class Empty(FakeService):
+        async def transcribe(self, samples, offset, language=None, prompt=None):
+            calls.append(samples.size)
+            return ChunkResult([], "")
+
+    c = Chunk(0, 0.0, np.zeros(48000, np.float32), lead=np.zeros(16000, np.float32))
+    dispatcher = Dispatcher(Empty(), Stats(), detector=False, backoff=FAST)
+    await dispatcher.submit(c)
+    await dispatcher.close()
+    _ = [o async for o in dispatcher.results()]
+    assert calls == [48000]
+
+
+async def test_spilled_chunks_keep_their_lead_in(tmp_path) -> None:
+    from client.spill import ChunkStore
+
+    store = ChunkStore(max_in_memory=0, spill_dir=tmp_path)
+    lead, samples = np.full(16000, 0.25, np.float32), np.full(48000, 0.5, np.float32)
+    await store.put(Chunk(3, 6.0, samples, lead=lead))
+    assert list(tmp_path.rglob("*.npy"))
+    back = await store.get()
+    np.testing.assert_array_equal(back.samples, samples)
+    np.testing.assert_array_equal(back.lead, lead)
+    assert (back.index, back.start) == (3, 6.0)

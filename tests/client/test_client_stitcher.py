@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from client.api import Word
+from client.evaluate import boundary_errors, wer
 from client.stitcher import Stitcher, join_words, norm
 
 WORDS = [Word(**w) for w in json.loads((Path(__file__).parent / "data" / "words-40s.json").read_text())]
@@ -148,3 +149,24 @@ def test_disagreeing_copies_each_count_only_on_their_own_side() -> None:
     stitcher.finish()
     # A is trusted before 2.5 s (its "for"), B after (its "five", not A's cut-off "fi").
     assert texts(stitcher.committed) == ["one", "for", "five", "six"]
+
+
+def test_real_service_chunks_stitch_within_a_point_of_offline_with_clean_seams() -> None:
+    """62 overlapping 3 s chunks (overlap 1 s) of a real 124 s recording, as the real base service
+    transcribed them (recorded once from POST /transcribe), against one offline pass of the same
+    model over the whole file. Measured: offline 3.02 %, stitched 3.69 %, no seam errors;
+    joining the same kind of chunks without overlap gives 10.4 %."""
+    data = Path(__file__).parent / "data"
+    chunks = json.loads((data / "chunks-120s-overlap1.0.json").read_text())
+    offline = json.loads((data / "offline-120s.json").read_text())
+    offline_words = [Word(**w) for w in offline["offline_words"]]
+    stitcher = Stitcher()
+    for c in chunks:
+        stitcher.add(c["start"], c["end"], [Word(**w) for w in c["words"]] if c["words"] is not None else None)
+    stitcher.finish()
+    offline_wer = wer(offline["reference"], join_words(offline_words))
+    stitched_wer = wer(offline["reference"], stitcher.text())
+    assert stitched_wer - offline_wer <= 1.0, (offline_wer, stitched_wer)
+    seams = [(b["start"], a["end"]) for a, b in itertools.pairwise(chunks)]
+    errors = boundary_errors(stitcher.committed, offline_words, seams)
+    assert (errors.duplicates, errors.drops) == (0, 0), errors.examples

@@ -85,3 +85,12 @@ def test_start_times_do_not_drift_over_an_hour() -> None:
 def test_impossible_settings_are_refused(chunk: float, overlap: float) -> None:
     with pytest.raises(ValueError):
         Chunker(chunk, overlap)
+
+
+def test_each_chunk_carries_the_second_before_it_as_lead_in() -> None:
+    samples = ramp(7.5)
+    chunks = feed_in_blocks(Chunker(3.0, 1.0), samples, 1600)
+    assert chunks[0].lead.size == 0
+    for c in chunks[1:]:
+        lo = round(c.start * SAMPLE_RATE)
+        np.testing.assert_array_equal(c.lead, samples[lo - SAMPLE_RATE : lo])
