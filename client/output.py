@@ -14,6 +14,7 @@ from pathlib import Path
 
 from client.api import Word
 from client.stitcher import join_words
+from services.common.subtitles import to_srt, to_vtt
 
 FORMATS = (".txt", ".jsonl", ".srt", ".vtt")
 
@@ -46,14 +47,6 @@ def segments(words: list[Word], pause_s: float = 0.8, sentence_min_s: float = 1.
     return out
 
 
-def _timestamp(seconds: float, sep: str) -> str:
-    ms = max(0, round(seconds * 1000))
-    h, rest = divmod(ms, 3_600_000)
-    m, rest = divmod(rest, 60_000)
-    s, ms = divmod(rest, 1000)
-    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
-
-
 def render(words: list[Word], fmt: str) -> str:
     """The transcript in one of :data:`FORMATS`."""
     if fmt == ".txt":
@@ -79,14 +72,9 @@ def render(words: list[Word], fmt: str) -> str:
             }
             lines.append(json.dumps(record, ensure_ascii=False))
         return "".join(line + "\n" for line in lines)
-    if fmt == ".srt":
-        blocks = [
-            f"{i}\n{_timestamp(s.start, ',')} --> {_timestamp(s.end, ',')}\n{s.text}\n" for i, s in enumerate(segs, 1)
-        ]
-        return "\n".join(blocks)
-    if fmt == ".vtt":
-        blocks = [f"{_timestamp(s.start, '.')} --> {_timestamp(s.end, '.')}\n{s.text}\n" for s in segs]
-        return "WEBVTT\n\n" + "\n".join(blocks)
+    if fmt in (".srt", ".vtt"):
+        timed = [{"start": seg.start, "end": seg.end, "text": seg.text} for seg in segs]
+        return to_srt(timed) if fmt == ".srt" else to_vtt(timed)
     raise ValueError(f"unknown output format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
