@@ -31,6 +31,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results", help="results directory")
     p.add_argument("--max-streams", type=int, help="upper bound of the capacity search")
     p.add_argument("--no-peer", action="store_true", help="skip the WhisperLive comparison")
+    p.add_argument("--no-whatif", action="store_true", help="skip the what-if stack (trimmed window, STT_BATCH_MAX=1)")
     return p.parse_args(argv)
 
 
@@ -40,15 +41,20 @@ def machine() -> str:
 
 
 def plan_units(sizes: Sizes, wer_items: int, det_speech: int, det_nonspeech: int) -> int:
+    """Units of work, roughly one per second or two of wall time, so the bar moves evenly."""
     return (
         2 * wer_items  # offline + streamed
         + det_speech
         + det_nonspeech
         + sizes.proxy_pairs // 10
-        + 2  # seed vs this
-        + 10  # capacity steps, roughly
-        + (0 if sizes is QUICK else 1)  # peer
+        + 3 * realtime_units(sizes.design_seconds)  # seed, this, what-if
+        + 10 * realtime_units(sizes.step_seconds)  # capacity steps, roughly
+        + realtime_units(sizes.design_seconds)  # peer
     )
+
+
+def realtime_units(seconds: float) -> int:
+    return max(1, int(seconds // 3))
 
 
 def streamed_pass(stack: BenchStack, items, tick) -> dict:
@@ -86,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     }
     out = args.out
-    stacks = make_stacks(out / "logs", args.device)
+    stacks = make_stacks(out / "logs", args.device, whatif=not args.no_whatif)
     for stack in stacks.values():
         stack.start()
     try:
@@ -132,8 +138,14 @@ def main(argv: list[str] | None = None) -> int:
         save()
 
         progress.start(f"seed vs this design ({design_audio.seconds:.0f} s real time each)")
+        whatif = stacks.get("design_batch1")
         results["designs"], this_stream = designs.run(
-            design, baseline, design_audio.samples, design_audio.text, progress.tick
+            design,
+            baseline,
+            design_audio.samples,
+            design_audio.text,
+            lambda: progress.tick(units=realtime_units(sizes.design_seconds)),
+            whatif,
         )
         results["streamed"]["latency_ms"] = summarize_ms(this_stream.latencies_s)
         results["streamed"]["commit_latency_ms"] = summarize_ms(this_stream.commit_latencies_s)
@@ -144,22 +156,25 @@ def main(argv: list[str] | None = None) -> int:
         save()
 
         progress.start("capacity search (baseline and design interleaved)")
-        results["capacity"] = capacity.run(
-            {"baseline": baseline, "design": design}, sizes.step_seconds, limit, CHUNK_S, progress.tick
-        )
+        compared = {"baseline": baseline, "design": design} | ({"design_batch1": whatif} if whatif else {})
+
+        def step_done(detail: str) -> None:
+            progress.tick(detail, realtime_units(sizes.step_seconds))
+
+        results["capacity"] = capacity.run(compared, sizes.step_seconds, limit, CHUNK_S, step_done)
         save()
 
         if not args.no_peer:
             progress.start("peer: WhisperLive")
             results["peer"] = peer.run(design_audio, args.device, out / "logs", progress.note)
-            progress.tick()
+            progress.tick(units=realtime_units(sizes.design_seconds))
             save()
         progress.close()
 
-        curves = {"this design": this_stream.latencies_s}
-        seed_lat = results["designs"]["seed_design"].get("_latencies")
-        if seed_lat:
-            curves["seed design"] = seed_lat
+        curves = {"this design": this_stream.latencies_s, "this design, commit": this_stream.commit_latencies_s}
+        for key, label in (("this_design_batch1", "this design, STT_BATCH_MAX=1"), ("seed_design", "seed design")):
+            if results["designs"].get(key, {}).get("_latencies"):
+                curves[label] = results["designs"][key]["_latencies"]
         if results.get("peer", {}).get("_latencies"):
             curves["WhisperLive (segment commit)"] = results["peer"]["_latencies"]
         report.plot_latency_cdf(curves, out / "latency_cdf.png", CHUNK_S)

@@ -47,8 +47,8 @@ class Sizes:
     max_streams: int
 
 
-FULL = Sizes(40, 2, 120, 60, 120, 40, 120, 300, 30, 16)
-QUICK = Sizes(8, 1, 45, 20, 30, 10, 24, 80, 14, 8)
+FULL = Sizes(40, 2, 120, 60, 120, 30, 60, 300, 30, 16)
+QUICK = Sizes(8, 1, 45, 20, 30, 10, 24, 80, 14, 12)
 
 
 def wer_set(sizes: Sizes) -> list[Item]:

@@ -32,6 +32,8 @@ def _one(stack: BenchStack, client: Client, samples: np.ndarray, text: str) -> t
         "cpu_s_per_audio_s": round(sum(cpu.values()) / result.audio_s, 4),
         "service_cpu_s": cpu,
         "chunks": result.chunks,
+        "retries": result.retries,
+        "text": result.text,
         "chunks_nonspeech": result.chunks_nonspeech,
         "_latencies": result.latencies_s,
         "client": {"chunk_s": client.chunk_s, "overlap_s": client.overlap_s, "detector": client.detector or "silero"},
@@ -39,12 +41,22 @@ def _one(stack: BenchStack, client: Client, samples: np.ndarray, text: str) -> t
 
 
 def run(
-    design: BenchStack, baseline: BenchStack, samples: np.ndarray, text: str, tick: Callable[[], None]
+    design: BenchStack,
+    baseline: BenchStack,
+    samples: np.ndarray,
+    text: str,
+    tick: Callable[[], None],
+    whatif: BenchStack | None = None,
 ) -> tuple[dict, StreamResult]:
     this, this_result = _one(design, SHIPPED, samples, text)
     tick()
     seed, _ = _one(baseline, SEED, samples, text)
     tick()
+    extra = {}
+    if whatif is not None:
+        extra["this_design_batch1"], _ = _one(whatif, SHIPPED, samples, text)
+        extra["this_design_batch1"]["stack_env"] = whatif.env
+        tick()
     ratios = {
         "cpu_s_per_audio_s": round(seed["cpu_s_per_audio_s"] / max(this["cpu_s_per_audio_s"], 1e-9), 2),
         "latency_p50": round(seed["latency_ms"]["p50"] / max(this["latency_ms"]["p50"], 1e-9), 2),
@@ -52,6 +64,7 @@ def run(
     out = {
         "seed_design": seed,
         "this_design": this,
+        **extra,
         "seed_over_this": ratios,
         "audio_s": round(samples.size / 16_000, 1),
     }

@@ -81,7 +81,9 @@ async def _stream(port: int, samples: np.ndarray) -> dict:
                     start = round(float(seg["start"]), 2)
                     if seg.get("completed") and start not in completed:
                         completed[start] = (seg["text"], float(seg["end"]), now)
-                partial[:] = [s for s in segments if not s.get("completed")]
+                pending = [s for s in segments if not s.get("completed")]
+                if pending:  # a message may list only completed segments; keep the last tail seen
+                    partial[:] = pending
 
         receiver = asyncio.create_task(receive())
         began = time.monotonic()
@@ -91,9 +93,20 @@ async def _stream(port: int, samples: np.ndarray) -> dict:
             await asyncio.sleep(max(0.0, due - time.monotonic()))
             await ws.send(block.astype(np.float32).tobytes())
         await ws.send(b"END_OF_AUDIO")
-        with contextlib.suppress(TimeoutError):  # let the server finish the tail, then hang up
-            await asyncio.wait_for(asyncio.shield(receiver), 10)
+        # It may be many seconds behind by now: wait until its transcript reaches the end of
+        # the audio and stops changing (at most a minute), then hang up.
+        sent = time.monotonic()
+        last_change, last_seen = sent, (len(completed), str(partial))
+        while time.monotonic() - sent < 60 and not receiver.done():
+            await asyncio.sleep(0.5)
+            seen = (len(completed), str(partial))
+            if seen != last_seen:
+                last_change, last_seen = time.monotonic(), seen
+            if time.monotonic() - last_change > 5:
+                break
         receiver.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await receiver
     latencies = [max(0.0, seen - (began + end)) for _, end, seen in completed.values()]
     last_end = max((end for _, end, _ in completed.values()), default=0.0)
     texts = [completed[k][0] for k in sorted(completed)]
@@ -136,6 +149,7 @@ def run(item: Item, device: str, log_dir: Path, note: Callable[[str], None]) -> 
         "latency_definition": "segment end (wall clock) → first message marking it completed",
         "cpu_s_per_audio_s": round(cpu / item.seconds, 4),
         "completed_segments": out["segments"],
+        "text": out["text"],
         "settings": {
             "use_vad": False,
             "model": str(provision("base")),

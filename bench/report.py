@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt
 
 from bench.metrics import normalize, word_errors
 
+CAPACITY_STYLES = (("baseline", "s--"), ("design", "o-"), ("design_batch1", "^:"))
+
 
 def _strip_private(node):
     """Drop ``_``-prefixed keys (raw transcripts and latency lists kept for plotting)."""
@@ -131,7 +133,9 @@ def markdown(results: dict) -> str:
             "| | WER | latency p50 / p95 | commit latency p50 | service CPU s per audio s |",
             "|---|---|---|---|---|",
         ]
-        for key in ("seed_design", "this_design"):
+        for key in ("seed_design", "this_design", "this_design_batch1"):
+            if key not in des:
+                continue
             d = des[key]
             lines.append(
                 f"| {key} | {_pct(d['wer'])} | {d['latency_ms'].get('p50')} / {d['latency_ms'].get('p95')} ms "
@@ -152,7 +156,7 @@ def markdown(results: dict) -> str:
             "| config | streams | p50 ms | p95 ms | last-third p95 ms | audio s / s | CPU s / audio s | verdict |",
             "|---|---|---|---|---|---|---|---|",
         ]
-        for name in ("baseline", "design"):
+        for name, _ in CAPACITY_STYLES:
             for s in cap.get(name, {}).get("steps", []):
                 lat = s["latency_ms"]
                 lines.append(
@@ -163,7 +167,13 @@ def markdown(results: dict) -> str:
         lines += [
             f"\nCapacity: baseline {cap.get('baseline', {}).get('realtime_streams')}, "
             f"this design {cap.get('design', {}).get('realtime_streams')} "
-            f"(ratio {cap.get('ratio_vs_baseline')}x).",
+            f"(ratio {cap.get('ratio_vs_baseline')}x)"
+            + (
+                f"; what-if design_batch1 {cap['design_batch1']['realtime_streams']} "
+                f"({cap.get('ratio_design_batch1_vs_baseline')}x)."
+                if "design_batch1" in cap
+                else "."
+            ),
             "",
         ]
     peer = results.get("peer", {})
@@ -206,14 +216,14 @@ def plot_latency_cdf(curves: dict[str, list[float]], path: Path, chunk_s: float)
 
 def plot_capacity(capacity: dict, path: Path, chunk_s: float) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
-    for name, style in (("baseline", "s--"), ("design", "o-")):
+    for name, style in CAPACITY_STYLES:
         steps = capacity.get(name, {}).get("steps", [])
         if not steps:
             continue
         xs = [s["streams"] for s in steps]
         left.plot(xs, [s["throughput_audio_s_per_s"] for s in steps], style, label=name)
         right.plot(xs, [s["latency_ms"].get("p95", float("nan")) for s in steps], style, label=name)
-    top = max([s["streams"] for n in ("baseline", "design") for s in capacity.get(n, {}).get("steps", [])] or [1])
+    top = max([s["streams"] for n, _ in CAPACITY_STYLES for s in capacity.get(n, {}).get("steps", [])] or [1])
     left.plot([0, top], [0, top], ":", color="grey", label="keeping up (1 audio s/s per stream)")
     left.set_xlabel("concurrent real-time streams")
     left.set_ylabel("audio seconds transcribed per second")

@@ -68,12 +68,21 @@ class BenchStack:
         return {name: process_cpu_seconds(proc.pid) for name, proc in self.stack.procs.items()}
 
 
-def make_stacks(run_dir: Path, device: str) -> dict[str, BenchStack]:
+# A what-if beside the shipped defaults: the trimmed window without dynamic batching. Batching
+# buys nothing on a CPU (the int8 encoder is compute-bound), so this isolates what the trimmed
+# window alone gives, and stays measurable when batching itself misbehaves.
+WHATIF_ENV = {"STT_BATCH_MAX": "1"}
+
+
+def make_stacks(run_dir: Path, device: str, whatif: bool = True) -> dict[str, BenchStack]:
     device_env = {"STT_DEVICE": device} if device != "cpu" else {}
-    return {
+    stacks = {
         "design": BenchStack("design", {**device_env}, run_dir),
         "baseline": BenchStack("baseline", {**BASELINE_ENV, **device_env}, run_dir),
     }
+    if whatif:
+        stacks["design_batch1"] = BenchStack("design_batch1", {**WHATIF_ENV, **device_env}, run_dir)
+    return stacks
 
 
 def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:

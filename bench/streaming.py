@@ -10,7 +10,9 @@ chunk's answer has been stitched), which adds one chunk step by design.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -64,10 +66,19 @@ class StreamResult:
     chunks_dropped: int = 0
     retries: int = 0
     answered_at: list[float] = field(default_factory=list)  # monotonic time of each answer
+    audio_done_s: float = 0.0  # end of the last chunk handed to the stitcher (seconds of stream)
 
 
-async def stream(url: str, samples: np.ndarray, client: Client = SHIPPED, realtime: bool = True) -> StreamResult:
-    """Run one stream to the end; returns its transcript and per-chunk latencies."""
+async def stream(
+    url: str,
+    samples: np.ndarray,
+    client: Client = SHIPPED,
+    realtime: bool = True,
+    result: StreamResult | None = None,
+    on_latency: Callable[[float], None] | None = None,
+) -> StreamResult:
+    """Run one stream to the end; returns its transcript and per-chunk latencies. Pass
+    ``result`` to read the latencies of a stream that gets cancelled part-way."""
     api = DetectorApi(url, client.detector)
     settings = Settings(
         chunk_s=client.chunk_s,
@@ -76,15 +87,18 @@ async def stream(url: str, samples: np.ndarray, client: Client = SHIPPED, realti
         language=client.language,
         concurrency=client.concurrency,
     )
-    result = StreamResult("", samples.size / 16_000, 0.0)
+    result = result or StreamResult("", samples.size / 16_000, 0.0)
     pending: list[float] = []  # captured_at of answered chunks whose words are not committed yet
 
     def on_outcome(outcome: Outcome) -> None:
         now = time.monotonic()
         result.chunks += 1
+        result.audio_done_s = outcome.chunk.end
         if outcome.result is None:
             return
         result.latencies_s.append(now - outcome.chunk.captured_at)
+        if on_latency:
+            on_latency(now - outcome.chunk.captured_at)
         result.answered_at.append(now)
         # This answer commits the words of every earlier answered chunk (see Stitcher.add).
         result.commit_latencies_s.extend(now - captured for captured in pending)
@@ -94,6 +108,9 @@ async def stream(url: str, samples: np.ndarray, client: Client = SHIPPED, realti
     began = time.monotonic()
     try:
         words = await pipeline.run()
+    except asyncio.CancelledError:
+        await pipeline.abort()  # stop its workers before their HTTP client goes away
+        raise
     finally:
         await api.aclose()
     done = time.monotonic()
@@ -112,13 +129,41 @@ async def _delayed(delay: float, coro):
 
 
 async def streams(
-    url: str, audios: list[np.ndarray], client: Client = SHIPPED, realtime: bool = True, stagger_s: float = 0.0
-) -> list[StreamResult]:
+    url: str,
+    audios: list[np.ndarray],
+    client: Client = SHIPPED,
+    realtime: bool = True,
+    stagger_s: float = 0.0,
+    give_up_s: float | None = None,
+) -> tuple[list[StreamResult], bool]:
     """Several streams at once, the i-th starting ``i * stagger_s / n`` late, so that their
-    chunks do not all arrive in the same instant (real callers are not phase-aligned)."""
+    chunks do not all arrive in the same instant (real callers are not phase-aligned).
+
+    With ``give_up_s``, all streams are cancelled as soon as one chunk's latency exceeds it:
+    an overloaded step has answered its question, and letting its backlog drain would cost
+    minutes. Returns the results (partial when cancelled) and whether it gave up."""
     n = len(audios)
-    tasks = [_delayed(i * stagger_s / max(n, 1), stream(url, a, client, realtime)) for i, a in enumerate(audios)]
-    return list(await asyncio.gather(*tasks))
+    overloaded = asyncio.Event()
+
+    def watch(latency: float) -> None:
+        if give_up_s is not None and latency > give_up_s:
+            overloaded.set()
+
+    results = [StreamResult("", a.size / 16_000, 0.0) for a in audios]
+    tasks = [
+        asyncio.create_task(_delayed(i * stagger_s / max(n, 1), stream(url, a, client, realtime, results[i], watch)))
+        for i, a in enumerate(audios)
+    ]
+    watcher = asyncio.create_task(overloaded.wait())
+    everything = asyncio.gather(*tasks)
+    await asyncio.wait([everything, watcher], return_when=asyncio.FIRST_COMPLETED)
+    gave_up = overloaded.is_set() and not everything.done()
+    watcher.cancel()
+    if gave_up:
+        everything.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await everything
+    return results, gave_up
 
 
 async def transcribe_all(url: str, audios: list[np.ndarray], client: Client = SHIPPED, parallel: int = 2) -> list[str]:

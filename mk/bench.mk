@@ -1,8 +1,8 @@
 # Benchmark (included by the top-level Makefile; also works alone: `make -f mk/bench.mk bench`).
 # See docs/performance.md.
 #
-#   make bench                  full run (~15 min on 2 cores): bench/results/latest.{json,md} + PNG plots
-#   make bench ARGS=--quick     the same measurements on smaller samples (~3 min)
+#   make bench                  full run (~18 min on 2 cores): bench/results/latest.{json,md} + PNG plots
+#   make bench ARGS=--quick     the same measurements on smaller samples (~5 min)
 #   make bench ARGS="--device cuda"   base on the GPU (STT_DEVICE=cuda)
 #   make bench-peer             install the peer (WhisperLive) into .cache/peer-venv; `make bench` tries it
 VENV ?= .venv
@@ -31,7 +31,7 @@ $(PEER_VENV)/.installed:
 
 bench-peer: $(PEER_VENV)/.installed ## Install WhisperLive (the peer the bench compares with; ~6 GB with PyTorch)
 
-bench: bench-prepare ## Benchmark everything (ARGS=--quick for ~3 min); writes bench/results/
+bench: bench-prepare ## Benchmark everything (~18 min; ARGS=--quick for a short run); writes bench/results/
 	@$(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) bench-peer PY=$(PY) || \
 	  echo "bench: the peer could not be installed; the results will say why"
 	$(PY) -m bench $(ARGS)

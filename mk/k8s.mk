@@ -28,7 +28,7 @@ chart-lint: k8s-tools ## helm lint the chart (1.20 and current API versions)
 chart-test: k8s-tools ## Fast chart/operator checks: lint, kubernetes-validate, template assertions, kmock
 	$(PY) -m pytest -q tests/k8s
 
-e2e: ## Cluster + images + helm install + the end-to-end test on a real cluster (prints timings)
+e2e: install ## Cluster + images + helm install + the end-to-end test on a real cluster (prints timings)
 	$(MAKE) cluster
 	$(MAKE) images
 	@test -d $${STT_CORPUS_CACHE:-$$HOME/.cache/stt-corpus} || $(MAKE) corpus
