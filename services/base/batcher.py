@@ -109,14 +109,21 @@ class Batcher:
                 QUEUE_WAIT_SECONDS.observe(now - item.enqueued)
             BATCH_SIZE.observe(len(batch))
             self.last_batch_size = len(batch)
-            try:
-                results = await loop.run_in_executor(self._executor, self.run_batch, [p.request for p in batch])
-            except Exception as exc:  # one bad batch must not kill the loop or the other chunks
-                log.exception("batch of %d failed", len(batch))
+            await self._run(loop, batch)
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
+        try:
+            results = await loop.run_in_executor(self._executor, self.run_batch, [p.request for p in batch])
+        except Exception as exc:  # one bad batch must not kill the loop
+            log.exception("batch of %d failed", len(batch))
+            if len(batch) > 1:
+                # One bad chunk must not fail its neighbours: run each alone, so only it errs.
                 for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                continue
-            for item, result in zip(batch, results, strict=True):
-                if not item.future.done():
-                    item.future.set_result((result, len(batch)))
+                    await self._run(loop, [item])
+                return
+            if not batch[0].future.done():
+                batch[0].future.set_exception(exc)
+            return
+        for item, result in zip(batch, results, strict=True):
+            if not item.future.done():
+                item.future.set_result((result, len(batch)))

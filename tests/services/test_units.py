@@ -101,6 +101,25 @@ async def test_batcher_batches_only_chunks_with_the_same_prompt() -> None:
     assert sorted(len(s) for s in seen) == [1, 1, 1] and len(seen) == 3
 
 
+async def test_batcher_isolates_the_one_chunk_that_breaks_a_batch() -> None:
+    def run(batch: list[Request]) -> list[Result]:
+        if any(r.samples.size == 13 for r in batch):
+            raise ValueError("this chunk breaks the model")
+        return fake_results(batch)
+
+    batcher = Batcher(run, max_batch=4, window_ms=30)
+    batcher.start()
+    try:
+        sizes = [160, 13, 170, 180]
+        answers = await asyncio.gather(
+            *(batcher.submit(Request(np.zeros(n, np.float32))) for n in sizes), return_exceptions=True
+        )
+    finally:
+        await batcher.stop()
+    assert isinstance(answers[1], ValueError)
+    assert [a[0].text for i, a in enumerate(answers) if i != 1] == ["160", "170", "180"]
+
+
 async def test_batcher_refuses_past_queue_limit_and_survives_failures() -> None:
     calls = {"n": 0}
 
