@@ -377,13 +377,19 @@ def test_prometheus_fills_every_dashboard_panel_and_alert(
     """A real Prometheus scrapes every component of the release and a real client streaming
     through the proxy; every PromQL expression of the shipped dashboard and alert rules must then
     return series. Unlike the local-stack check (tests/monitoring), nothing may be missing."""
+    from corpus import long_recording
     from monitoring.local_prometheus import PrometheusServer, ensure_installed, scrape_config
     from monitoring.promql_check import Prometheus, check_until, dashboard_expressions, report, rules_expressions
     from services.local_stack import free_ports
     from tests.k8s.tools import CHART
 
-    components = {"proxy": 5001, "tiny": 5004, "base-cpu": 5002}
-    forwards = [PortForward(kube, f"svc/{RELEASE}-{name}", port) for name, port in components.items()]
+    # Every proxy replica on its own (a Service port-forward sticks to one pod, and requests and
+    # scrapes could land on different ones), the single-replica components through their Service.
+    proxies = [p["metadata"]["name"] for p in kube.pods("proxy") if not p["metadata"].get("deletionTimestamp")]
+    forwards = [PortForward(kube, f"pod/{name}", 5001) for name in proxies]
+    forwards += [
+        PortForward(kube, f"svc/{RELEASE}-{name}", port) for name, port in (("tiny", 5004), ("base-cpu", 5002))
+    ]
     forwards.append(PortForward(kube, f"svc/{RELEASE}-controller", 8080, health_path="/metrics"))
     prom_port, client_port = free_ports(2)
     jobs = {"stt": [f"127.0.0.1:{pf.port}" for pf in forwards], "stt-client": [f"127.0.0.1:{client_port}"]}
@@ -394,12 +400,22 @@ def test_prometheus_fills_every_dashboard_panel_and_alert(
     server = PrometheusServer(tmp_path / "prometheus", prom_port, config, binary=ensure_installed())
     server.start()
     client = None
+    speech = long_recording(40, seed=5)
     try:
-        # Routing gpu before the GPU pod is ready: real fallbacks to CPU, then back to cpu.
+        # Client errors (the error panels need some), then routing gpu before the GPU pod is
+        # ready: real fallbacks to CPU, then back to cpu.
+        for pf in forwards[: len(proxies)]:
+            assert (
+                httpx.post(f"{pf.url}/transcribe", content=b"", headers={"Content-Type": "audio/wav"}).status_code
+                == 400
+            )
+            assert httpx.post(f"{pf.url}/gpu-toggle").status_code == 401
         edit_routing(kube, "gpu")
-        transcribe(proxy_forward, clip)
+        for pf in forwards[: len(proxies)]:
+            transcribe(pf, clip)
         edit_routing(kube, "cpu")
-        args = ["--url", proxy_forward.url, "--file", str(clip.path), "--realtime", "--language", "en"]
+        # A live client for the whole check (its series go stale the moment it exits).
+        args = ["--url", proxy_forward.url, "--file", str(speech.path), "--realtime", "--language", "en"]
         client = subprocess.Popen(
             [sys.executable, "-m", "client", *args, "--metrics-port", str(client_port), "--quiet"],
             stdout=subprocess.PIPE,
@@ -411,9 +427,10 @@ def test_prometheus_fills_every_dashboard_panel_and_alert(
             results = check_until(prom, expressions, wait_s=90)
         finally:
             prom.close()
-        out, _ = client.communicate(timeout=120)
+        assert client.poll() is None, "the client finished before the check; give it a longer recording"
+        out, _ = client.communicate(timeout=180)
         assert client.returncode == 0
-        assert_heard(clip, out)
+        assert_heard(speech, out)
     finally:
         if client and client.poll() is None:
             client.kill()
