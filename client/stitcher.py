@@ -43,7 +43,16 @@ def norm(text: str) -> str:
 
 
 def join_words(words: list[Word]) -> str:
-    return " ".join(w.text.strip() for w in words if w.text.strip())
+    """Words as one line. Whisper marks a new word with a leading space; a piece without one
+    that starts with a hyphen or apostrophe ("-hearted", "'s") continues the word before it."""
+    out = ""
+    for word in words:
+        text = word.text.strip()
+        if not text:
+            continue
+        glue = out and not word.text[:1].isspace() and text[0] in "-'’"
+        out += text if glue or not out else " " + text
+    return out
 
 
 class Stitcher:

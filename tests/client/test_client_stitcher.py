@@ -170,3 +170,12 @@ def test_real_service_chunks_stitch_within_a_point_of_offline_with_clean_seams()
     seams = [(b["start"], a["end"]) for a, b in itertools.pairwise(chunks)]
     errors = boundary_errors(stitcher.committed, offline_words, seams)
     assert (errors.duplicates, errors.drops) == (0, 0), errors.examples
+
+
+def test_join_words_glues_hyphen_and_apostrophe_pieces() -> None:
+    from client.api import Word
+    from client.stitcher import join_words
+
+    words = [Word(0.0, 0.3, " rather"), Word(0.3, 0.6, " cold"), Word(0.6, 0.9, "-hearted"), Word(1.0, 1.2, " user")]
+    words += [Word(1.2, 1.3, "'s"), Word(1.3, 1.6, " mailbox."), Word(1.7, 1.9, " -")]
+    assert join_words(words) == "rather cold-hearted user's mailbox. -"
