@@ -36,7 +36,7 @@ down: ## Stop the local stack
 run: models corpus ## Start the local stack and transcribe the microphone (or a sample file)
 	@bash hack/run-demo.sh
 
-test: models corpus ## Run every test (real models, real processes); what CI runs
+test: models corpus ## Run every test but the cluster e2e (real models, real processes); CI runs it, then make e2e
 	$(PY) -m pytest -q
 
 test-fast: install ## Only the fast unit tests (no models, no processes)
