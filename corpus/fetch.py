@@ -18,6 +18,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from services.common.audio import to_wav_bytes
+
 SAMPLE_RATE = 16_000
 
 # Pinned Debian bookworm packages and the sha256 of each .deb as downloaded.
@@ -59,11 +61,7 @@ def read_wav(path: Path) -> np.ndarray:
 
 def write_wav(path: Path, samples: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with wave.open(str(path), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(SAMPLE_RATE)
-        wav.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    path.write_bytes(to_wav_bytes(samples))
 
 
 def _decode(path: Path, fmt: str | None = None, rate: int | None = None) -> np.ndarray:

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
+
+from services.local_stack import free_port
 
 KUBECONFIG = Path(os.environ.get("STT_KUBECONFIG", "/var/tmp/stt-cluster/kubeconfig"))
 NAMESPACE = os.environ.get("STT_E2E_NAMESPACE", "stt-e2e")
@@ -78,12 +79,6 @@ def wait_for(what: str, predicate, timeout: float = 180.0, interval: float = 0.2
             last_exc = exc
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_exc})")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PortForward:
