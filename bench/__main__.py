@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             progress.tick(units=realtime_units(sizes.design_seconds))
             save()
         progress.close()
+        results["meta"]["phase_s"] = progress.phase_seconds
 
         curves = {"this design": this_stream.latencies_s, "this design, commit": this_stream.commit_latencies_s}
         for key, label in (("this_design_batch1", "this design, STT_BATCH_MAX=1"), ("seed_design", "seed design")):

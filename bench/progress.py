@@ -21,10 +21,19 @@ class Progress:
         self.began = time.monotonic()
         self.tty = stream.isatty()
         self._last_line = 0.0
+        self.phase_seconds: dict[str, float] = {}  # wall time of each finished phase
+        self._phase_began = self.began
 
     def start(self, phase: str) -> None:
+        self._end_phase()
         self.phase, self.detail = phase, ""
         self._draw(force=True)
+
+    def _end_phase(self) -> None:
+        now = time.monotonic()
+        if self.phase:
+            self.phase_seconds[self.phase] = round(now - self._phase_began, 1)
+        self._phase_began = now
 
     def tick(self, detail: str = "", units: int = 1) -> None:
         self.done = min(self.total, self.done + units)
@@ -37,6 +46,7 @@ class Progress:
         self._draw(force=True)
 
     def close(self) -> None:
+        self._end_phase()
         self.done = self.total
         self._draw(force=True)
         self.stream.write("\n")

@@ -43,15 +43,16 @@ class DetectorApi(SttApi):
 class Client:
     """How the client cuts and sends audio (the shipped defaults, or the seed design's)."""
 
-    chunk_s: float = 3.0
-    overlap_s: float = 1.0
+    chunk_s: float = Settings.chunk_s
+    overlap_s: float = Settings.overlap_s
+    context_s: float = Settings.context_s
     detector: str | None = None  # None: the service default (Silero)
     concurrency: int = 2
     language: str | None = "en"
 
 
 SHIPPED = Client()
-SEED = Client(overlap_s=0.0, detector="whisper-tiny", concurrency=1)
+SEED = Client(overlap_s=0.0, context_s=0.0, detector="whisper-tiny", concurrency=1)
 
 
 @dataclass
@@ -83,6 +84,7 @@ async def stream(
     settings = Settings(
         chunk_s=client.chunk_s,
         overlap_s=client.overlap_s,
+        context_s=client.context_s,
         detector=True,
         language=client.language,
         concurrency=client.concurrency,

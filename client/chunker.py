@@ -27,7 +27,8 @@ class Chunk:
     captured_at: float = 0.0  # monotonic clock when the chunk's last sample arrived (for lag)
     final: bool = False  # the stream ended with this chunk
     meta: dict = field(default_factory=dict)
-    # Audio just before ``start`` (up to LEAD_S): sent only when the chunk alone came back empty.
+    # Audio just before ``start`` (up to max(LEAD_S, context_s)): sent as left context, and again
+    # (LEAD_S of it) when the chunk alone came back empty.
     lead: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
     @property
@@ -46,12 +47,17 @@ class Chunker:
     the stream runs.
     """
 
-    def __init__(self, chunk_s: float = 3.0, overlap_s: float = 1.0, min_tail_s: float = 0.3) -> None:
+    def __init__(
+        self, chunk_s: float = 3.0, overlap_s: float = 1.0, min_tail_s: float = 0.3, context_s: float = 0.0
+    ) -> None:
         if chunk_s <= 0:
             raise ValueError("chunk length must be positive")
         if not 0 <= overlap_s < chunk_s:
             raise ValueError(f"overlap must be at least 0 and shorter than the chunk ({chunk_s} s), got {overlap_s}")
+        if not 0 <= context_s <= chunk_s:
+            raise ValueError(f"context must be at least 0 and at most the chunk length ({chunk_s} s), got {context_s}")
         self.chunk_len = round(chunk_s * SAMPLE_RATE)
+        self.lead_len = round(max(LEAD_S, context_s) * SAMPLE_RATE)
         self.step = self.chunk_len - round(overlap_s * SAMPLE_RATE)
         self.min_tail = round(min_tail_s * SAMPLE_RATE)
         self._buffer = np.zeros(0, dtype=np.float32)
@@ -91,7 +97,7 @@ class Chunker:
 
     def _emit(self, start: int, end: int, now: float, final: bool) -> Chunk:
         lo, hi = start - self._buffer_start, end - self._buffer_start
-        lead = self._buffer[max(0, lo - round(LEAD_S * SAMPLE_RATE)) : lo].copy()
+        lead = self._buffer[max(0, lo - self.lead_len) : lo].copy()
         chunk = Chunk(
             self._index, start / SAMPLE_RATE, self._buffer[lo:hi].copy(), captured_at=now, final=final, lead=lead
         )
@@ -100,8 +106,9 @@ class Chunker:
         return chunk
 
     def _trim(self) -> None:
-        # Keep one chunk length of history so that flush() can extend the last chunk backwards.
-        keep_from = max(self._buffer_start, self._next_start - self.chunk_len)
+        # Keep one chunk length of history so that flush() can extend the last chunk backwards
+        # (and its lead-in, for the context sent before it).
+        keep_from = max(self._buffer_start, self._next_start - self.chunk_len - self.lead_len)
         drop = keep_from - self._buffer_start
         if drop > 0:
             self._buffer = self._buffer[drop:]

@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="overlap between chunks in seconds (default 1.0, measured: see docs/client.md)",
     )
     p.add_argument(
+        "--context",
+        type=float,
+        default=Settings.context_s,
+        help=f"seconds of audio before each chunk sent with it as left context "
+        f"(default {Settings.context_s:g}, measured: see docs/client.md; 0 sends the chunk alone)",
+    )
+    p.add_argument(
         "--prompt",
         choices=("on", "off"),
         default="off",
@@ -91,6 +98,7 @@ async def run(args: argparse.Namespace) -> int:
     settings = Settings(
         chunk_s=args.chunk,
         overlap_s=args.overlap,
+        context_s=args.context,
         detector=args.detector == "on",
         language=args.language,
         prompt=args.prompt == "on",
@@ -145,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not 0 <= args.overlap < args.chunk:
         print(f"stt-client: --overlap must be at least 0 and less than --chunk ({args.chunk})", file=sys.stderr)
+        return 2
+    if not 0 <= args.context <= args.chunk:
+        print(f"stt-client: --context must be at least 0 and at most --chunk ({args.chunk})", file=sys.stderr)
         return 2
     try:
         if args.list_devices:

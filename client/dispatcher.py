@@ -62,6 +62,11 @@ class Outcome:
     result: ChunkResult | None
     speech: bool = True
     error: str = ""
+    offset: float | None = None  # stream time where the audio sent began (before chunk.start with context)
+
+    @property
+    def audio_start(self) -> float:
+        return self.chunk.start if self.offset is None else self.offset
 
 
 class Dispatcher:
@@ -78,6 +83,7 @@ class Dispatcher:
         spill_dir: Path | None = None,
         backoff: Backoff | None = None,
         resend_empty: bool = True,
+        context_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.api = api
@@ -87,6 +93,7 @@ class Dispatcher:
         self.prompt = prompt
         self.backoff = backoff or Backoff()
         self.resend_empty = resend_empty
+        self.context_len = round(context_s * SAMPLE_RATE)
         self.clock = clock
         self.store = ChunkStore(max_in_memory, spill_dir)
         self._done: dict[int, Outcome] = {}
@@ -162,9 +169,12 @@ class Dispatcher:
         if not await self._is_speech(chunk):
             self.stats.chunks_nonspeech += 1
             return Outcome(chunk, None, speech=False)
-        outcome = await self._transcribe(chunk, chunk.samples, chunk.start)
+        # Left context: Whisper hears how the sentence began, the stitcher cuts the words it repeats.
+        context = chunk.lead[max(0, chunk.lead.size - self.context_len) :]
+        audio = np.concatenate([context, chunk.samples])
+        outcome = await self._transcribe(chunk, audio, chunk.start - context.size / SAMPLE_RATE)
         empty = outcome.result is not None and not outcome.result.words
-        if empty and self.resend_empty and self.detector and chunk.lead.size:
+        if empty and self.resend_empty and self.detector and chunk.lead.size > context.size:
             # The detector heard speech but Whisper wrote nothing: greedy decoding of 3 s that start
             # mid-sentence sometimes ends at once. The same audio with 1 s before it is decoded
             # differently (measured: it recovers the words); the stitcher drops what repeats.
@@ -193,4 +203,4 @@ class Dispatcher:
                 return Outcome(chunk, None, error=str(exc))
             self.stats.chunks_sent += 1
             self.stats.backend_down = False
-            return Outcome(chunk, result)
+            return Outcome(chunk, result, offset=offset)

@@ -121,7 +121,7 @@ async def stream(samples: np.ndarray, url: str, settings: Settings) -> StreamRun
     chunks: list[tuple[float, float]] = []
 
     def record(outcome: Outcome) -> None:
-        chunks.append((outcome.chunk.start, outcome.chunk.end))
+        chunks.append((outcome.audio_start, outcome.chunk.end))
 
     api = SttApi(url)
     stats = Stats()
@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chunk", type=float, default=3.0)
     p.add_argument("--overlaps", default="1.0", help="comma-separated overlaps to measure (seconds)")
-    p.add_argument("--prompt", choices=("on", "off", "both"), default="on")
+    p.add_argument("--contexts", default="0", help="comma-separated left contexts to measure (seconds)")
+    p.add_argument("--prompt", choices=("on", "off", "both"), default="off")
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--language", default="en")
     p.add_argument("--baseline", action="store_true", help="also measure independent chunks without stitching")
@@ -174,20 +175,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline:
         runs.append(("independent chunks, texts joined", None))
     prompts = {"on": [True], "off": [False], "both": [True, False]}[args.prompt]
-    for overlap in (float(x) for x in args.overlaps.split(",")):
-        for prompt in prompts:
-            settings = Settings(
-                chunk_s=args.chunk,
-                overlap_s=overlap,
-                prompt=prompt,
-                language=args.language,
-                concurrency=args.concurrency,
-                detector=True,
-            )
-            runs.append((f"stitched, overlap {overlap:.2f} s, prompt {'on' if prompt else 'off'}", settings))
+    contexts = [float(x) for x in args.contexts.split(",")]
+    for overlap, context, prompt in itertools.product((float(x) for x in args.overlaps.split(",")), contexts, prompts):
+        settings = Settings(
+            chunk_s=args.chunk,
+            overlap_s=overlap,
+            context_s=context,
+            prompt=prompt,
+            language=args.language,
+            concurrency=args.concurrency,
+            detector=True,
+        )
+        label = f"stitched, overlap {overlap:.2f} s, context {context:.1f} s, prompt {'on' if prompt else 'off'}"
+        runs.append((label, settings))
 
     print(
-        f"{'mode':44s} {'WER %':>6s} {'Δ offline':>9s} {'dups':>4s} {'drops':>5s} {'chunks':>6s} {'retries':>7s} "
+        f"{'mode':60s} {'WER %':>6s} {'Δ offline':>9s} {'dups':>4s} {'drops':>5s} {'chunks':>6s} {'retries':>7s} "
         f"{'resent':>6s} {'time s':>6s}"
     )
     for label, settings in runs:
@@ -199,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         w = wer(clip.text, text)
         errors = boundary_errors(run.words, offline, run.boundaries)
         print(
-            f"{label:44s} {w:6.2f} {w - offline_wer:+9.2f} {errors.duplicates:4d} {errors.drops:5d} "
+            f"{label:60s} {w:6.2f} {w - offline_wer:+9.2f} {errors.duplicates:4d} {errors.drops:5d} "
             f"{run.stats.chunks_captured:6d} {run.stats.chunks_retried:7d} "
             f"{run.stats.chunks_resent_with_lead:6d} {run.seconds:6.0f}"
         )
@@ -213,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                 "boundary_duplicates": errors.duplicates,
                 "boundary_drops": errors.drops,
                 "overlap_s": settings.overlap_s if settings else 0.0,
+                "context_s": settings.context_s if settings else 0.0,
                 "prompt": settings.prompt if settings else False,
                 "chunks": run.stats.chunks_captured,
                 "dropped": run.stats.chunks_dropped,
@@ -233,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(
             chunk_s=args.chunk,
             overlap_s=float(args.overlaps.split(",")[0]),
+            context_s=contexts[0],
             language=args.language,
             concurrency=args.concurrency,
             detector=True,

@@ -33,6 +33,7 @@ class Settings:
     language: str | None = None
     prompt: bool = False
     resend_empty: bool = True  # a speech chunk that comes back empty is sent again with 1 s of lead-in
+    context_s: float = 2.0  # audio before each chunk sent with it as left context (docs/client.md)
     concurrency: int = 2
     max_in_memory: int = 64
     spill_dir: Path | None = None
@@ -58,7 +59,7 @@ class Pipeline:
         self.on_outcome = on_outcome
         self.clock = clock
         self.stitcher = Stitcher()
-        self.chunker = Chunker(self.settings.chunk_s, self.settings.overlap_s)
+        self.chunker = Chunker(self.settings.chunk_s, self.settings.overlap_s, context_s=self.settings.context_s)
         self.dispatcher: Dispatcher | None = None
         self._stopping = False
 
@@ -92,6 +93,7 @@ class Pipeline:
             spill_dir=s.spill_dir,
             backoff=s.backoff,
             resend_empty=s.resend_empty,
+            context_s=s.context_s,
             clock=self.clock,
         )
         producer = asyncio.create_task(self._produce(), name="produce")
@@ -136,7 +138,7 @@ class Pipeline:
         assert self.dispatcher is not None
         async for outcome in self.dispatcher.results():
             chunk, result = outcome.chunk, outcome.result
-            newly = self.stitcher.add(chunk.start, chunk.end, result.words if result else None)
+            newly = self.stitcher.add(outcome.audio_start, chunk.end, result.words if result else None)
             self.stats.chunks_done += 1
             self.stats.audio_done_s = chunk.end
             self.stats.lag_s = max(0.0, self.clock() - chunk.captured_at)

@@ -84,16 +84,30 @@ def load_model(
         compute_type = "int8"
     try:
         model = WhisperModel(path, device=device, compute_type=compute_type, cpu_threads=cpu_threads)
-    except (RuntimeError, ValueError) as exc:
+        warm_up(model)
+    except (RuntimeError, ValueError, OSError) as exc:
         if device != "cuda":
             raise
-        # e.g. libcublas/libcudnn missing in the image: serve from CPU rather than crash-loop.
+        # e.g. libcublas missing in the image: serve from CPU rather than crash-loop or fail every request.
         reason = f"CUDA load failed: {exc}"
         device, compute_type = "cpu", "int8"
         model = WhisperModel(path, device=device, compute_type=compute_type, cpu_threads=cpu_threads)
+        warm_up(model)
     if reason:
         log.error("SERVING ON CPU: %s", reason)
     return model, DeviceInfo(requested_device, device, compute_type, reason)
+
+
+def warm_up(model: WhisperModel) -> None:
+    """Run 1 s of silence through the encoder and decoder before the service says it is ready.
+
+    CTranslate2 opens cuBLAS only at the first matrix product, and on GPUs newer than its
+    prebuilt kernels it compiles them then: the first call took 18 s on an H200 (0.6 s for the
+    next compute type, `python -m bench.cuda_check`). Done here, that wait falls before
+    ``/readyz`` turns ready instead of on the first chunk, and a CUDA setup that cannot run
+    (no libcublas in the image) is caught while falling back to CPU is still possible."""
+    segments, _ = model.transcribe(np.zeros(SAMPLE_RATE, np.float32), language="en", beam_size=1)
+    list(segments)
 
 
 def compression_ratio(text: str) -> float:

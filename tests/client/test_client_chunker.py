@@ -94,3 +94,20 @@ def test_each_chunk_carries_the_second_before_it_as_lead_in() -> None:
     for c in chunks[1:]:
         lo = round(c.start * SAMPLE_RATE)
         np.testing.assert_array_equal(c.lead, samples[lo - SAMPLE_RATE : lo])
+
+
+def test_chunks_carry_the_left_context_asked_for() -> None:
+    """With ``context_s`` 2.0 each chunk carries the 2 s before it (less at the very start),
+    the flushed tail included, however the audio arrives."""
+    samples = ramp(9.7)
+    chunks = feed_in_blocks(Chunker(3.0, 1.0, context_s=2.0), samples, 1000)
+    assert chunks[-1].final
+    for c in chunks:
+        lo = round(c.start * SAMPLE_RATE)
+        np.testing.assert_array_equal(c.lead, samples[max(0, lo - 2 * SAMPLE_RATE) : lo])
+    assert [c.lead.size for c in chunks[:3]] == [0, 2 * SAMPLE_RATE, 2 * SAMPLE_RATE]
+
+
+def test_context_longer_than_the_chunk_is_refused() -> None:
+    with pytest.raises(ValueError, match="context"):
+        Chunker(3.0, 1.0, context_s=3.5)

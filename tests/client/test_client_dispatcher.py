@@ -237,3 +237,24 @@ async def test_spilled_chunks_keep_their_lead_in(tmp_path) -> None:
     np.testing.assert_array_equal(back.samples, samples)
     np.testing.assert_array_equal(back.lead, lead)
     assert (back.index, back.start) == (3, 6.0)
+
+
+async def test_each_chunk_is_sent_with_its_left_context_and_the_matching_offset() -> None:
+    """The 2 s before a chunk go with it, its words are timed from where that audio began,
+    and an empty answer is not resent (the context already holds the lead-in)."""
+    sent: list[tuple[int, float]] = []
+
+    class Recorder(FakeService):
+        async def transcribe(self, samples, offset, language=None, prompt=None):
+            sent.append((samples.size, offset))
+            return ChunkResult([], "")
+
+    first = Chunk(0, 0.0, np.full(48000, 0.001, np.float32))
+    second = Chunk(1, 2.0, np.full(48000, 0.001, np.float32), lead=np.zeros(32000, np.float32))
+    dispatcher = Dispatcher(Recorder(), Stats(), backoff=FAST, context_s=2.0)
+    for c in (first, second):
+        await dispatcher.submit(c)
+    await dispatcher.close()
+    outcomes = [o async for o in dispatcher.results()]
+    assert sent == [(48000, 0.0), (80000, 0.0)]
+    assert [o.audio_start for o in outcomes] == [0.0, 0.0]

@@ -133,6 +133,8 @@ def test_gpu_deployment_requests_a_gpu_and_is_placeable(helm: str) -> None:
     pod = gpu["spec"]["template"]["spec"]
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert env_of(gpu)["STT_DEVICE"] == "cuda"
+    assert env_of(gpu)["STT_BATCH_MAX"] == "16"  # the measured best batch on a GPU
+    assert "STT_BATCH_MAX" not in env_of(deployments(render(helm))["stt-base-cpu"])
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     assert "runtimeClassName" not in pod and "nodeSelector" not in pod
     # a GPU rollout must not need a second GPU

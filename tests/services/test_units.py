@@ -162,3 +162,29 @@ def test_speech_regions_need_minimum_duration() -> None:
     probs[40:60] = 0.9  # 640 ms: a word
     regions = speech_regions(probs, 0.5, min_speech_ms=250, min_silence_ms=100, pad_ms=0)
     assert regions == [{"start_ms": 40 * frame_ms, "end_ms": 60 * frame_ms}]
+
+
+def test_cuda_that_fails_at_the_first_call_serves_on_cpu_and_says_why(monkeypatch) -> None:
+    """CTranslate2 builds a CUDA model without touching cuBLAS; a missing libcublas shows only
+    at the first matrix product. load_model's warm-up must catch it and fall back to CPU."""
+    from services.base import transcriber
+
+    built: list[str] = []
+
+    class FakeModel:
+        def __init__(self, path, device, compute_type, cpu_threads):
+            built.append(f"{device}/{compute_type}")
+            self.device = device
+
+        def transcribe(self, samples, **kwargs):
+            if self.device == "cuda":
+                raise RuntimeError("Library libcublas.so.12 is not found or cannot be loaded")
+            return iter(()), None
+
+    monkeypatch.setattr(transcriber, "cuda_device_count", lambda: 1)
+    monkeypatch.setattr(transcriber, "WhisperModel", FakeModel)
+    model, info = transcriber.load_model("unused", "cuda", "auto", cpu_threads=0)
+    assert model.device == "cpu"
+    assert built == ["cuda/float16", "cpu/int8"]
+    assert (info.requested, info.device, info.compute_type) == ("cuda", "cpu", "int8")
+    assert "libcublas.so.12" in info.fallback_reason
