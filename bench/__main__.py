@@ -26,7 +26,11 @@ CHUNK_S = SHIPPED.chunk_s
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("--quick", action="store_true", help="smaller samples everywhere (~3 min instead of ~15)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller samples everywhere, no what-if stack, no peer (~3 min instead of ~17)",
+    )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device for base (STT_DEVICE)")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results", help="results directory")
     p.add_argument("--max-streams", type=int, help="upper bound of the capacity search")
@@ -78,6 +82,8 @@ def streamed_pass(stack: BenchStack, items, tick) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.quick:  # the comparisons that no goal depends on stay for the full run
+        args.no_whatif = args.no_peer = True
     sizes = QUICK if args.quick else FULL
     limit = args.max_streams or (sizes.max_streams * (4 if args.device == "cuda" else 1))
     started = time.monotonic()
@@ -161,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         def step_done(detail: str) -> None:
             progress.tick(detail, realtime_units(sizes.step_seconds))
 
-        results["capacity"] = capacity.run(compared, sizes.step_seconds, limit, CHUNK_S, step_done)
+        results["capacity"] = capacity.run(
+            compared, sizes.step_seconds, limit, CHUNK_S, step_done, start=sizes.first_streams
+        )
         save()
 
         if not args.no_peer:

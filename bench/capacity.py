@@ -78,8 +78,15 @@ def run_step(stack: BenchStack, count: int, seconds: float, chunk_s: float) -> d
     }
 
 
-def run(stacks: dict[str, BenchStack], seconds: float, limit: int, chunk_s: float, tick: Callable[[str], None]) -> dict:
-    searches = {name: Search(stack, CapacitySearch(limit=limit)) for name, stack in stacks.items()}
+def run(
+    stacks: dict[str, BenchStack],
+    seconds: float,
+    limit: int,
+    chunk_s: float,
+    tick: Callable[[str], None],
+    start: int = 1,
+) -> dict:
+    searches = {name: Search(stack, CapacitySearch(start=start, limit=limit)) for name, stack in stacks.items()}
     while True:
         progressed = False
         for name, s in searches.items():

@@ -45,10 +45,11 @@ class Sizes:
     proxy_pairs: int
     step_seconds: float  # audio per stream in one capacity step
     max_streams: int
+    first_streams: int = 1  # where the capacity search starts
 
 
 FULL = Sizes(40, 2, 120, 60, 120, 30, 60, 300, 30, 16)
-QUICK = Sizes(8, 1, 45, 20, 30, 10, 24, 80, 14, 12)
+QUICK = Sizes(8, 1, 45, 20, 30, 10, 24, 80, 10, 12, first_streams=2)
 
 
 def wer_set(sizes: Sizes) -> list[Item]:

@@ -1,8 +1,8 @@
-# Benchmark (included by the top-level Makefile; also works alone: `make -f mk/bench.mk bench`).
+# Benchmark (included by the top-level Makefile).
 # See docs/performance.md.
 #
-#   make bench                  full run (~18 min on 2 cores): bench/results/latest.{json,md} + PNG plots
-#   make bench ARGS=--quick     the same measurements on smaller samples (~5 min)
+#   make bench                  full run (~17 min on 2 cores): bench/results/latest.{json,md} + PNG plots
+#   make bench ARGS=--quick     every goal on smaller samples, without the what-if stack and the peer (~3 min)
 #   make bench ARGS="--device cuda"   base on the GPU (STT_DEVICE=cuda)
 #   make bench-peer             install the peer (WhisperLive) into .cache/peer-venv; `make bench` tries it
 VENV ?= .venv
@@ -17,11 +17,7 @@ PEER_PACKAGES ?= torch==2.14.1 faster-whisper==1.2.0 tokenizers==0.20.3 "numpy<2
 
 .PHONY: bench bench-prepare bench-peer
 
-bench-prepare:
-	$(PY) -m services.common.models fetch base tiny.en
-	@command -v apt-get >/dev/null || { echo "the corpus needs apt-get (Debian/Ubuntu)"; exit 1; }
-	@ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || apt-get update -qq
-	$(PY) -m corpus
+bench-prepare: models corpus
 
 $(PEER_VENV)/.installed:
 	$(PYTHON) -m venv $(PEER_VENV)
@@ -31,7 +27,8 @@ $(PEER_VENV)/.installed:
 
 bench-peer: $(PEER_VENV)/.installed ## Install WhisperLive (the peer the bench compares with; ~6 GB with PyTorch)
 
-bench: bench-prepare ## Benchmark everything (~18 min; ARGS=--quick for a short run); writes bench/results/
-	@$(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) bench-peer PY=$(PY) || \
-	  echo "bench: the peer could not be installed; the results will say why"
+bench: bench-prepare ## Benchmark everything (~17 min; ARGS=--quick for a short run); writes bench/results/
+	@case " $(ARGS) " in *" --quick "*|*" --no-peer "*) ;; *) \
+	  $(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) bench-peer PY=$(PY) || \
+	  echo "bench: the peer could not be installed; the results will say why";; esac
 	$(PY) -m bench $(ARGS)

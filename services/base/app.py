@@ -7,7 +7,7 @@ One image serves both the CPU and the GPU Deployment; ``STT_DEVICE`` picks. Sett
 - ``STT_DEVICE`` (``cpu``): ``cpu``, ``cuda`` or ``auto``. ``cuda`` without a GPU serves on CPU and
   says so in logs, ``stt_cuda_fallback`` and every answer's ``device`` field.
 - ``STT_COMPUTE_TYPE`` (``auto``: int8 on CPU, float16 on CUDA), ``STT_CPU_THREADS`` (0 = all cores).
-- ``STT_ENCODER_WINDOW`` (``trimmed``): encode each chunk plus ``STT_ENCODER_PAD_SECONDS`` (6) of
+- ``STT_ENCODER_WINDOW`` (``trimmed``): encode each chunk plus ``STT_ENCODER_PAD_SECONDS`` (8) of
   padding instead of Whisper's full 30 s window (``full``); a 5 s request costs ~3x less.
 - ``STT_BATCH_MAX`` (8), ``STT_BATCH_WINDOW_MS`` (20), ``STT_MAX_QUEUE`` (64): dynamic batching.
 - ``STT_MAX_CHUNK_SECONDS`` (30), ``STT_MAX_FILE_SECONDS`` (3600), ``STT_MAX_UPLOAD_BYTES`` (52428800).
@@ -51,7 +51,7 @@ class Settings:
         self.compute_type = env_str("STT_COMPUTE_TYPE", "auto")
         self.cpu_threads = env_int("STT_CPU_THREADS", 0, minimum=0)
         self.encoder_window = env_choice("STT_ENCODER_WINDOW", "trimmed", ("trimmed", "full"))
-        self.encoder_pad_seconds = env_float("STT_ENCODER_PAD_SECONDS", 6.0, minimum=4.0)
+        self.encoder_pad_seconds = env_float("STT_ENCODER_PAD_SECONDS", 8.0, minimum=4.0)
         self.batch_max = env_int("STT_BATCH_MAX", 8, minimum=1)
         self.batch_window_ms = env_float("STT_BATCH_WINDOW_MS", 20.0, minimum=0.0)
         self.max_queue = env_int("STT_MAX_QUEUE", 64, minimum=1)
@@ -79,7 +79,9 @@ class Engine:
         pad = settings.encoder_pad_seconds if settings.encoder_window == "trimmed" else None
         self.transcriber = BatchTranscriber(model, encoder_pad_seconds=pad)
         self.load_seconds = time.perf_counter() - start
-        self.batcher = Batcher(self._run, settings.batch_max, settings.batch_window_ms, settings.max_queue)
+        self.batcher = Batcher(
+            self._run, settings.batch_max, settings.batch_window_ms, settings.max_queue, key=self.transcriber.batch_key
+        )
 
     def _run(self, batch: list[Chunk]) -> list[Result]:
         start = time.perf_counter()

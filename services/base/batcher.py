@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -37,8 +37,11 @@ class Batcher:
         max_batch: int = 8,
         window_ms: float = 20.0,
         max_queue: int = 64,
+        key: Callable[[Request], Hashable] = lambda request: request.group_key,
     ):
+        """``key``: what the chunks of one batch must share (``BatchTranscriber.batch_key``)."""
         self.run_batch = run_batch
+        self.key = key
         self.max_batch = max_batch
         self.window = window_ms / 1000
         self.max_queue = max_queue
@@ -80,8 +83,8 @@ class Batcher:
         return await item.future
 
     def _take_batch(self) -> list[_Pending]:
-        key = self._pending[0].request.group_key
-        batch = [p for p in self._pending if p.request.group_key == key][: self.max_batch]
+        key = self.key(self._pending[0].request)
+        batch = [p for p in self._pending if self.key(p.request) == key][: self.max_batch]
         taken = set(map(id, batch))
         self._pending = [p for p in self._pending if id(p) not in taken]
         QUEUE_DEPTH.set(len(self._pending))

@@ -26,6 +26,7 @@ from services.common.audio import SAMPLE_RATE
 log = logging.getLogger(__name__)
 
 WINDOW_SECONDS = 30.0
+HOP_SAMPLES = 160  # one mel frame: Whisper's feature extractor gives len(samples) // 160 frames
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"
 APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
 
@@ -121,16 +122,16 @@ class BatchTranscriber:
     def __init__(
         self,
         model: WhisperModel,
-        encoder_pad_seconds: float | None = 6.0,
+        encoder_pad_seconds: float | None = 8.0,
         no_speech_threshold: float = 0.6,
         logprob_threshold: float = -1.0,
     ):
         """``encoder_pad_seconds``: encode only the audio plus this much silence instead of the
         full 30 s window (``None``: always 30 s). Both the encoder and every decoder step
         (cross-attention over the encoded frames) cost in proportion to the window: a 5 s
-        request (3 s chunk + 2 s context) took 365 ms with 10 s of padding, 221 ms with 6 s.
-        Over the bench's 47 files, padding 10/8/6/5/4 s gave 36/37/37/37/38 errors in 1044
-        words (docs/performance.md); 6 s keeps a margin above where errors start to grow."""
+        request (3 s chunk + 2 s context) took ~325 ms with 10 s of padding, ~240 ms with 8 s,
+        ~225 ms with 6 s. Streamed through the real client and services, the bench's 47 files
+        (1044 words) came back with 37/35/40 errors at 10/8/6 s (docs/performance.md)."""
         self.model = model
         self.encoder_pad_seconds = encoder_pad_seconds
         self.no_speech_threshold = no_speech_threshold
@@ -145,6 +146,15 @@ class BatchTranscriber:
             task="transcribe",
             language=language if self.multilingual else "en",
         )
+
+    def batch_key(self, request: Request) -> tuple:
+        """What the chunks of one batch share: language, word timestamps and prompt
+        (``Request.group_key``), and the encoder window. The window is set by a batch's longest
+        chunk, and the same chunk encoded in a longer window can come back with other words,
+        so chunks are batched only with chunks that get the window they would get alone: a
+        transcript never depends on what other streams sent at the same moment (before this,
+        the bench's streamed WER varied between 37 and 40 errors from run to run)."""
+        return (*request.group_key, self.window_frames(request.samples.size // HOP_SAMPLES))
 
     def window_frames(self, longest: int) -> int:
         """Encoder input length for a batch whose longest item has ``longest`` feature frames."""

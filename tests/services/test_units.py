@@ -84,6 +84,35 @@ async def test_batcher_never_mixes_languages() -> None:
     assert len(seen) == 3
 
 
+async def test_chunks_are_batched_only_with_chunks_of_the_same_encoder_window() -> None:
+    """A chunk's transcript must not depend on what else arrived at the same moment: the
+    window is set by a batch's longest chunk, so the batch key holds each chunk's own window."""
+    from types import SimpleNamespace
+
+    from services.base.transcriber import BatchTranscriber
+
+    transcriber = object.__new__(BatchTranscriber)  # batch_key needs only the window settings
+    transcriber.encoder_pad_seconds = 6.0
+    transcriber.model = SimpleNamespace(frames_per_second=100)
+    five, almost_five, short = (Request(np.zeros(n, np.float32), "en") for n in (80_000, 79_000, 40_000))
+    assert transcriber.batch_key(five) == transcriber.batch_key(almost_five)  # both get 11 s alone
+    assert transcriber.batch_key(five) != transcriber.batch_key(short)  # 11 s vs 9 s
+
+    seen: list[list[int]] = []
+
+    def run(batch: list[Request]) -> list[Result]:
+        seen.append(sorted(r.samples.size for r in batch))
+        return fake_results(batch)
+
+    batcher = Batcher(run, max_batch=8, window_ms=30, key=transcriber.batch_key)
+    batcher.start()
+    try:
+        await asyncio.gather(*(batcher.submit(r) for r in (five, short, almost_five)))
+    finally:
+        await batcher.stop()
+    assert sorted(seen) == [[40_000], [79_000, 80_000]]
+
+
 async def test_batcher_batches_only_chunks_with_the_same_prompt() -> None:
     seen: list[set] = []
 
