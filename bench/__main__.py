@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="smaller samples everywhere, no what-if stack, no peer (~3 min instead of ~17)",
+        help="smaller samples everywhere, no what-if stack, no peer (~4 min instead of ~18)",
     )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device for base (STT_DEVICE)")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results", help="results directory")

@@ -36,7 +36,12 @@ def _one(stack: BenchStack, client: Client, samples: np.ndarray, text: str) -> t
         "text": result.text,
         "chunks_nonspeech": result.chunks_nonspeech,
         "_latencies": result.latencies_s,
-        "client": {"chunk_s": client.chunk_s, "overlap_s": client.overlap_s, "detector": client.detector or "silero"},
+        "client": {
+            "chunk_s": client.chunk_s,
+            "overlap_s": client.overlap_s,
+            "context_s": client.context_s,
+            "detector": client.detector or "silero",
+        },
     }, result
 
 
