@@ -16,6 +16,7 @@ from typing import TextIO
 
 from client.api import Word
 from client.stats import Stats
+from client.stitcher import join_words
 
 DIM, RESET, CLEAR_LINE, UP = "\x1b[2m", "\x1b[0m", "\x1b[2K", "\x1b[1A"
 
@@ -57,7 +58,7 @@ class Display:
         self.clock = clock
         self.level = -100.0
         self.partial = ""
-        self._line: list[str] = []  # committed words not yet printed as a full line
+        self._line: list[Word] = []  # committed words not yet printed as a full line
         self._line_start: float | None = None
         self._drawn = 0  # status lines currently on screen (tty)
         self._began = clock()
@@ -91,14 +92,14 @@ class Display:
         for word in words:
             if self._line_start is None:
                 self._line_start = word.start
-            self._line.append(word.text.strip())
-            if len(" ".join(self._line)) > self.width() - 12 or word.text.strip().endswith((".", "?", "!")):
+            self._line.append(word)
+            if len(join_words(self._line)) > self.width() - 12 or word.text.strip().endswith((".", "?", "!")):
                 self._emit_line()
 
     def _emit_line(self) -> None:
         if not self._line:
             return
-        text = f"[{_clock(self._line_start or 0)}] {' '.join(self._line)}"
+        text = f"[{_clock(self._line_start or 0)}] {join_words(self._line)}"
         self._line, self._line_start = [], None
         if self.quiet:
             return
@@ -115,7 +116,7 @@ class Display:
         if not self.tty:
             return
         width = self.width()
-        text = " ".join(self._line)
+        text = join_words(self._line)
         tail = (text + " " if text else "") + self.partial
         if len(tail) > width - 2:
             cut = len(tail) - (width - 3)

@@ -92,3 +92,12 @@ def test_meter_and_progress_bar() -> None:
     assert meter(-100) == "·" * 10 and meter(0) == "█" * 10 and meter(-30) == "█" * 5 + "·" * 5
     assert progress_bar(30, 120, 10) == "[#####---------------]  25% 0:30/2:00 ETA 0:30"
     assert progress_bar(0, 120, 10).endswith("ETA ?")
+
+
+def test_display_glues_word_pieces_like_the_transcript() -> None:
+    """The live view shows "cold-hearted" as the final transcript does, not "cold -hearted"."""
+    stream = io.StringIO()
+    display = Display(Stats(), stream=stream, tty=False, clock=lambda: 0.0)
+    display.commit([Word(0.0, 0.4, " cold"), Word(0.4, 0.8, "-hearted"), Word(0.8, 1.2, " people.")])
+    display.close()
+    assert "[0:00] cold-hearted people.\n" in stream.getvalue()
