@@ -11,9 +11,10 @@ and answers in a couple of minutes what matters for the GPU Deployment:
 3. ``streamed``: the long files cut by the client's own chunker (its default chunk, overlap
    and context), every chunk through :class:`BatchTranscriber` and stitched by the client's
    stitcher, in this process (no detector, no HTTP: it isolates the model path);
-4. ``batches``: 3 s chunks through :class:`BatchTranscriber` at growing batch sizes: time per
-   batch and how many real-time streams that rate would serve (chunks per second times the
-   client's chunk step, while a batch takes less than the chunk length).
+4. ``batches``: the client's requests (a 3 s chunk with its 2 s of context) through
+   :class:`BatchTranscriber` at growing batch sizes: time per batch and how many real-time
+   streams that rate would serve (chunks per second times the client's chunk step, while a
+   batch takes less than the chunk length).
 
 GPU machines without the corpus (it comes from Debian packages) take the audio from a file:
 ``--export FILE.npz`` writes it here, ``--data FILE.npz`` reads it there. Word error rates
@@ -38,14 +39,12 @@ BATCH_SIZES = (1, 4, 16, 64)
 
 def export(path: Path, prompts: int, long_files: int, long_seconds: float) -> None:
     """Write the bench's WER selection (int16, 16 kHz) with its references."""
-    from bench.data import Sizes, wer_set
-
-    sizes = Sizes(prompts, long_files, long_seconds, 0, 0, 0, 0, 0, 0, 0)
-    items = wer_set(sizes)
-    arrays = {f"audio_{i}": np.clip(it.samples * 32768, -32768, 32767).astype(np.int16) for i, it in enumerate(items)}
-    meta = [{"name": it.name, "text": it.text} for it in items]
+    items = from_corpus(prompts, long_files, long_seconds)
+    pcm = [np.clip(it["samples"] * 32768, -32768, 32767).astype(np.int16) for it in items]
+    arrays = {f"audio_{i}": samples for i, samples in enumerate(pcm)}
+    meta = [{"name": it["name"], "text": it["text"]} for it in items]
     np.savez_compressed(path, meta=json.dumps(meta), **arrays)
-    seconds = sum(it.samples.size for it in items) / SAMPLE_RATE
+    seconds = sum(it["samples"].size for it in items) / SAMPLE_RATE
     print(f"wrote {path}: {len(items)} files, {seconds:.0f} s of audio")
 
 
@@ -116,7 +115,7 @@ def streamed_pass(transcriber, items: list[dict], batch: int = 16, settings=None
 
 
 def batch_sweep(transcriber, items: list[dict], rounds: int = 3) -> list[dict]:
-    """Time per batch of real 3 s speech chunks (with the client's context), batch sizes growing."""
+    """Time per batch of real speech requests as the client sends them, batch sizes growing."""
     from client.pipeline import Settings
     from services.base.transcriber import Request
 
