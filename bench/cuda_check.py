@@ -91,15 +91,13 @@ def streamed_pass(transcriber, items: list[dict], batch: int = 16, settings=None
     for item in items:
         chunker = Chunker(settings.chunk_s, settings.overlap_s, context_s=settings.context_s)
         chunks = [*chunker.feed(item["samples"]), *chunker.flush()]
-        context_len = round(settings.context_s * SAMPLE_RATE)
-        sent = [(c, c.lead[max(0, c.lead.size - context_len) :] if context_len else c.lead[:0]) for c in chunks]
+        sent = [(c, *c.with_lead(settings.context_s)) for c in chunks]
         stitcher = Stitcher()
         began = time.perf_counter()
         for i in range(0, len(sent), batch):
             part = sent[i : i + batch]
-            requests = [Request(np.concatenate([ctx, c.samples]), language="en") for c, ctx in part]
-            for (chunk, ctx), result in zip(part, transcriber.transcribe(requests), strict=True):
-                offset = chunk.start - ctx.size / SAMPLE_RATE
+            requests = [Request(audio, language="en") for _, audio, _ in part]
+            for (chunk, _, offset), result in zip(part, transcriber.transcribe(requests), strict=True):
                 words = [
                     Word(offset + w["start"], offset + w["end"], w["word"], w["probability"])
                     for seg in result.segments

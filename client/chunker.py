@@ -39,6 +39,12 @@ class Chunk:
     def end(self) -> float:
         return self.start + self.duration
 
+    def with_lead(self, seconds: float | None = None) -> tuple[np.ndarray, float]:
+        """The chunk's audio with up to ``seconds`` of its lead-in before it (None: all of it),
+        and the stream time where that audio begins (the offset its word times count from)."""
+        lead = self.lead if seconds is None else self.lead[max(0, self.lead.size - round(seconds * SAMPLE_RATE)) :]
+        return np.concatenate([lead, self.samples]), self.start - lead.size / SAMPLE_RATE
+
 
 class Chunker:
     """Accumulate samples and emit ``chunk_s``-long windows every ``chunk_s - overlap_s`` seconds.

@@ -45,12 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="ask /detect first and skip chunks without speech (default on)",
     )
     p.add_argument("--output", type=Path, help="also write the transcript to PATH (.txt, .jsonl, .srt or .vtt)")
-    p.add_argument("--chunk", type=float, default=3.0, help="chunk length in seconds (default 3)")
+    p.add_argument(
+        "--chunk", type=float, default=Settings.chunk_s, help=f"chunk length in seconds (default {Settings.chunk_s:g})"
+    )
     p.add_argument(
         "--overlap",
         type=float,
-        default=1.0,
-        help="overlap between chunks in seconds (default 1.0, measured: see docs/client.md)",
+        default=Settings.overlap_s,
+        help=f"overlap between chunks in seconds (default {Settings.overlap_s:g}, measured: see docs/client.md)",
     )
     p.add_argument(
         "--context",

@@ -21,7 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from client.api import ChunkResult, PermanentError, RetryableError
-from client.chunker import SAMPLE_RATE, Chunk
+from client.chunker import Chunk
 from client.spill import ChunkStore
 from client.stats import Stats
 
@@ -93,7 +93,7 @@ class Dispatcher:
         self.prompt = prompt
         self.backoff = backoff or Backoff()
         self.resend_empty = resend_empty
-        self.context_len = round(context_s * SAMPLE_RATE)
+        self.context_s = context_s
         self.clock = clock
         self.store = ChunkStore(max_in_memory, spill_dir)
         self._done: dict[int, Outcome] = {}
@@ -170,17 +170,15 @@ class Dispatcher:
             self.stats.chunks_nonspeech += 1
             return Outcome(chunk, None, speech=False)
         # Left context: Whisper hears how the sentence began, the stitcher cuts the words it repeats.
-        context = chunk.lead[max(0, chunk.lead.size - self.context_len) :]
-        audio = np.concatenate([context, chunk.samples])
-        outcome = await self._transcribe(chunk, audio, chunk.start - context.size / SAMPLE_RATE)
+        audio, offset = chunk.with_lead(self.context_s)
+        outcome = await self._transcribe(chunk, audio, offset)
         empty = outcome.result is not None and not outcome.result.words
-        if empty and self.resend_empty and self.detector and chunk.lead.size > context.size:
+        if empty and self.resend_empty and self.detector and audio.size < chunk.lead.size + chunk.samples.size:
             # The detector heard speech but Whisper wrote nothing: greedy decoding of 3 s that start
             # mid-sentence sometimes ends at once. The same audio with 1 s before it is decoded
             # differently (measured: it recovers the words); the stitcher drops what repeats.
             self.stats.chunks_resent_with_lead += 1
-            lead_s = chunk.lead.size / SAMPLE_RATE
-            outcome = await self._transcribe(chunk, np.concatenate([chunk.lead, chunk.samples]), chunk.start - lead_s)
+            outcome = await self._transcribe(chunk, *chunk.with_lead())
         return outcome
 
     async def _transcribe(self, chunk: Chunk, samples: np.ndarray, offset: float) -> Outcome:
