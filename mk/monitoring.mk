@@ -13,8 +13,7 @@ STT_MONITORING_FILES ?= charts/stt/files
 .PHONY: monitor monitoring-tools monitoring-check dashboard test-monitoring
 
 monitoring-tools: ## Install Prometheus and promtool (Debian package) when missing
-	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || bash hack/need-debs.sh prometheus
 
 monitor: monitoring-tools ## Run Prometheus (:9090) against the local stack (`make up` first); Ctrl-C stops it
 	@mkdir -p .run/prometheus

@@ -18,22 +18,21 @@ from pathlib import Path
 import httpx
 import yaml
 
+NEED_DEBS = Path(__file__).resolve().parents[1] / "hack" / "need-debs.sh"
+
 
 def ensure_installed() -> str:
-    """Path of the ``prometheus`` binary, installing Debian's package when it is missing (as
-    ``make test`` does on a fresh machine; needs root and apt-get)."""
+    """Path of the ``prometheus`` binary, installing Debian's package when it is missing.
+
+    ``make test`` installs it first (``make monitoring-tools``); this covers a bare ``pytest``
+    through the same script, so there is one way to install system packages."""
     binary = shutil.which("prometheus")
     if binary and shutil.which("promtool"):
         return binary
-    if not shutil.which("apt-get"):
-        raise RuntimeError("prometheus is not installed and there is no apt-get: install Prometheus 2.x")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    # --no-install-recommends keeps the node exporter and its friends out.
-    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"], check=True, env=env)
+    result = subprocess.run(["bash", str(NEED_DEBS), "prometheus"], capture_output=True, text=True)
     binary = shutil.which("prometheus")
-    if not binary:
-        raise RuntimeError("apt-get installed prometheus but no prometheus binary is on PATH")
+    if result.returncode != 0 or not binary:
+        raise RuntimeError(f"Prometheus 2.x is needed and could not be installed: {result.stderr.strip()}")
     return binary
 
 

@@ -29,19 +29,9 @@ ours() {
 log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-# apt_install PKG...: install Debian packages that are missing (idempotent, quiet).
-apt_install() {
-  local missing=() p
-  for p in "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-  done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  log "apt-get install ${missing[*]}"
-  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; then
-    apt-get update -q >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
-  fi
-}
+# apt_install [--optional] PKG...: the project's one way to install Debian packages
+# shellcheck source=hack/lib/apt.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/apt.sh"
 
 KIND_CLUSTER="${STT_KIND_CLUSTER:-stt}"
 # STT_CLUSTER_MODE=kind|local forces a mode; by default kind is used when Docker and kind work.

@@ -22,7 +22,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    asked = "e2e" in (config.getoption("-m") or "")
+    markexpr = config.getoption("-m") or ""
+    asked = "e2e" in markexpr and "not e2e" not in markexpr
     reason = None
     if not asked:
         reason = "end-to-end test: run with `make e2e` (pytest -m e2e tests/e2e)"
