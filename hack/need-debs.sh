@@ -3,5 +3,5 @@
 # (hack/lib/apt.sh says how, and what it prints when it cannot).
 set -euo pipefail
 # shellcheck source=hack/lib/apt.sh
-. "$(dirname "$0")/lib/apt.sh"
+. "${BASH_SOURCE[0]%/*}/lib/apt.sh"
 apt_install "$@"
