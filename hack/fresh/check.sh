@@ -47,7 +47,18 @@ inroot_pids() { # PIDs of processes whose root directory is the fresh root files
   done
   return 0
 }
+inroot() { # a login-like, empty environment: nothing from this shell leaks in but pip's CA setting
+  env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 TERM=dumb \
+    ${PIP_CERT:+PIP_CERT=/etc/ssl/certs/ca-certificates.crt} \
+    chroot "$ROOT" bash -c "cd /src/stt && $1"
+}
+
 teardown() {
+  # the cluster (with make e2e) first, while its daemons still run: it stops the pods' processes
+  # (whose root is not this one), links, iptables chains and mounts that it made
+  if [ "$E2E" = 1 ] && [ -f "$ROOT/src/stt/hack/cluster/down.sh" ] && [ -d "$ROOT/proc/self" ]; then
+    inroot "bash hack/cluster/down.sh" >/dev/null 2>&1 || true
+  fi
   local pids
   pids=$(inroot_pids)
   if [ -n "$pids" ]; then
@@ -57,10 +68,6 @@ teardown() {
     pids=$(inroot_pids)
     # shellcheck disable=SC2086
     [ -z "$pids" ] || kill -9 $pids 2>/dev/null || true
-  fi
-  # the cluster (with --e2e) leaves links, iptables chains and mounts of its own
-  if [ "$E2E" = 1 ] && [ -x "$ROOT/src/stt/hack/cluster/down.sh" ]; then
-    chroot "$ROOT" bash /src/stt/hack/cluster/down.sh >/dev/null 2>&1 || true
   fi
   local m
   for m in $(awk -v r="$ROOT" '$2 == r || index($2, r "/") == 1 {print $2}' /proc/self/mounts | sort -r); do
@@ -126,12 +133,6 @@ mount -t proc proc "$ROOT/proc"
 mount --rbind /sys "$ROOT/sys" && mount --make-rslave "$ROOT/sys"
 mount --rbind /dev "$ROOT/dev" && mount --make-rslave "$ROOT/dev"
 mount -t tmpfs tmpfs "$ROOT/run"
-
-inroot() { # a login-like, empty environment: nothing from this shell leaks in but pip's CA setting
-  env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 TERM=dumb \
-    ${PIP_CERT:+PIP_CERT=/etc/ssl/certs/ca-certificates.crt} \
-    chroot "$ROOT" bash -c "cd /src/stt && $1"
-}
 
 RESULT="$FRESH/result.txt"
 {
