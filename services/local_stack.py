@@ -51,13 +51,18 @@ def free_port() -> int:
 
 @dataclass
 class Stack:
-    """The three services on given ports; ``env`` adds settings for all of them."""
+    """The three services on given ports; ``env`` adds settings for all of them.
+
+    ``cwd`` is the services' working directory (tests run them in an empty or planted one to
+    show that nothing there can be read through an upload).
+    """
 
     ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
     env: dict[str, str] = field(default_factory=dict)
     run_dir: Path = RUN_DIR
     host: str = "127.0.0.1"
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    cwd: Path = ROOT
 
     def url(self, name: str) -> str:
         return f"http://{self.host}:{self.ports[name]}"
@@ -76,6 +81,8 @@ class Stack:
 
     def service_env(self, name: str) -> dict[str, str]:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env, **SERVICES[name][1]}
+        if self.cwd != ROOT:  # the services' package must stay importable from elsewhere
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
         if name == "proxy":
             env.setdefault("STT_CPU_BACKEND_URL", self.base_url)
             env.setdefault("STT_DETECTOR_URL", self.tiny_url)
@@ -90,7 +97,7 @@ class Stack:
         cmd = [sys.executable, "-m", "uvicorn", SERVICES[name][0], "--host", self.host]
         cmd += ["--port", str(self.ports[name]), "--no-access-log"]
         proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=self.service_env(name), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, cwd=self.cwd, env=self.service_env(name), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         self.procs[name] = proc
         (self.run_dir / f"{name}.pid").write_text(str(proc.pid))

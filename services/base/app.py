@@ -11,6 +11,7 @@ One image serves both the CPU and the GPU Deployment; ``STT_DEVICE`` picks. Sett
   padding instead of Whisper's full 30 s window (``full``); a 5 s request costs ~3x less.
 - ``STT_BATCH_MAX`` (8), ``STT_BATCH_WINDOW_MS`` (20), ``STT_MAX_QUEUE`` (64): dynamic batching.
 - ``STT_MAX_CHUNK_SECONDS`` (30), ``STT_MAX_FILE_SECONDS`` (3600), ``STT_MAX_UPLOAD_BYTES`` (52428800).
+- ``STT_ALLOWED_ORIGINS`` (empty): web origins besides this service's own allowed to POST here.
 """
 
 from __future__ import annotations
@@ -36,12 +37,18 @@ from services.common.audio import SAMPLE_RATE, AudioLimits, decode_audio
 from services.common.errors import ApiError
 from services.common.metrics import MODEL_LOAD_SECONDS
 from services.common.models import resolve_model
-from services.common.settings import env_choice, env_float, env_int, env_str
+from services.common.settings import env_choice, env_float, env_int, env_origins, env_str
 from services.common.subtitles import to_srt, to_vtt
-from services.common.upload import read_upload
+from services.common.upload import form_text, read_upload
 
 log = logging.getLogger("stt.base")
 WINDOW = 30.0
+# Whisper conditions on at most ~224 prompt tokens; 2000 characters is more than that in any
+# language, and the same bound as /transcribe-chunk's ``prompt`` query parameter.
+MAX_PROMPT_CHARS = 2000
+# The other text fields of /v1/audio/transcriptions hold one short word or number each.
+FORM_FIELD_CHARS = {"model": 128, "language": 32, "response_format": 32, "temperature": 32}
+GRANULARITY_FIELDS = ("timestamp_granularities[]", "timestamp_granularities")
 
 
 class Settings:
@@ -58,6 +65,7 @@ class Settings:
         self.chunk_limits = AudioLimits(env_float("STT_MAX_CHUNK_SECONDS", WINDOW, minimum=1.0))
         self.file_limits = AudioLimits(env_float("STT_MAX_FILE_SECONDS", 3600.0, minimum=1.0))
         self.max_upload_bytes = env_int("STT_MAX_UPLOAD_BYTES", 50 * 1024 * 1024, minimum=1024)
+        self.allowed_origins = env_origins("STT_ALLOWED_ORIGINS")
         if self.chunk_limits.max_seconds > WINDOW:
             raise ValueError(f"STT_MAX_CHUNK_SECONDS may not exceed Whisper's {WINDOW:.0f} s window")
 
@@ -143,8 +151,9 @@ def check_language(language: str | None) -> str | None:
         return None
     code = language.strip().lower()
     if code not in _LANGUAGE_CODES:
+        shown = language if len(language) <= 32 else language[:32] + "..."
         raise ApiError(
-            400, "unknown_language", f"language {language!r} is not a Whisper language code (e.g. en, ko, de, fr)"
+            400, "unknown_language", f"language {shown!r} is not a Whisper language code (e.g. en, ko, de, fr)"
         )
     return code
 
@@ -156,8 +165,8 @@ def has_speech(samples: np.ndarray) -> bool:
 @app.post("/transcribe-chunk", tags=["transcribe"], summary="Transcribe one chunk (at most 30 s)")
 async def transcribe_chunk(
     request: Request,
-    language: str | None = Query(None, description="language code, e.g. en; detected when absent"),
-    prompt: str | None = Query(None, max_length=2000, description="text that came just before this audio"),
+    language: str | None = Query(None, max_length=32, description="language code, e.g. en; detected when absent"),
+    prompt: str | None = Query(None, max_length=MAX_PROMPT_CHARS, description="text that came just before this audio"),
     word_timestamps: bool = Query(True, description="return per-word timings (needed for stitching)"),
     vad: bool = Query(False, description="skip the model when Silero VAD hears no speech"),
 ) -> dict:
@@ -210,16 +219,18 @@ async def openai_transcriptions(request: Request):
     upload = await read_upload(request, settings.max_upload_bytes)
     if upload.fields is None:
         raise ApiError(400, "multipart_required", "send multipart/form-data with the audio in field 'file'")
-    field = {k: v[-1] for k, v in upload.fields.items()}
-    response_format = field.get("response_format", "json")
+    field = {name: form_text(upload.fields, name, limit) for name, limit in FORM_FIELD_CHARS.items()}
+    prompt = form_text(upload.fields, "prompt", MAX_PROMPT_CHARS)
+    response_format = field["response_format"] or "json"
     if response_format not in {"json", "text", "srt", "vtt", "verbose_json"}:
         raise ApiError(400, "bad_response_format", "response_format must be json, text, srt, vtt or verbose_json")
-    granularities = set(
-        upload.fields.get("timestamp_granularities[]", []) + upload.fields.get("timestamp_granularities", [])
-    )
+    granularities = set()
+    for name in GRANULARITY_FIELDS:
+        form_text(upload.fields, name, 16)
+        granularities.update(upload.fields.get(name, []))
     if granularities - {"segment", "word"}:
         raise ApiError(400, "bad_granularity", "timestamp_granularities[] may hold only 'segment' and 'word'")
-    lang = check_language(field.get("language"))
+    lang = check_language(field["language"])
     samples = await anyio.to_thread.run_sync(decode_audio, upload.data, upload.content_type, settings.file_limits)
     duration = samples.size / SAMPLE_RATE
     metrics.AUDIO_RECEIVED_SECONDS.inc(duration)
@@ -228,9 +239,7 @@ async def openai_transcriptions(request: Request):
     segments: list[dict] = []
     if windows:
         first_start, first_end = windows[0]
-        first, _ = await engine.batcher.submit(
-            Chunk(samples[first_start:first_end], lang, field.get("prompt"), want_words)
-        )
+        first, _ = await engine.batcher.submit(Chunk(samples[first_start:first_end], lang, prompt, want_words))
         lang = lang or first.language
         rest = await asyncio.gather(
             *(engine.batcher.submit(Chunk(samples[s:e], lang, None, want_words)) for s, e in windows[1:])

@@ -1,8 +1,9 @@
 """The FastAPI application every service is built from.
 
 It wires what all three services share, once: JSON errors, HTTP metrics, structured logs,
-``/healthz`` (the process is alive), ``/readyz`` (503 until the model or backends are usable,
-so Kubernetes routes no traffic to a pod still loading) and ``/metrics``.
+the Origin check on every POST (``services.common.origin``), ``/healthz`` (the process is
+alive), ``/readyz`` (503 until the model or backends are usable, so Kubernetes routes no
+traffic to a pod still loading) and ``/metrics``.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 
 from services.common.errors import error_body, install_error_handlers
 from services.common.logs import configure_logging
 from services.common.metrics import READY, VERSION, HttpMetricsMiddleware, metrics_response
+from services.common.origin import require_trusted_origin
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +83,15 @@ def create_app(
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | Callable[[FastAPI], AsyncIterator[None]],
 ) -> FastAPI:
     configure_logging(service)
-    app = FastAPI(title=f"stt-{service}", description=description, version=VERSION, lifespan=lifespan)
+    # A dependency rather than a middleware: it runs after routing, so a refused request is
+    # still counted under its route in the HTTP metrics, and before the endpoint reads the body.
+    app = FastAPI(
+        title=f"stt-{service}",
+        description=description,
+        version=VERSION,
+        lifespan=lifespan,
+        dependencies=[Depends(require_trusted_origin)],
+    )
     app.state.readiness = Readiness(service)
     install_error_handlers(app)
     app.add_middleware(HttpMetricsMiddleware, service=service)

@@ -3,11 +3,21 @@
 Shared by the services (uploads) and the client (``--file``). PyAV (FFmpeg) does the
 decoding and resampling; everything here exists to turn FFmpeg's many failure modes into
 one :class:`AudioError` with a status code and a message that tells the sender what to do.
+
+The bytes come from strangers, and FFmpeg left to guess the format will pick any of its
+hundreds of demuxers, some of which read *instructions* rather than audio: ``ffconcat``
+(open other files by name), SDP (open UDP sockets), HLS/DASH playlists (fetch URLs),
+``image2`` (read a file pattern). So FFmpeg never guesses here: the demuxer is chosen from
+the bytes' own signature (or the declared Content-Type), only the accepted formats'
+demuxers exist as far as FFmpeg is concerned (``format_whitelist``), and no protocol may be
+opened at all (``protocol_whitelist`` empty), so even a demuxer that tried to open a nested
+file or socket would be refused before touching it.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import struct
 from dataclasses import dataclass
 
@@ -16,12 +26,48 @@ import numpy as np
 
 from services.common.errors import ApiError
 
+log = logging.getLogger("stt.audio")
+
 SAMPLE_RATE = 16_000
 RAW_PCM_TYPES = {"audio/pcm", "audio/l16", "audio/x-raw", "audio/s16le", "audio/raw"}
 ACCEPTED = (
     "WAV (16/24-bit int or 32-bit float, any rate, mono/stereo), FLAC, MP3, OGG/Opus, WebM, "
     "or raw 16 kHz s16le mono PCM sent with Content-Type audio/pcm;rate=16000"
 )
+
+# The only FFmpeg demuxers that ever see uploaded bytes, with the names used in messages.
+DEMUXERS: dict[str, str] = {
+    "wav": "WAV",
+    "flac": "FLAC",
+    "mp3": "MP3",
+    "ogg": "Ogg (Opus/Vorbis/FLAC)",
+    "matroska": "WebM/Matroska",
+}
+# Passed to avformat_open_input. ``format_whitelist`` makes FFmpeg itself refuse any other
+# demuxer, including ones a demuxer would open for a nested file; an empty
+# ``protocol_whitelist`` refuses every protocol (file, udp, http, ...): the upload arrives
+# through our own in-memory I/O, which is no protocol, so only nested opens are affected.
+FFMPEG_GUARD: dict[str, str] = {"format_whitelist": ",".join(DEMUXERS), "protocol_whitelist": ""}
+
+# Declared Content-Types that name one accepted format. They admit the upload past
+# check_declared_type; the bytes' signature still picks the demuxer.
+DECLARED_FORMATS: dict[str, str] = {
+    **dict.fromkeys(("audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave", "audio/x-pn-wav"), "wav"),
+    **dict.fromkeys(("audio/flac", "audio/x-flac"), "flac"),
+    **dict.fromkeys(("audio/mpeg", "audio/mp3", "audio/x-mp3", "audio/mpeg3", "audio/x-mpeg", "audio/mpga"), "mp3"),
+    **dict.fromkeys(("audio/ogg", "audio/opus", "audio/vorbis", "audio/x-ogg", "application/ogg", "video/ogg"), "ogg"),
+    **dict.fromkeys(("audio/webm", "video/webm", "audio/x-matroska", "video/x-matroska", "audio/matroska"), "matroska"),
+}
+# Declared types that say nothing about the format, so the bytes' signature decides.
+# ``application/x-www-form-urlencoded`` is here because it is what ``curl --data-binary``
+# sends when no -H is given; refusing it would break the plainest curl call for no safety gain.
+UNDECLARED_TYPES = {"", "application/octet-stream", "binary/octet-stream", "application/x-www-form-urlencoded"}
+EBML_MAGIC = b"\x1a\x45\xdf\xa3"
+# Demuxers that look for their first frame past leading junk, so a file with no signature at
+# byte 0 (an MP3 after padding or a stray tag) may still be theirs: tried when the declared
+# type names them. The others' signature is mandatory; without it their demuxers would only
+# misread the bytes.
+RESYNCING = {"mp3"}
 
 
 class AudioError(ApiError):
@@ -55,32 +101,110 @@ def parse_content_type(content_type: str | None) -> tuple[str, dict[str, str]]:
     return main.lower(), parsed
 
 
+def check_declared_type(content_type: str | None) -> None:
+    """Refuse, before any decoding, a body whose Content-Type says it is something else.
+
+    ``text/plain`` or ``application/json`` is never audio; answering 415 with what to send
+    beats handing it to a decoder. Any ``audio/*``, the WebM/Matroska/Ogg container types,
+    ``application/octet-stream`` and no type at all go on to be recognised by their bytes.
+    """
+    media_type, _ = parse_content_type(content_type)
+    if media_type.startswith("audio/") or media_type in DECLARED_FORMATS or media_type in UNDECLARED_TYPES:
+        return
+    shown = media_type if len(media_type) <= 80 else media_type[:80] + "..."
+    raise AudioError(
+        415,
+        "unsupported_media_type",
+        f"Content-Type {shown!r} is not audio; send {ACCEPTED}, with a Content-Type that names it "
+        "(audio/wav, audio/flac, audio/mpeg, audio/ogg, audio/webm) or application/octet-stream "
+        "to have the format recognised from the bytes",
+    )
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The accepted demuxer the bytes' own signature names, or None.
+
+    Only magic numbers at fixed offsets are read: RIFF/RF64/BW64 + WAVE, ``fLaC``, ``OggS``,
+    the EBML header of WebM/Matroska, an ID3v2 tag (MP3, or rarely FLAC, behind it) or an
+    MPEG audio frame header.
+    """
+    head = data[:12]
+    if head[:4] in (b"RIFF", b"RF64", b"BW64") and head[8:12] == b"WAVE":
+        return "wav"
+    if head[:4] == b"fLaC":
+        return "flac"
+    if head[:4] == b"OggS":
+        return "ogg"
+    if head[:4] == EBML_MAGIC:
+        return "matroska"
+    if head[:3] == b"ID3" and len(data) >= 10:
+        size = 0
+        for byte in data[6:10]:  # ID3v2 sizes are "syncsafe": 7 bits per byte
+            size = (size << 7) | (byte & 0x7F)
+        end = 10 + size + (10 if data[5] & 0x10 else 0)  # flag 0x10: a footer follows
+        return "flac" if data[end : end + 4] == b"fLaC" else "mp3"
+    if _is_mpeg_audio_frame(head):
+        return "mp3"
+    return None
+
+
+def _is_mpeg_audio_frame(head: bytes) -> bool:
+    """An MPEG-1/2/2.5 Layer I-III frame header: 11 sync bits, then no reserved field values.
+
+    The checks on the reserved values keep AAC ADTS (layer bits 00) and random 0xFFFx bytes out.
+    """
+    if len(head) < 4 or head[0] != 0xFF or head[1] & 0xE0 != 0xE0:
+        return False
+    version, layer = (head[1] >> 3) & 3, (head[1] >> 1) & 3
+    bitrate, rate = head[2] >> 4, (head[2] >> 2) & 3
+    return version != 1 and layer != 0 and bitrate != 15 and rate != 3
+
+
 def decode_audio(data: bytes, content_type: str | None, limits: AudioLimits) -> np.ndarray:
-    """Return 16 kHz mono float32 samples in [-1, 1]."""
+    """Return 16 kHz mono float32 samples in [-1, 1], or raise :class:`AudioError`.
+
+    The declared type is checked first (cheap, and the clearest message); then the demuxer is
+    chosen here from the bytes' signature, never by FFmpeg's own probing, which would pick
+    playlist and network formats as readily as audio ones.
+    """
+    check_declared_type(content_type)
     if not data:
         raise AudioError(400, "empty_audio", f"the request carried no audio bytes; send {ACCEPTED}")
     media_type, params = parse_content_type(content_type)
     if media_type in RAW_PCM_TYPES:
-        samples = _decode_raw_pcm(data, params)
+        samples = _decode_raw_pcm(data, params, limits)
     else:
         _check_wav_complete(data)
-        samples = _decode_container(data, limits)
+        demuxer = sniff_format(data)
+        if demuxer is None and DECLARED_FORMATS.get(media_type) in RESYNCING:
+            demuxer = DECLARED_FORMATS[media_type]
+        if demuxer is None:
+            raise AudioError(
+                415,
+                "not_audio",
+                "the bytes are not in an accepted audio format (no WAV, FLAC, MP3, Ogg or WebM/Matroska "
+                f"signature at the start); send {ACCEPTED}",
+            )
+        samples = _decode_container(data, demuxer, limits)
     if samples.size == 0:
         raise AudioError(400, "empty_audio", f"the file decodes to zero audio samples; send {ACCEPTED}")
     limits.check_duration(samples.size / SAMPLE_RATE)
     return samples
 
 
-def _decode_raw_pcm(data: bytes, params: dict[str, str]) -> np.ndarray:
+def _decode_raw_pcm(data: bytes, params: dict[str, str], limits: AudioLimits) -> np.ndarray:
     rate = params.get("rate", str(SAMPLE_RATE))
     channels = params.get("channels", "1")
     if rate != str(SAMPLE_RATE) or channels != "1":
         raise AudioError(
             400,
             "wrong_sample_rate",
-            f"raw PCM must be 16 kHz mono s16le (got rate={rate}, channels={channels}); "
+            f"raw PCM must be 16 kHz mono s16le (got rate={rate[:16]}, channels={channels[:16]}); "
             "resample it, or send a WAV/FLAC file, which may have any rate",
         )
+    # The length alone gives the duration: refuse too-long audio before the float32 copy,
+    # which would cost twice the upload's size in memory for audio that is then refused.
+    limits.check_duration(len(data) / 2 / SAMPLE_RATE)
     if len(data) % 2:
         raise AudioError(
             400, "truncated_audio", "raw s16le PCM has an odd number of bytes: the upload was cut mid-sample"
@@ -91,7 +215,7 @@ def _decode_raw_pcm(data: bytes, params: dict[str, str]) -> np.ndarray:
 def _check_wav_complete(data: bytes) -> None:
     """FFmpeg happily decodes half a WAV; a cut-off upload must be reported, not transcribed."""
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        if data[:4] == b"RIFF":
+        if data[:4] == b"RIFF" and len(data) < 12:
             raise AudioError(400, "truncated_audio", "the WAV header is cut off; send the whole file")
         return
     offset = 12
@@ -112,14 +236,23 @@ def _check_wav_complete(data: bytes) -> None:
     raise AudioError(400, "truncated_audio", "the WAV file has no complete 'data' chunk; send the whole file")
 
 
-def _decode_container(data: bytes, limits: AudioLimits) -> np.ndarray:
+def _decode_container(data: bytes, demuxer: str, limits: AudioLimits) -> np.ndarray:
+    """Decode with exactly one accepted demuxer, FFmpeg barred from any file, socket or URL.
+
+    FFmpeg's own error text is logged, never returned: it can name files and addresses
+    (``No such file or directory: 'x.wav'``) and so tell a stranger what exists here.
+    """
+    name = DEMUXERS[demuxer]
     try:
-        container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
-    except (av.FFmpegError, ValueError, IndexError) as exc:
-        raise AudioError(415, "not_audio", f"could not read the bytes as audio ({exc}); send {ACCEPTED}") from None
+        container = av.open(
+            io.BytesIO(data), mode="r", format=demuxer, container_options=FFMPEG_GUARD, metadata_errors="ignore"
+        )
+    except (av.FFmpegError, OSError, ValueError, IndexError) as exc:
+        log.debug("refused upload as %s: %s", demuxer, exc)
+        raise AudioError(415, "not_audio", f"the bytes could not be read as {name}; send {ACCEPTED}") from None
     try:
         if not container.streams.audio:
-            raise AudioError(415, "not_audio", f"the file has no audio stream; send {ACCEPTED}")
+            raise AudioError(415, "not_audio", f"the {name} file has no audio stream; send {ACCEPTED}")
         stream = container.streams.audio[0]
         # Keep the channels and average them ourselves: FFmpeg's stereo->mono downmix adds the
         # channels at 1/sqrt(2) each, which makes loud stereo clip.
@@ -138,13 +271,14 @@ def _decode_container(data: bytes, limits: AudioLimits) -> np.ndarray:
                     limits.check_duration(total / SAMPLE_RATE)
             for out in resampler.resample(None):
                 pieces.append(out.to_ndarray().mean(axis=0))
-        except av.FFmpegError as exc:
+        except (av.FFmpegError, OSError, ValueError) as exc:
+            log.debug("decoding %s stopped: %s", demuxer, exc)
             if not pieces:
                 raise AudioError(
-                    400, "undecodable_audio", f"the audio stream could not be decoded ({exc}); send {ACCEPTED}"
+                    400, "undecodable_audio", f"the {name} audio stream could not be decoded; send {ACCEPTED}"
                 ) from None
             raise AudioError(
-                400, "truncated_audio", f"decoding stopped part-way ({exc}); the file looks cut off, send it whole"
+                400, "truncated_audio", "decoding stopped part-way; the file looks cut off, send it whole"
             ) from None
     finally:
         container.close()

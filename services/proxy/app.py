@@ -12,6 +12,8 @@ goes to the detector. ``/gpu-toggle`` changes the mode and needs the admin token
 - ``STT_ADMIN_TOKEN`` or ``STT_ADMIN_TOKEN_FILE``: bearer token for ``/gpu-toggle`` (unset: disabled).
 - ``STT_HEALTH_INTERVAL_S`` (2), ``STT_CONNECT_TIMEOUT_S`` (2), ``STT_UPSTREAM_TIMEOUT_S`` (300),
   ``STT_MAX_UPLOAD_BYTES`` (52428800).
+- ``STT_ALLOWED_ORIGINS`` (empty): web origins besides this service's own allowed to POST here
+  (``/transcribe``, ``/detect``, ``/v1/audio/*``, ``/gpu-toggle``); see ``services.common.origin``.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from services.common.app import create_app
+from services.common.audio import check_declared_type, parse_content_type
 from services.common.errors import ApiError
-from services.common.settings import env_choice, env_float, env_int, env_str
+from services.common.settings import env_choice, env_float, env_int, env_origins, env_str
 from services.common.upload import read_body
 from services.proxy import metrics
 from services.proxy.backends import Backend, HealthChecker, Route, choose
@@ -55,6 +58,7 @@ class Settings:
         self.connect_timeout = env_float("STT_CONNECT_TIMEOUT_S", 2.0, minimum=0.1)
         self.upstream_timeout = env_float("STT_UPSTREAM_TIMEOUT_S", 300.0, minimum=1.0)
         self.max_upload_bytes = env_int("STT_MAX_UPLOAD_BYTES", 50 * 1024 * 1024, minimum=1024)
+        self.allowed_origins = env_origins("STT_ALLOWED_ORIGINS")
 
 
 @asynccontextmanager
@@ -120,8 +124,18 @@ async def _call(backend: Backend, path: str, request: Request, body: bytes, rout
         metrics.UPSTREAM_SECONDS.labels(backend.name, route).observe(time.perf_counter() - start)
 
 
+def _check_audio_type(request: Request) -> None:
+    """415 for a raw body declared as text, JSON, ...: answered here, before the body is read
+    and sent on to a backend that would refuse it the same way. Multipart is left to the
+    backend, which sees the file part's own type."""
+    content_type = request.headers.get("content-type")
+    if parse_content_type(content_type)[0] != "multipart/form-data":
+        check_declared_type(content_type)
+
+
 async def _route_and_call(request: Request, path: str, route_label: str) -> tuple[Upstream, Backend, str | None]:
     settings: Settings = app.state.settings
+    _check_audio_type(request)
     body = await read_body(request, settings.max_upload_bytes)
     mode = app.state.routing.mode
     route: Route = choose(mode, app.state.cpu, app.state.gpu)
@@ -187,6 +201,7 @@ async def openai_transcriptions(request: Request) -> Response:
 async def detect(request: Request) -> Response:
     settings: Settings = app.state.settings
     detector: Backend = app.state.detector
+    _check_audio_type(request)
     body = await read_body(request, settings.max_upload_bytes)
     try:
         response = await _call(detector, "/detect", request, body, "/detect")

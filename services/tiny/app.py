@@ -8,6 +8,7 @@ speech reach the expensive transcriber. Settings (environment):
 - ``STT_TINY_MODEL`` (``tiny.en``): model for ``whisper-tiny`` (known name, directory or hub name).
 - ``STT_VAD_THRESHOLD`` (0.5), ``STT_VAD_MIN_SPEECH_MS`` (250): Silero decision settings.
 - ``STT_MAX_CHUNK_SECONDS`` (30), ``STT_MAX_UPLOAD_BYTES`` (52428800): input limits.
+- ``STT_ALLOWED_ORIGINS`` (empty): web origins besides this service's own allowed to POST here.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from services.common.audio import AudioLimits, decode_audio
 from services.common.errors import ApiError
 from services.common.metrics import MODEL_LOAD_SECONDS
 from services.common.models import resolve_model
-from services.common.settings import env_float, env_int, env_str
+from services.common.settings import env_float, env_int, env_origins, env_str
 from services.common.upload import read_upload
 from services.tiny.detectors import Detector, SileroDetector, WhisperTinyDetector, timed
 from services.tiny.metrics import AUDIO_SECONDS, DECISIONS, DETECT_SECONDS
@@ -47,6 +48,7 @@ class Settings:
         self.vad_min_speech_ms = env_int("STT_VAD_MIN_SPEECH_MS", 250, minimum=0)
         self.limits = AudioLimits(max_seconds=env_float("STT_MAX_CHUNK_SECONDS", 30.0, minimum=1.0))
         self.max_upload_bytes = env_int("STT_MAX_UPLOAD_BYTES", 50 * 1024 * 1024, minimum=1024)
+        self.allowed_origins = env_origins("STT_ALLOWED_ORIGINS")
 
 
 def load_detector(name: str, settings: Settings) -> Detector:
@@ -85,7 +87,7 @@ app = create_app("tiny", "Speech detection: does this audio chunk hold speech?",
 @app.post("/detect", tags=["detect"], summary="Does this chunk hold speech? Where?")
 async def detect(
     request: Request,
-    detector: str | None = Query(None, description="silero (default) or whisper-tiny"),
+    detector: str | None = Query(None, max_length=32, description="silero (default) or whisper-tiny"),
 ) -> dict:
     """Body: audio bytes (Content-Type names the format) or multipart field ``file``."""
     settings: Settings = app.state.settings
