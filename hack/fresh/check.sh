@@ -7,10 +7,11 @@
 #     --e2e       also run `make e2e` inside (builds Kubernetes from source, images, the cluster; ~30 min)
 #     --steps     the make targets to run, in order, comma-separated (default: run,test; --e2e adds e2e)
 #     --worktree  copy the working tree (tracked and untracked files) instead of cloning HEAD
-#     --keep      leave the root filesystem in place afterwards (for a look inside)
+#     --keep      leave the fresh machine running afterwards (for a look inside)
 #
 # The root filesystem comes from debootstrap (minbase, cached as a tarball) and is laid anew on
-# every run; it shares this machine's kernel and network, and takes only this machine's way of
+# every run. It is the root of a mount namespace of its own and shares this machine's kernel,
+# processes and network; it takes only this machine's way of
 # reaching the package registries (its apt sources, DNS, CA certificates, pip's certificate
 # setting): no package, cache or model is carried in. Durations and results are printed and
 # written to $STT_FRESH_DIR/result.txt; logs to $STT_FRESH_DIR/logs/.
@@ -40,39 +41,73 @@ LOGS="$FRESH/logs"
 DEBS="python3,make,git"
 TAR="$FRESH/rootfs-bookworm-minbase-fresh.tar"
 
-inroot_pids() { # PIDs of processes whose root directory is the fresh root filesystem
-  local p
+HOLDER_FILE="$FRESH/machine.pid"
+
+machine_pid() { # the process holding the fresh machine's mount namespace, if it runs
+  local pid
+  pid=$(cat "$HOLDER_FILE" 2>/dev/null) || return 1
+  [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q '^sleep infinity' && echo "$pid"
+}
+inroot_pids() { # PIDs of processes in the fresh machine's mount namespace
+  local holder ns p
+  holder=$(machine_pid) || return 0
+  ns=$(readlink "/proc/$holder/ns/mnt")
   for p in /proc/[0-9]*; do
-    [ "$(readlink "$p/root" 2>/dev/null)" = "$ROOT" ] && echo "${p#/proc/}"
+    [ "$(readlink "$p/ns/mnt" 2>/dev/null)" = "$ns" ] && echo "${p#/proc/}"
   done
   return 0
 }
 inroot() { # a login-like, empty environment: nothing from this shell leaks in but pip's CA setting
   env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 TERM=dumb \
     ${PIP_CERT:+PIP_CERT=/etc/ssl/certs/ca-certificates.crt} \
-    chroot "$ROOT" bash -c "cd /src/stt && $1"
+    nsenter --target "$(machine_pid)" --mount --root --wd -- bash -c "cd /src/stt && $1"
+}
+start_machine() {
+  # A private mount namespace whose root *is* the fresh root filesystem (pivot_root, not chroot):
+  # runc, which kubectl exec goes through, finds a container's root from its namespace's root,
+  # so under a mere chroot every exec into a pod fails. Mounts made in there (the cluster's
+  # included) vanish with the namespace; this machine's own mount table is never touched.
+  unshare --mount --propagation private -- bash -c '
+    set -e
+    r=$1
+    mount --bind "$r" "$r"
+    mount -t proc proc "$r/proc"
+    mount --rbind /sys "$r/sys"
+    mount --rbind /dev "$r/dev"
+    mount -t tmpfs tmpfs "$r/run"
+    cd "$r"
+    mkdir -p .host
+    pivot_root . .host
+    cd /
+    umount -l /.host
+    rmdir /.host
+    exec sleep infinity' machine "$ROOT" >"$LOGS/machine.log" 2>&1 &
+  echo $! > "$HOLDER_FILE"
+  local i
+  for ((i = 0; i < 50; i++)); do
+    if machine_pid >/dev/null && inroot "test ! -e /.host" 2>/dev/null; then return 0; fi
+    sleep 0.2
+  done
+  cat "$LOGS/machine.log" >&2
+  die "the fresh machine's namespace did not come up"
 }
 
 teardown() {
-  # the cluster (with make e2e) first, while its daemons still run: it stops the pods' processes
-  # (whose root is not this one), links, iptables chains and mounts that it made
-  if [ "$E2E" = 1 ] && [ -f "$ROOT/src/stt/hack/cluster/down.sh" ] && [ -d "$ROOT/proc/self" ]; then
+  machine_pid >/dev/null || return 0
+  # the cluster (with make e2e) first, while its daemons still run: it stops the pods (which
+  # live in namespaces of their own), links and iptables chains that it made
+  if [ "$E2E" = 1 ] && [ -f "$ROOT/src/stt/hack/cluster/down.sh" ]; then
     inroot "bash hack/cluster/down.sh" >/dev/null 2>&1 || true
   fi
   local pids
   pids=$(inroot_pids)
-  if [ -n "$pids" ]; then
-    # shellcheck disable=SC2086
-    kill $pids 2>/dev/null || true
-    sleep 2
-    pids=$(inroot_pids)
-    # shellcheck disable=SC2086
-    [ -z "$pids" ] || kill -9 $pids 2>/dev/null || true
-  fi
-  local m
-  for m in $(awk -v r="$ROOT" '$2 == r || index($2, r "/") == 1 {print $2}' /proc/self/mounts | sort -r); do
-    umount -l "$m" 2>/dev/null || true
-  done
+  # shellcheck disable=SC2086
+  [ -z "$pids" ] || kill $pids 2>/dev/null || true
+  sleep 2
+  pids=$(inroot_pids)
+  # shellcheck disable=SC2086
+  [ -z "$pids" ] || kill -9 $pids 2>/dev/null || true
+  rm -f "$HOLDER_FILE"
 }
 trap teardown EXIT
 
@@ -127,12 +162,7 @@ else
   SOURCE="a clone of $REPO at $(git -C "$REPO" rev-parse --short HEAD)"
 fi
 
-# the root is a mount point of its own, as on a real machine: runc's pivot_root needs that
-mount --bind "$ROOT" "$ROOT"
-mount -t proc proc "$ROOT/proc"
-mount --rbind /sys "$ROOT/sys" && mount --make-rslave "$ROOT/sys"
-mount --rbind /dev "$ROOT/dev" && mount --make-rslave "$ROOT/dev"
-mount -t tmpfs tmpfs "$ROOT/run"
+start_machine
 
 RESULT="$FRESH/result.txt"
 {
@@ -170,5 +200,8 @@ for target in "${targets[@]}"; do
   esac
 done
 cat "$RESULT"
-if [ "$KEEP" = 1 ]; then trap - EXIT; log "left in place: $ROOT (unmount with: umount -R $ROOT/{proc,sys,dev,run})"; fi
+if [ "$KEEP" = 1 ]; then
+  trap - EXIT
+  log "left running: enter with 'nsenter -t $(machine_pid) -m -r -w bash'; end with 'kill $(machine_pid)'"
+fi
 exit $status
