@@ -13,15 +13,17 @@ import sys
 import time
 from pathlib import Path
 
-from bench import capacity, designs, detectors, offline, peer, proxy, report
-from bench.data import FULL, QUICK, Sizes, detector_chunks, long_files, wer_set
+from bench import capacity, designs, detectors, offline, peer, proxy, recall, report
+from bench.data import FULL, QUICK, Sizes, detector_chunks, long_files, recall_set, wer_set
 from bench.goals import check
 from bench.metrics import summarize_ms, word_errors
 from bench.progress import Progress
 from bench.stacks import BenchStack, cpu_delta, make_stacks
 from bench.streaming import SHIPPED, transcribe_all
+from corpus import nonspeech_clips
 
 CHUNK_S = SHIPPED.chunk_s
+RECALL_CLIPS_PER_UNIT = 20  # dev-set clips per progress unit (~1 s of in-process Silero)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -44,12 +46,13 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, load {load:.1f} at start, Python {platform.python_version()}"
 
 
-def plan_units(sizes: Sizes, wer_items: int, det_speech: int, det_nonspeech: int) -> int:
+def plan_units(sizes: Sizes, wer_items: int, det_speech: int, det_nonspeech: int, recall_clips: int = 0) -> int:
     """Units of work, roughly one per second or two of wall time, so the bar moves evenly."""
     return (
         2 * wer_items  # offline + streamed
         + det_speech
         + det_nonspeech
+        + recall_clips // RECALL_CLIPS_PER_UNIT
         + sizes.proxy_pairs // 10
         + 3 * realtime_units(sizes.design_seconds)  # seed, this, what-if
         + 10 * realtime_units(sizes.step_seconds)  # capacity steps, roughly
@@ -105,7 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         items = wer_set(sizes)
         speech_chunks, nonspeech_chunks = detector_chunks(sizes)
         design_audio = long_files(1, sizes.design_seconds, first_seed=50)[0]
-        progress = Progress(plan_units(sizes, len(items), len(speech_chunks), len(nonspeech_chunks)))
+        try:
+            dev_clips, dev_error = recall_set("all"), ""
+        except (OSError, RuntimeError) as exc:  # e.g. no registry reachable: the rest still runs
+            dev_clips, dev_error = [], f"{type(exc).__name__}: {str(exc)[-500:]}"
+        progress = Progress(plan_units(sizes, len(items), len(speech_chunks), len(nonspeech_chunks), len(dev_clips)))
         progress.start("starting services")
         for stack in stacks.values():
             stack.wait()
@@ -137,6 +144,20 @@ def main(argv: list[str] | None = None) -> int:
             sizes.whisper_tiny_nonspeech,
             progress.tick,
         )
+        save()
+
+        progress.start(f"detector recall per category ({len(dev_clips)} dev-set clips, in-process Silero)")
+        clips_done = [0]
+
+        def recall_tick() -> None:
+            clips_done[0] += 1
+            if clips_done[0] % RECALL_CLIPS_PER_UNIT == 0:
+                progress.tick()
+
+        if dev_clips:
+            results["detector_recall"] = recall.run(dev_clips, nonspeech_clips(), recall_tick)
+        else:
+            results["detector_recall"] = {"status": "not measured", "reason": f"dev set unavailable: {dev_error}"}
         save()
 
         progress.start("proxy overhead")

@@ -3,7 +3,9 @@
 Fixed so that two runs (or two machines) score the same audio: a seeded sample of the
 Asterisk prompts, all LibriVox sentences, multi-minute files made by concatenating prompts
 (the realistic case for a live stream: pauses, many sentences, prompts carried across
-chunks), and the non-speech set cut into the 3 s chunks a client would send.
+chunks), and the non-speech set cut into the 3 s chunks a client would send. The broader
+dev set (read, continuous, spontaneous, telephone, noisy, quiet and other-language speech,
+with a fixed held-out third) comes from :func:`recall_set`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from corpus import long_recording, nonspeech_clips, speech_clips
+from corpus import Clip, long_recording, nonspeech_clips, speech_clips
 
 SAMPLE_RATE = 16_000
 SELECTION_SEED = 2026
@@ -98,6 +100,15 @@ def detector_chunks(sizes: Sizes) -> tuple[list[np.ndarray], list[tuple[str, np.
         seed += 1
     nonspeech = [(c.kind, chunk) for c in nonspeech_clips() for chunk in chunks_of(c.samples())]
     return speech[: sizes.detector_speech_chunks], nonspeech
+
+
+def recall_set(split: str = "all") -> list[Clip]:
+    """The dev set (:mod:`corpus.devset`, fetched and built on first use) for detector recall per
+    category: by default dev and held-out both, reported apart. Measuring the held-out part is
+    what it is for; choosing settings by it is not."""
+    from corpus.devset import dev_set
+
+    return dev_set(split)
 
 
 def stream_audio(index: int, seconds: float) -> np.ndarray:

@@ -115,6 +115,7 @@ def markdown(results: dict) -> str:
                     f"| {fp} of {d['nonspeech_chunks']} {d.get('false_positives_by_kind') or ''} |"
                 )
         lines += [f"\nWhisper tiny costs {det.get('cost_ratio_whisper_tiny_over_silero')}x Silero per chunk.", ""]
+    lines += recall_markdown(results.get("detector_recall", {}))
     px = results.get("proxy", {})
     if px:
         o = px["overhead_ms"]
@@ -186,6 +187,56 @@ def markdown(results: dict) -> str:
             "",
         ]
     return "\n".join(lines) + "\n"
+
+
+def recall_markdown(rec: dict) -> list[str]:
+    """Detector recall per dev-set category (bench.recall): one row per category, dev and
+    held-out apart, the conditions below 99 %, and what the misses look like."""
+    if rec.get("reason"):
+        return ["## Speech detector recall by category (dev set)", "", f"Not measured: {rec['reason']}", ""]
+    if not rec.get("categories"):
+        return []
+    det = rec.get("detector", {})
+    lines = [
+        "## Speech detector recall by category (dev set)",
+        "",
+        f"Client chunks ({rec.get('chunk_s')} s, {rec.get('overlap_s')} s overlap) holding more than "
+        f"{rec.get('min_speech_s')} s of reference speech, asked of {det.get('name')} in-process as tiny builds it "
+        f"(threshold {det.get('threshold')}, min speech {det.get('min_speech_ms')} ms). *Speech lost*: reference "
+        "speech inside chunks of which none was called speech. Misses: median of the highest frame probability "
+        "/ speech level.",
+        "",
+        "| category | recall | dev | held-out | speech lost | misses: max prob / speech dBFS | hits: speech dBFS |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def share(d: dict) -> str:
+        return "–" if not d.get("chunks") else f"{d['recall']:.1%} of {d['chunks']}"
+
+    weak = []
+    for cat, c in rec["categories"].items():
+        miss = (
+            f"{c['miss_max_prob_median']:.2f} / {c['miss_speech_dbfs_median']:.1f}"
+            if c.get("miss_max_prob_median") is not None
+            else "–"
+        )
+        lines.append(
+            f"| {cat} | {_pct(c['recall'])} | {share(c['dev'])} | {share(c['held_out'])} "
+            f"| {c['speech_lost_s']} of {c['speech_s']} s | {miss} | {_fmt(c.get('hit_speech_dbfs_median'))} |"
+        )
+        weak += [
+            f"{cat}/{cond} {share(d)}" for cond, d in c.get("by_condition", {}).items() if (d["recall"] or 0) < 0.99
+        ]
+    ns = rec.get("nonspeech", {})
+    lines += [
+        "",
+        f"Non-speech (same detector, same chunks): {ns.get('false_positives')} false positives in "
+        f"{ns.get('chunks')} chunks"
+        + (f" {ns['false_positives_by_kind']}." if ns.get("false_positives_by_kind") else "."),
+    ]
+    if weak:
+        lines.append(f"Conditions below 99 %: {'; '.join(weak)}.")
+    return [*lines, ""]
 
 
 def write_markdown(results: dict, out_dir: Path) -> Path:

@@ -14,6 +14,7 @@ import tempfile
 import wave
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import av
 import numpy as np
@@ -36,17 +37,66 @@ PROMPTS_TXT = "usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz"
 LIBRIVOX = "usr/share/pocketsphinx/test/data/librivox"
 
 
+Split = Literal["dev", "held-out", "all"]
+SPLITS: tuple[str, ...] = ("dev", "held-out", "all")
+
+
 @dataclass(frozen=True)
 class Clip:
-    """One 16 kHz mono WAV file and, for speech, what is said in it."""
+    """One 16 kHz mono WAV file and, for speech, what is said in it.
+
+    The fields after ``kind`` describe the dev set (:mod:`corpus.devset`); base-corpus clips
+    leave them at their defaults except ``held_out``.
+    """
 
     name: str
     path: Path
-    text: str
+    text: str  # "" where no reference transcript exists (detector recall only)
     kind: str  # "speech" or the non-speech category (music, noise, tone, keys, silence, chime)
+    category: str = ""  # read, continuous, spontaneous, telephone, noisy, quiet, other-languages
+    language: str = "en"
+    held_out: bool = False  # in the fixed held-out third that nobody tunes on
+    condition: str = "clean"  # e.g. telephone-g711, gain-20db, snr5-music, real-8khz
+    source: str = ""  # package, version and file it was made from
+    speech: tuple[tuple[float, float], ...] = ()  # reference speech regions, seconds
+    timing: str = ""  # where ``speech`` comes from: energy, rttm, whisper-base
 
     def samples(self) -> np.ndarray:
         return read_wav(self.path)
+
+    @property
+    def has_reference(self) -> bool:
+        return bool(self.text)
+
+
+def is_held_out(key: str) -> bool:
+    """The fixed held-out split: a third of all keys (clip or source names), by sha256 of the name."""
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") % 3 == 0
+
+
+def in_split(held_out: bool, split: str) -> bool:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    return split == "all" or held_out == (split == "held-out")
+
+
+class ChecksumError(RuntimeError):
+    """A downloaded file does not hash to its pinned sha256: refuse to use it."""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_sha256(path: Path, expected: str) -> None:
+    """Raise :class:`ChecksumError` unless ``path`` hashes to ``expected``."""
+    actual = sha256_of(path)
+    if actual != expected:
+        raise ChecksumError(f"{Path(path).name}: sha256 {actual}, expected {expected}; refusing to use it")
 
 
 def cache_dir() -> Path:
@@ -75,21 +125,25 @@ def _decode(path: Path, fmt: str | None = None, rate: int | None = None) -> np.n
 
 def _download(root: Path) -> Path:
     """apt-get download the pinned packages, verify sha256, unpack; return the unpacked tree."""
-    tree = root / "debs"
+    return apt_download(PACKAGES, root / "debs")
+
+
+def apt_download(packages: dict[str, tuple[str, str]], tree: Path) -> Path:
+    """``apt-get download`` each ``name: (version, sha256)``, refuse any whose sha256 differs,
+    unpack them all into ``tree`` (once: a ``.complete`` stamp marks a finished tree)."""
     stamp = tree / ".complete"
     if stamp.is_file():
         return tree
     tree.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        pins = [f"{name}={ver}" for name, (ver, _) in PACKAGES.items()]
+        pins = [f"{name}={ver}" for name, (ver, _) in packages.items()]
         result = subprocess.run(["apt-get", "download", *pins], cwd=tmp, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"apt-get download failed (run `apt-get update` first?):\n{result.stderr.strip()}")
-        for name, (_, expected) in PACKAGES.items():
-            deb = next(Path(tmp).glob(f"{name}_*.deb"))
-            actual = hashlib.sha256(deb.read_bytes()).hexdigest()
-            if actual != expected:
-                raise RuntimeError(f"{deb.name}: sha256 {actual}, expected {expected}; refusing to use it")
+        debs = {name: next(Path(tmp).glob(f"{name}_*.deb")) for name in packages}
+        for name, (_, expected) in packages.items():
+            verify_sha256(debs[name], expected)
+        for deb in debs.values():
             subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], check=True)
     stamp.write_text("ok")
     return tree
@@ -182,11 +236,18 @@ def _nonspeech(tree: Path, root: Path) -> list[dict]:
 
 def _load(kind_filter) -> list[Clip]:
     entries = json.loads((fetch() / "manifest.json").read_text())
-    return [Clip(e["name"], Path(e["path"]), e["text"], e["kind"]) for e in entries if kind_filter(e["kind"])]
+    return [
+        Clip(e["name"], Path(e["path"]), e["text"], e["kind"], held_out=is_held_out(e["name"]))
+        for e in entries
+        if kind_filter(e["kind"])
+    ]
 
 
-def speech_clips() -> list[Clip]:
-    return _load(lambda kind: kind == "speech")
+def speech_clips(split: Split = "all") -> list[Clip]:
+    """The base corpus's speech (Asterisk prompts, LibriVox sentences). ``split`` picks the dev
+    part, the held-out part (by :func:`is_held_out` of the clip name) or both (the default,
+    which is what the bench's WER set has always used)."""
+    return [c for c in _load(lambda kind: kind == "speech") if in_split(c.held_out, split)]
 
 
 def nonspeech_clips() -> list[Clip]:
@@ -194,9 +255,12 @@ def nonspeech_clips() -> list[Clip]:
 
 
 def long_recording(seconds: float, seed: int = 0, gap: float = 0.6) -> Clip:
-    """Concatenate speech clips (with short pauses) into one file of at least ``seconds``."""
+    """Concatenate speech clips (with short pauses) into one file of at least ``seconds``.
+
+    ``gap`` is the pause between clips; 0 makes continuous speech (sentences running on)."""
     root = cache_dir() / "long"
-    path = root / f"long-{int(seconds)}s-seed{seed}.wav"
+    suffix = "" if gap == 0.6 else f"-gap{gap:g}"  # the default keeps the name recordings were cached under
+    path = root / f"long-{int(seconds)}s-seed{seed}{suffix}.wav"
     meta = path.with_suffix(".txt")
     if path.is_file() and meta.is_file():
         return Clip(path.stem, path, meta.read_text(), "speech")
@@ -220,12 +284,21 @@ def long_recording(seconds: float, seed: int = 0, gap: float = 0.6) -> Clip:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Fetch and prepare the speech / non-speech corpora.")
     parser.add_argument("--long", type=float, default=0, help="also build a long recording of this many seconds")
+    parser.add_argument(
+        "--dev-set",
+        action="store_true",
+        help="also fetch and build the broader dev set (corpus.devset: ~140 MB of downloads, a minute or two)",
+    )
     args = parser.parse_args(argv)
     root = fetch()
     print(f"corpus ready in {root}: {len(speech_clips())} speech clips, {len(nonspeech_clips())} non-speech clips")
     if args.long:
         clip = long_recording(args.long)
         print(clip.path)
+    if args.dev_set:
+        from corpus.devset import dev_set, summary
+
+        print(summary(dev_set("all")))
     return 0
 
 
