@@ -13,6 +13,9 @@ import httpx
 import numpy as np
 
 from services.common.audio import to_wav_bytes
+from services.common.commit_policy import Segment, Word
+
+__all__ = ["ChunkResult", "PermanentError", "RetryableError", "Segment", "SttApi", "Word", "parse_result"]
 
 
 class RetryableError(Exception):
@@ -28,20 +31,6 @@ class PermanentError(Exception):
 
 
 @dataclass
-class Word:
-    """One word with absolute times (seconds from the start of the stream)."""
-
-    start: float
-    end: float
-    text: str  # as Whisper wrote it, usually with a leading space
-    probability: float = 1.0
-
-    @property
-    def mid(self) -> float:
-        return (self.start + self.end) / 2
-
-
-@dataclass
 class ChunkResult:
     """What the transcriber said about one chunk, shifted to absolute time."""
 
@@ -49,6 +38,7 @@ class ChunkResult:
     text: str = ""
     language: str | None = None
     backend: str | None = None
+    segments: list[Segment] = field(default_factory=list)  # the same words with their segments' confidence
 
 
 def _error_message(response: httpx.Response) -> str:
@@ -74,21 +64,10 @@ def _raise_for(response: httpx.Response) -> None:
 
 
 def parse_result(body: dict, offset: float) -> ChunkResult:
-    """Flatten segments into words with absolute times (``offset`` = the chunk's start)."""
-    words: list[Word] = []
-    for segment in body.get("segments") or []:
-        seg_words = segment.get("words")
-        if seg_words:
-            for w in seg_words:
-                words.append(Word(offset + w["start"], offset + w["end"], w["word"], w.get("probability", 1.0)))
-        elif segment.get("text", "").strip():
-            # No word timestamps (an older server): spread the segment's words evenly over its span.
-            tokens = segment["text"].split()
-            span = (segment["end"] - segment["start"]) / max(len(tokens), 1)
-            for i, tok in enumerate(tokens):
-                s = offset + segment["start"] + i * span
-                words.append(Word(s, s + span, " " + tok))
-    return ChunkResult(words, body.get("text", ""), body.get("language"), body.get("backend"))
+    """Flatten segments into words with absolute times (``offset`` = where the audio sent began)."""
+    segments = Segment.parse(body.get("segments") or [], offset)
+    words = [w for seg in segments for w in seg.words]
+    return ChunkResult(words, body.get("text", ""), body.get("language"), body.get("backend"), segments)
 
 
 class SttApi:

@@ -16,7 +16,7 @@ from pathlib import Path
 from client import output
 from client.api import SttApi
 from client.display import Display
-from client.pipeline import Pipeline, Settings
+from client.pipeline import POLICIES, Pipeline, Settings
 from client.sources import MicSource, Source, SourceError, StdinSource, file_source, list_devices
 from client.stats import Stats
 from client.stitcher import join_words
@@ -60,6 +60,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=Settings.context_s,
         help=f"seconds of audio before each chunk sent with it as left context "
         f"(default {Settings.context_s:g}, measured: see docs/client.md; 0 sends the chunk alone)",
+    )
+    p.add_argument(
+        "--policy",
+        choices=POLICIES,
+        default=Settings.policy,
+        help="how words become final: 'stitch' merges overlapping chunks; 'agreement' re-decodes the "
+        "uncommitted audio every --step seconds and commits what two decodes agree on "
+        f"(default {Settings.policy}; measured: see docs/client.md)",
+    )
+    p.add_argument(
+        "--step",
+        type=float,
+        default=Settings.step_s,
+        help=f"agreement: seconds of new audio per decode (default {Settings.step_s:g})",
+    )
+    p.add_argument(
+        "--window",
+        type=float,
+        default=Settings.window_s,
+        help=f"agreement: most seconds of uncommitted audio in one decode; older words are committed "
+        f"even without agreement, which bounds latency (default {Settings.window_s:g})",
     )
     p.add_argument(
         "--prompt",
@@ -107,6 +128,9 @@ async def run(args: argparse.Namespace) -> int:
         concurrency=max(1, args.concurrency),
         max_in_memory=args.max_held,
         spill_dir=args.spill_dir,
+        policy=args.policy,
+        step_s=args.step,
+        window_s=args.window,
     )
     pipeline = Pipeline(source, api, settings, stats, display)
     loop = asyncio.get_running_loop()
@@ -132,7 +156,7 @@ async def run(args: argparse.Namespace) -> int:
             loop.remove_signal_handler(sig)
         await api.aclose()
         display.close()
-    words = words if words else pipeline.stitcher.committed
+    words = words if words else pipeline.committed
     if args.output:
         output.write(args.output, words)
     sys.stdout.write(join_words(words) + "\n")
@@ -153,10 +177,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.output and args.output.suffix.lower() not in output.FORMATS:
         print(f"stt-client: --output must end in one of {', '.join(output.FORMATS)}", file=sys.stderr)
         return 2
-    if not 0 <= args.overlap < args.chunk:
+    if args.policy == "agreement":
+        try:
+            Settings(context_s=args.context, step_s=args.step, window_s=args.window).policy_config()
+        except ValueError as exc:
+            print(f"stt-client: --step/--window/--context: {exc}", file=sys.stderr)
+            return 2
+    elif not 0 <= args.overlap < args.chunk:
         print(f"stt-client: --overlap must be at least 0 and less than --chunk ({args.chunk})", file=sys.stderr)
         return 2
-    if not 0 <= args.context <= args.chunk:
+    elif not 0 <= args.context <= args.chunk:
         print(f"stt-client: --context must be at least 0 and at most --chunk ({args.chunk})", file=sys.stderr)
         return 2
     try:

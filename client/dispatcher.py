@@ -21,9 +21,10 @@ from typing import Protocol
 import numpy as np
 
 from client.api import ChunkResult, PermanentError, RetryableError
-from client.chunker import Chunk
+from client.chunker import SAMPLE_RATE, Chunk
 from client.spill import ChunkStore
 from client.stats import Stats
+from services.common.commit_policy import CommitPolicy, Update
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,9 @@ class Outcome:
     speech: bool = True
     error: str = ""
     offset: float | None = None  # stream time where the audio sent began (before chunk.start with context)
+    request_s: float = 0.0  # round trip of the answered /transcribe request (for latency measurements)
+    window: tuple[float, float] | None = None  # agreement: the stream time decoded for this step
+    update: Update | None = None  # agreement: what the commit policy made of the answer
 
     @property
     def audio_start(self) -> float:
@@ -185,6 +189,7 @@ class Dispatcher:
         attempt = 0
         while True:
             prompt = self.prompt(chunk) if self.prompt else None
+            began = time.perf_counter()
             try:
                 result = await self.api.transcribe(samples, offset, self.language, prompt)
             except RetryableError as exc:
@@ -200,5 +205,61 @@ class Dispatcher:
                 log.error("chunk %d at %.1f s was refused and is lost: %s", chunk.index, chunk.start, exc)
                 return Outcome(chunk, None, error=str(exc))
             self.stats.chunks_sent += 1
+            self.stats.audio_sent_s += samples.size / SAMPLE_RATE
             self.stats.backend_down = False
-            return Outcome(chunk, result, offset=offset)
+            return Outcome(chunk, result, offset=offset, request_s=time.perf_counter() - began)
+
+
+class AgreementDispatcher(Dispatcher):
+    """Chunks are the policy's steps (``step_s`` of new audio each); each is checked by the
+    detector, then the window the policy asks for (uncommitted audio plus context, built from
+    the steps kept here) is transcribed and its words handed to the policy.
+
+    One request at a time: a window's start depends on what the previous answer committed.
+    Holding and spilling work as for the stitcher: steps wait in the store while the service
+    is down; only the audio a window can still reach (``policy.keep_from`` onwards) is kept here.
+    """
+
+    def __init__(self, api: Transcriber, stats: Stats, policy: CommitPolicy, **kwargs) -> None:
+        self.policy = policy
+        self._audio = np.zeros(0, np.float32)
+        self._audio_start = 0  # stream sample index of _audio[0]
+        kwargs.update(concurrency=1, resend_empty=False, context_s=0.0, prompt=None)
+        super().__init__(api, stats, **kwargs)
+
+    def _keep(self, chunk: Chunk) -> int:
+        """Add the step's new samples (a final chunk may reach back over audio already kept)."""
+        first = round(chunk.start * SAMPLE_RATE)
+        have = self._audio_start + self._audio.size
+        if not self._audio.size:
+            self._audio_start, have = first, first
+        new = chunk.samples[max(0, have - first) :]
+        self._audio = np.concatenate([self._audio, new.astype(np.float32, copy=False)])
+        return self._audio_start + self._audio.size
+
+    def _trim(self) -> None:
+        drop = min(self.policy.keep_from - self._audio_start, self._audio.size)
+        if drop > 0:
+            self._audio = self._audio[drop:]
+            self._audio_start += drop
+
+    async def _process(self, chunk: Chunk) -> Outcome:
+        speech = await self._is_speech(chunk)
+        if not speech:
+            self.stats.chunks_nonspeech += 1
+        self.policy.advance(self._keep(chunk), speech)
+        span = self.policy.window()
+        if span is None:  # silence, and nothing waiting to be committed
+            self._trim()
+            return Outcome(chunk, None, speech=speech)
+        start, end = span
+        offset = start / SAMPLE_RATE
+        samples = self._audio[start - self._audio_start : end - self._audio_start]
+        outcome = await self._transcribe(chunk, samples, offset)
+        outcome.speech, outcome.window = speech, (offset, end / SAMPLE_RATE)
+        if outcome.result is None:  # refused: the next step's window covers this audio again
+            self.policy.cancel()
+        else:
+            outcome.update = self.policy.update(outcome.result.segments, offset)
+        self._trim()
+        return outcome

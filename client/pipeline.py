@@ -1,5 +1,10 @@
 """Wire the stages together: source → chunker → dispatcher (detect + transcribe) → stitcher.
 
+Two commit policies (``Settings.policy``, docs/client.md): ``stitch`` sends overlapping 3 s
+chunks with left context and merges their edges (:mod:`client.stitcher`); ``agreement`` cuts the
+stream into steps and, each step, re-decodes the uncommitted audio as one window and commits
+what two decodes agree on (:mod:`services.common.commit_policy`).
+
 Two tasks run side by side: the producer reads the source and cuts chunks (never waiting on
 the network, so capture cannot be held up by a slow or dead service), and the consumer takes
 answers in order and stitches them. :meth:`Pipeline.stop` is the first Ctrl-C (stop reading,
@@ -16,11 +21,14 @@ from pathlib import Path
 
 from client.api import Word
 from client.chunker import Chunk, Chunker
-from client.dispatcher import Backoff, Dispatcher, Outcome, Transcriber
+from client.dispatcher import AgreementDispatcher, Backoff, Dispatcher, Outcome, Transcriber
 from client.display import Display
 from client.sources import Source, level_dbfs
 from client.stats import Stats
 from client.stitcher import Stitcher, join_words
+from services.common.commit_policy import CommitPolicy, PolicyConfig
+
+POLICIES = ("stitch", "agreement")
 
 PROMPT_CHARS = 200  # as whisper_streaming: enough context to keep style and names, short enough not to dominate
 
@@ -38,6 +46,15 @@ class Settings:
     max_in_memory: int = 64
     spill_dir: Path | None = None
     backoff: Backoff | None = None
+    policy: str = "stitch"  # or "agreement" (docs/client.md, "Agreement policy")
+    step_s: float = PolicyConfig.step_s  # agreement: new audio per decode
+    window_s: float = PolicyConfig.max_window_s  # agreement: most uncommitted audio per decode
+    trim_after_s: float = PolicyConfig.trim_after_s  # agreement: see PolicyConfig
+
+    def policy_config(self) -> PolicyConfig:
+        return PolicyConfig(
+            step_s=self.step_s, max_window_s=self.window_s, context_s=self.context_s, trim_after_s=self.trim_after_s
+        )
 
 
 class Pipeline:
@@ -58,10 +75,28 @@ class Pipeline:
         self.display = display
         self.on_outcome = on_outcome
         self.clock = clock
+        s = self.settings
+        if s.policy not in POLICIES:
+            raise ValueError(f"unknown policy {s.policy!r}; use one of {', '.join(POLICIES)}")
         self.stitcher = Stitcher()
-        self.chunker = Chunker(self.settings.chunk_s, self.settings.overlap_s, context_s=self.settings.context_s)
+        self.policy = CommitPolicy(s.policy_config()) if s.policy == "agreement" else None
+        if self.policy:
+            self.chunker = Chunker(s.step_s, 0.0)  # the policy's steps; it chooses what each one decodes
+        else:
+            self.chunker = Chunker(s.chunk_s, s.overlap_s, context_s=s.context_s)
         self.dispatcher: Dispatcher | None = None
+        self.display_partial = ""  # the partial text the live view shows
         self._stopping = False
+
+    @property
+    def committed(self) -> list[Word]:
+        """Final words so far (they never change)."""
+        return self.policy.committed if self.policy else self.stitcher.committed
+
+    @property
+    def partial(self) -> list[Word]:
+        """Words shown but not final yet."""
+        return self.policy.partial if self.policy else self.stitcher.partial
 
     def prompt_for(self, chunk: Chunk) -> str | None:
         """The text heard before this chunk began (never words inside it: Whisper would skip them)."""
@@ -82,20 +117,33 @@ class Pipeline:
 
     async def run(self) -> list[Word]:
         s = self.settings
-        self.dispatcher = Dispatcher(
-            self.api,
-            self.stats,
-            concurrency=s.concurrency,
-            detector=s.detector,
-            language=s.language,
-            prompt=self.prompt_for if s.prompt else None,
-            max_in_memory=s.max_in_memory,
-            spill_dir=s.spill_dir,
-            backoff=s.backoff,
-            resend_empty=s.resend_empty,
-            context_s=s.context_s,
-            clock=self.clock,
-        )
+        if self.policy:
+            self.dispatcher = AgreementDispatcher(
+                self.api,
+                self.stats,
+                self.policy,
+                detector=s.detector,
+                language=s.language,
+                max_in_memory=s.max_in_memory,
+                spill_dir=s.spill_dir,
+                backoff=s.backoff,
+                clock=self.clock,
+            )
+        else:
+            self.dispatcher = Dispatcher(
+                self.api,
+                self.stats,
+                concurrency=s.concurrency,
+                detector=s.detector,
+                language=s.language,
+                prompt=self.prompt_for if s.prompt else None,
+                max_in_memory=s.max_in_memory,
+                spill_dir=s.spill_dir,
+                backoff=s.backoff,
+                resend_empty=s.resend_empty,
+                context_s=s.context_s,
+                clock=self.clock,
+            )
         producer = asyncio.create_task(self._produce(), name="produce")
         refresher = asyncio.create_task(self._refresh(), name="refresh") if self.display else None
         try:
@@ -106,11 +154,11 @@ class Pipeline:
             if refresher:
                 refresher.cancel()
             self.stats.overruns = self.source.overruns
-        newly = self.stitcher.finish()
+        newly = self.policy.finish().committed if self.policy else self.stitcher.finish()
         if self.display:
             self.display.partial = ""
             self.display.commit(newly)
-        return self.stitcher.committed
+        return self.committed
 
     async def _submit(self, chunk: Chunk) -> None:
         assert self.dispatcher is not None
@@ -138,13 +186,20 @@ class Pipeline:
         assert self.dispatcher is not None
         async for outcome in self.dispatcher.results():
             chunk, result = outcome.chunk, outcome.result
-            newly = self.stitcher.add(outcome.audio_start, chunk.end, result.words if result else None)
+            if self.policy:
+                # The worker may already be on the next step: show this outcome's own view.
+                newly = outcome.update.committed if outcome.update else []
+                partial = join_words(outcome.update.partial) if outcome.update else self.display_partial
+            else:
+                newly = self.stitcher.add(outcome.audio_start, chunk.end, result.words if result else None)
+                partial = self.stitcher.partial_text
             self.stats.chunks_done += 1
             self.stats.audio_done_s = chunk.end
             self.stats.lag_s = max(0.0, self.clock() - chunk.captured_at)
             if self.display:
-                self.display.partial = self.stitcher.partial_text
+                self.display.partial = partial
                 self.display.commit(newly)
+            self.display_partial = partial
             if self.on_outcome:
                 self.on_outcome(outcome)
 

@@ -24,6 +24,7 @@ class Stats:
     overruns: int = 0  # audio blocks lost by capture
     audio_captured_s: float = 0.0  # end time of the newest captured chunk
     audio_done_s: float = 0.0  # end time of the newest chunk the stitcher has
+    audio_sent_s: float = 0.0  # audio seconds sent to /transcribe (decode cost: overlap, context, windows)
     lag_s: float = 0.0  # wall-clock seconds from capturing a chunk to having its words
     backend_down: bool = False  # the last attempt failed; chunks are being held
     last_error: str = ""

@@ -28,31 +28,13 @@ words before them are *committed* and never change.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 
 from client.api import Word
+from services.common.commit_policy import join_words, norm
 
-_NON_WORD = re.compile(r"[^\w']+")
-
-
-def norm(text: str) -> str:
-    """Compare words case- and punctuation-blind ("Hello," == "hello")."""
-    return _NON_WORD.sub("", text.lower())
-
-
-def join_words(words: list[Word]) -> str:
-    """Words as one line. Whisper marks a new word with a leading space; a piece without one
-    that starts with a hyphen or apostrophe ("-hearted", "'s") continues the word before it."""
-    out = ""
-    for word in words:
-        text = word.text.strip()
-        if not text:
-            continue
-        glue = out and not word.text[:1].isspace() and text[0] in "-'’"
-        out += text if glue or not out else " " + text
-    return out
+__all__ = ["Stitcher", "join_words", "norm"]
 
 
 class Stitcher:
