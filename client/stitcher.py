@@ -32,12 +32,12 @@ from dataclasses import dataclass
 from difflib import SequenceMatcher
 
 from client.api import Word
-from services.common.commit_policy import join_words, norm
+from services.common.commit_policy import Transcript, join_words, norm
 
 __all__ = ["Stitcher", "join_words", "norm"]
 
 
-class Stitcher:
+class Stitcher(Transcript):
     def __init__(self, slack_s: float = 0.3, max_shift_s: float = 0.5) -> None:
         self.slack_s = slack_s
         self.max_shift_s = max_shift_s
@@ -45,20 +45,6 @@ class Stitcher:
         self.partial: list[Word] = []
         self._partial_end: float | None = None  # end time of the chunk the partial words came from
         self.seams: list[dict] = []  # one record per seam: where and how it was cut (for evaluation)
-
-    @property
-    def committed_text(self) -> str:
-        return join_words(self.committed)
-
-    @property
-    def partial_text(self) -> str:
-        return join_words(self.partial)
-
-    def words(self) -> list[Word]:
-        return self.committed + self.partial
-
-    def text(self) -> str:
-        return join_words(self.words())
 
     def add(self, start: float, end: float, words: list[Word] | None) -> list[Word]:
         """Add the next chunk's words (None: the chunk was skipped); return the newly committed words."""

@@ -132,6 +132,31 @@ def join_words(words: Iterable[Word]) -> str:
     return out
 
 
+class Transcript:
+    """Committed words (final) and partial words (may still change) shown as text.
+
+    What both transcript builders show: this module's :class:`CommitPolicy` and the client's
+    overlap stitcher; each keeps ``committed`` and ``partial`` up to date.
+    """
+
+    committed: list[Word]
+    partial: list[Word]
+
+    @property
+    def committed_text(self) -> str:
+        return join_words(self.committed)
+
+    @property
+    def partial_text(self) -> str:
+        return join_words(self.partial)
+
+    def words(self) -> list[Word]:
+        return self.committed + self.partial
+
+    def text(self) -> str:
+        return join_words(self.words())
+
+
 def phrase_key(text: str) -> str:
     """A phrase compared letter for letter: case, spaces and punctuation ignored."""
     return "".join(ch for ch in unicodedata.normalize("NFKC", text).casefold() if ch.isalnum())
@@ -304,7 +329,7 @@ class Update:
     dropped: list[Word] = field(default_factory=list)  # hallucinations removed from this hypothesis
 
 
-class CommitPolicy:
+class CommitPolicy(Transcript):
     """LocalAgreement-2 over a bounded rolling window. One instance per stream.
 
     Usage (the caller keeps the audio, the policy only counts samples)::
@@ -465,22 +490,6 @@ class CommitPolicy:
         self._move_start(self._end)
         self._speech, self._flush_end, self._speech_after_flush = False, None, False
         return Update(newly, [])
-
-    # -- views ------------------------------------------------------------------------------
-
-    @property
-    def committed_text(self) -> str:
-        return join_words(self.committed)
-
-    @property
-    def partial_text(self) -> str:
-        return join_words(self.partial)
-
-    def words(self) -> list[Word]:
-        return self.committed + self.partial
-
-    def text(self) -> str:
-        return join_words(self.words())
 
     # -- internals --------------------------------------------------------------------------
 
