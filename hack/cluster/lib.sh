@@ -32,6 +32,9 @@ die() { log "ERROR: $*"; exit 1; }
 # apt_install [--optional] PKG...: the project's one way to install Debian packages
 # shellcheck source=hack/lib/apt.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib/apt.sh"
+# rootfs_tarball TAR DEBS: a debootstrapped Debian root filesystem, cached as a tarball
+# shellcheck source=hack/lib/rootfs.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/rootfs.sh"
 
 KIND_CLUSTER="${STT_KIND_CLUSTER:-stt}"
 # STT_CLUSTER_MODE=kind|local forces a mode; by default kind is used when Docker and kind work.

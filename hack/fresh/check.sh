@@ -112,22 +112,7 @@ teardown() {
 trap teardown EXIT
 
 mkdir -p "$FRESH" "$LOGS"
-if [ ! -f "$TAR" ] || [ "$(cat "$TAR.pkgs" 2>/dev/null)" != "$DEBS" ]; then
-  apt_install debootstrap
-  mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-  mirror="${mirror:-http://deb.debian.org/debian}"
-  tmp="$FRESH/debootstrap.tmp"
-  rm -rf "$tmp"
-  log "debootstrap --variant=minbase --include=$DEBS bookworm from $mirror"
-  t=$(date +%s)
-  debootstrap --variant=minbase --include="$DEBS" bookworm "$tmp" "$mirror" >"$LOGS/debootstrap.log" 2>&1 \
-    || { tail -20 "$LOGS/debootstrap.log" >&2; die "debootstrap failed"; }
-  tar --numeric-owner -C "$tmp" -cf "$TAR.new" .
-  mv "$TAR.new" "$TAR"
-  echo "$DEBS" > "$TAR.pkgs"
-  rm -rf "$tmp"
-  log "fresh rootfs cached in $TAR ($(( $(date +%s) - t ))s)"
-fi
+rootfs_tarball "$TAR" "$DEBS"
 
 teardown
 # never delete through a mount that is still there (it would reach this machine's /dev or /sys)

@@ -65,22 +65,7 @@ mkdir -p "$OUT"
 # ---- 1. Debian base root filesystem (cached tarball)
 DEBS="python3,python3-venv"
 BASE_TAR="$STT_K8S_CACHE/rootfs-bookworm-minbase.tar"
-if [ ! -f "$BASE_TAR" ] || [ "$(cat "$BASE_TAR.pkgs" 2>/dev/null)" != "$DEBS" ]; then
-  apt_install debootstrap
-  mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-  mirror="${mirror:-http://deb.debian.org/debian}"
-  tmp="$STT_K8S_CACHE/debootstrap.tmp"
-  rm -rf "$tmp"
-  log "debootstrap --variant=minbase bookworm ($DEBS) from $mirror"
-  t=$(date +%s)
-  debootstrap --variant=minbase --include="$DEBS" bookworm "$tmp" "$mirror" >"$STT_K8S_CACHE/debootstrap.log" 2>&1 \
-    || { tail -20 "$STT_K8S_CACHE/debootstrap.log" >&2; die "debootstrap failed"; }
-  tar --numeric-owner -C "$tmp" -cf "$BASE_TAR.new" .
-  mv "$BASE_TAR.new" "$BASE_TAR"
-  echo "$DEBS" > "$BASE_TAR.pkgs"
-  rm -rf "$tmp"
-  log "base rootfs cached in $BASE_TAR ($(( $(date +%s) - t ))s)"
-fi
+rootfs_tarball "$BASE_TAR" "$DEBS"
 
 # ---- 2. wheels for the project and its runtime dependencies (built on the host, same CPython 3.11 ABI)
 SRC="$OUT/src"
