@@ -362,6 +362,29 @@ class CommitPolicy(Transcript):
         self._silence: list[tuple[float, float]] = []  # stream time the detector called non-speech
         self._without_context = False  # the last decode stopped early: try the next one without context
 
+    @classmethod
+    def resumed(cls, config: PolicyConfig | None, audio_from: int, committed_until: int) -> CommitPolicy:
+        """A policy for a stream taken over from another (a reconnect to another server).
+
+        The audio sent now begins at sample ``audio_from``; everything before
+        ``committed_until`` was committed by the previous policy (the caller has those words),
+        so that audio is only context and a word heard there is not committed again.
+        """
+        if not 0 <= audio_from <= committed_until:
+            raise ValueError("resuming needs 0 <= audio_from <= committed_until")
+        policy = cls(config)
+        policy._end = policy._decoded_end = policy._context_start = audio_from
+        policy._start = committed_until
+        policy._commit_s = policy._cut_s = committed_until / policy._sr
+        return policy
+
+    @property
+    def settled(self) -> int:
+        """Samples before this are final: their words are committed (or there were none), so
+        a stream taken over by another policy resumes here (:meth:`resumed`)."""
+        settled = max(self._commit_s * self._sr, self._start if not self.partial else 0)
+        return min(self._end, max(0, round(settled)))
+
     # -- audio in ---------------------------------------------------------------------------
 
     def advance(self, end_sample: int, speech: bool = True) -> None:
@@ -511,7 +534,7 @@ class CommitPolicy(Transcript):
         if they are not there (trimmed away, or written differently) does time decide.
         """
         if not self.committed:
-            return words
+            return [w for w in words if w.mid > self._commit_s]  # all of them, unless resumed
         last = self.committed[-1]
         for k in range(min(3, len(self.committed)), 0, -1):
             tail = [word_key(w) for w in self.committed[-k:]]

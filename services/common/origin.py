@@ -14,7 +14,7 @@ backends send none, and a browser never omits it on a cross-origin POST.
 
 from __future__ import annotations
 
-from fastapi import Request
+from starlette.requests import HTTPConnection
 
 from services.common.errors import ApiError
 from services.common.settings import DEFAULT_PORTS, normalize_origin
@@ -22,30 +22,38 @@ from services.common.settings import DEFAULT_PORTS, normalize_origin
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def own_origin(request: Request) -> str | None:
+def own_origin(request: HTTPConnection) -> str | None:
     """The origin this request was addressed to: the connection's scheme and the Host header.
 
     Behind a TLS-terminating ingress the scheme seen here is ``http`` while the browser's
     page is ``https``; such a deployment lists its public origin in ``STT_ALLOWED_ORIGINS``.
     """
     host = request.headers.get("host")
-    scheme = request.url.scheme
+    scheme = {"ws": "http", "wss": "https"}.get(request.url.scheme, request.url.scheme)
     if not host or scheme not in DEFAULT_PORTS:
         return None
     return normalize_origin(f"{scheme}://{host}")
 
 
-async def require_trusted_origin(request: Request) -> None:
-    """FastAPI dependency on every route: 403 for a non-safe method from a foreign Origin."""
-    if request.method in SAFE_METHODS:
+def origin_allowed(origin: str, connection: HTTPConnection, allowed: tuple[str, ...]) -> bool:
+    """The page at ``origin`` may use this service: it is this service's own origin or listed."""
+    normalized = normalize_origin(origin)
+    return normalized is not None and (normalized == own_origin(connection) or normalized in allowed)
+
+
+async def require_trusted_origin(request: HTTPConnection) -> None:
+    """FastAPI dependency on every route: 403 for a non-safe method from a foreign Origin.
+
+    WebSocket routes check the Origin themselves (:func:`origin_allowed`): their refusal is a
+    close code, not an HTTP error."""
+    if request.scope["type"] != "http" or request.scope["method"] in SAFE_METHODS:
         return
     origin = request.headers.get("origin")
     if origin is None:
         return
     settings = getattr(request.app.state, "settings", None)
     allowed: tuple[str, ...] = getattr(settings, "allowed_origins", ())
-    normalized = normalize_origin(origin)
-    if normalized is not None and (normalized == own_origin(request) or normalized in allowed):
+    if origin_allowed(origin, request, allowed):
         return
     shown = origin if len(origin) <= 100 else origin[:100] + "..."
     raise ApiError(

@@ -12,6 +12,9 @@ goes to the detector. ``/gpu-toggle`` changes the mode and needs the admin token
 - ``STT_ADMIN_TOKEN`` or ``STT_ADMIN_TOKEN_FILE``: bearer token for ``/gpu-toggle`` (unset: disabled).
 - ``STT_HEALTH_INTERVAL_S`` (2), ``STT_CONNECT_TIMEOUT_S`` (2), ``STT_UPSTREAM_TIMEOUT_S`` (300),
   ``STT_MAX_UPLOAD_BYTES`` (52428800).
+- ``STT_MAX_SESSIONS`` (64): streaming sessions one replica holds; ``STT_SESSION_MAX_FRAME_BYTES``
+  (262144), ``STT_SESSION_IDLE_TIMEOUT_S`` (60), ``STT_SESSION_MAX_BUFFER_S`` (120): see
+  ``services.proxy.stream_ws`` and docs/api.md ("Streaming sessions").
 - ``STT_ALLOWED_ORIGINS`` (empty): web origins besides this service's own allowed to POST here
   (``/transcribe``, ``/detect``, ``/v1/audio/*``, ``/gpu-toggle``); see ``services.common.origin``.
 """
@@ -21,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -35,8 +37,12 @@ from services.common.errors import ApiError
 from services.common.settings import env_choice, env_float, env_int, env_origins, env_str
 from services.common.upload import read_body
 from services.proxy import metrics
-from services.proxy.backends import Backend, HealthChecker, Route, choose
+from services.proxy.backends import Backend, HealthChecker, choose
 from services.proxy.routing import Mode, RoutingStore, make_store
+from services.proxy.sessions import Limits
+from services.proxy.stream_ws import SessionGate, SessionSettings
+from services.proxy.stream_ws import router as stream_router
+from services.proxy.upstream import Upstream, Upstreams
 
 log = logging.getLogger("stt.proxy")
 
@@ -59,6 +65,12 @@ class Settings:
         self.upstream_timeout = env_float("STT_UPSTREAM_TIMEOUT_S", 300.0, minimum=1.0)
         self.max_upload_bytes = env_int("STT_MAX_UPLOAD_BYTES", 50 * 1024 * 1024, minimum=1024)
         self.allowed_origins = env_origins("STT_ALLOWED_ORIGINS")
+        self.sessions = SessionSettings(
+            max_sessions=env_int("STT_MAX_SESSIONS", 64, minimum=0),
+            max_frame_bytes=env_int("STT_SESSION_MAX_FRAME_BYTES", 256 * 1024, minimum=1024),
+            idle_timeout_s=env_float("STT_SESSION_IDLE_TIMEOUT_S", 60.0, minimum=1.0),
+            limits=Limits(max_buffer_s=env_float("STT_SESSION_MAX_BUFFER_S", 120.0, minimum=10.0)),
+        )
 
 
 @asynccontextmanager
@@ -77,6 +89,13 @@ async def lifespan(app: FastAPI):
     )
     store: RoutingStore = make_store(settings.source, settings.mode)
     app.state.routing = store
+    app.state.session_settings = settings.sessions
+    app.state.session_gate = SessionGate(settings.sessions)
+    app.state.sessions = set()
+    metrics.SESSION_MAX_LAG_SECONDS.set_function(lambda: max((s.lag_s for s in app.state.sessions), default=0.0))
+    app.state.upstreams = Upstreams(
+        app.state.client, app.state.cpu, app.state.gpu, app.state.detector, lambda: store.mode
+    )
     await store.start()
     await app.state.health.check_all()
     app.state.health.start()
@@ -89,39 +108,12 @@ async def lifespan(app: FastAPI):
 
 
 app = create_app("proxy", "Single entry point: routes speech to the CPU or GPU Whisper backend.", lifespan)
+app.include_router(stream_router, tags=["streaming"])
 
 
 def _publish_mode(mode: Mode) -> None:
     for m in Mode:
         metrics.MODE.labels(m.value).set(1 if m is mode else 0)
-
-
-class Upstream:
-    """A backend's whole answer (bodies are small JSON or text; nothing is streamed)."""
-
-    __slots__ = ("body", "content_type", "status")
-
-    def __init__(self, status: int, body: bytes, content_type: str):
-        self.status, self.body, self.content_type = status, body, content_type
-
-
-# Refused, unreachable, connect timeout, or the connection died before any answer (read
-# timeouts are caught before these): safe to retry on the other backend.
-CONNECT_ERRORS = (aiohttp.ClientConnectionError,)
-
-
-async def _call(backend: Backend, path: str, request: Request, body: bytes, route: str) -> Upstream:
-    headers = {"content-type": request.headers.get("content-type", "application/octet-stream")}
-    url = f"{backend.url}{path}"
-    if request.url.query:
-        url = f"{url}?{request.url.query}"
-    start = time.perf_counter()
-    try:
-        async with app.state.client.post(url, data=body, headers=headers) as response:
-            payload = await response.read()
-            return Upstream(response.status, payload, response.headers.get("content-type", ""))
-    finally:
-        metrics.UPSTREAM_SECONDS.labels(backend.name, route).observe(time.perf_counter() - start)
 
 
 def _check_audio_type(request: Request) -> None:
@@ -137,42 +129,12 @@ async def _route_and_call(request: Request, path: str, route_label: str) -> tupl
     settings: Settings = app.state.settings
     _check_audio_type(request)
     body = await read_body(request, settings.max_upload_bytes)
-    mode = app.state.routing.mode
-    route: Route = choose(mode, app.state.cpu, app.state.gpu)
-    reason = route.fallback_reason
-    for index, backend in enumerate(route.order):
-        try:
-            response = await _call(backend, path, request, body, route_label)
-        except (aiohttp.SocketTimeoutError, TimeoutError):
-            # Read timeout: the backend has the request and may be working on it; never resend.
-            metrics.UPSTREAM_ERRORS.labels(backend.name, "timeout").inc()
-            raise ApiError(
-                504, "backend_timeout", f"the {backend.name} backend did not answer in time; retry or send less audio"
-            ) from None
-        except CONNECT_ERRORS as exc:
-            metrics.UPSTREAM_ERRORS.labels(backend.name, "connect").inc()
-            backend.mark(False, f"{type(exc).__name__} during a request")
-            if index + 1 < len(route.order):
-                reason = f"{backend.name} backend unreachable"
-            continue
-        metrics.ROUTED.labels(backend.name, mode.value).inc()
-        if backend.name == route.wanted:
-            return response, backend, None
-        reason = reason or f"{route.wanted} backend unavailable"
-        metrics.FALLBACKS.labels(reason).inc()
-        return response, backend, reason
-    raise ApiError(
-        503,
-        "no_backend",
-        "no transcription backend is reachable ("
-        + "; ".join(f"{b.name}: {b.last_error or 'not ready'}" for b in route.order)
-        + "); retry shortly",
-        headers={"Retry-After": "2"},
-    )
+    content_type = request.headers.get("content-type", "application/octet-stream")
+    return await app.state.upstreams.routed(path, body, content_type, request.url.query, route_label)
 
 
-def _served_headers(backend: Backend, reason: str | None) -> dict[str, str]:
-    headers = {"X-STT-Backend": backend.name}
+def _served_headers(backend: Backend, reason: str | None, response: Upstream) -> dict[str, str]:
+    headers = {"X-STT-Backend": backend.name, **response.headers}
     if reason:
         headers["X-STT-Fallback"] = reason
     return headers
@@ -188,28 +150,23 @@ async def transcribe(request: Request) -> Response:
         # re-serialising a body full of word timings: this is the proxy's hot path.
         extra = {"backend": backend.name, **({"fallback_reason": reason} if reason else {})}
         body = b"{" + json.dumps(extra, separators=(",", ":"))[1:-1].encode() + b"," + body[1:]
-    return Response(body, response.status, _served_headers(backend, reason), response.content_type)
+    return Response(body, response.status, _served_headers(backend, reason, response), response.content_type)
 
 
 @app.post("/v1/audio/transcriptions", tags=["openai"], summary="OpenAI-compatible, on the routed backend")
 async def openai_transcriptions(request: Request) -> Response:
     response, backend, reason = await _route_and_call(request, "/v1/audio/transcriptions", "/v1/audio/transcriptions")
-    return Response(response.body, response.status, _served_headers(backend, reason), response.content_type)
+    return Response(response.body, response.status, _served_headers(backend, reason, response), response.content_type)
 
 
 @app.post("/detect", tags=["detect"], summary="Speech detection (passed to the detector service)")
 async def detect(request: Request) -> Response:
     settings: Settings = app.state.settings
-    detector: Backend = app.state.detector
     _check_audio_type(request)
     body = await read_body(request, settings.max_upload_bytes)
-    try:
-        response = await _call(detector, "/detect", request, body, "/detect")
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        metrics.UPSTREAM_ERRORS.labels("detector", "connect").inc()
-        detector.mark(False, type(exc).__name__)
-        raise ApiError(503, "detector_unavailable", "the speech detector is unreachable; retry shortly") from None
-    return Response(response.body, response.status, media_type=response.content_type)
+    content_type = request.headers.get("content-type", "application/octet-stream")
+    response = await app.state.upstreams.detect(body, content_type, request.url.query)
+    return Response(response.body, response.status, response.headers, media_type=response.content_type)
 
 
 def _status() -> dict:

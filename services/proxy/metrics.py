@@ -24,3 +24,33 @@ for _backend in ("cpu", "gpu", "detector"):
         UPSTREAM_ERRORS.labels(_backend, _kind)
 for _result in ("ok", "unauthenticated", "forbidden", "bad_request", "disabled", "error"):
     ADMIN_ACTIONS.labels("gpu-toggle", _result)
+
+# Streaming sessions (services/proxy/sessions.py, stream_ws.py, realtime.py).
+SESSIONS_ACTIVE = Gauge("stt_proxy_sessions_active", "Streaming sessions open now, by protocol", ["protocol"])
+SESSIONS = Counter(
+    "stt_proxy_sessions_total", "Streaming sessions ended, by protocol and how they ended", ["protocol", "outcome"]
+)
+SESSIONS_REFUSED = Counter("stt_proxy_sessions_refused_total", "Streaming sessions refused, by reason", ["reason"])
+SESSION_AUDIO_SECONDS = Counter("stt_proxy_session_audio_seconds_total", "Audio received by streaming sessions")
+SESSION_LAG_SECONDS = Histogram(
+    "stt_proxy_session_lag_seconds",
+    "Audio received but not yet processed by a session, observed at every step",
+    buckets=(0.5, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89),
+)
+SESSION_MAX_LAG_SECONDS = Gauge("stt_proxy_session_max_lag_seconds", "The largest lag of any open session now")
+SESSION_PARTIAL_SECONDS = Histogram(
+    "stt_proxy_session_first_partial_seconds",
+    "End of a step's audio arriving → the words decoded from it sent (partial or committed)",
+    buckets=(0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 8, 13),
+)
+SESSION_COMMIT_SECONDS = Histogram(
+    "stt_proxy_session_commit_seconds",
+    "End of a word's audio arriving → that word committed",
+    buckets=(0.5, 1, 2, 3, 4, 5, 6, 8, 10, 13, 21),
+)
+for _protocol in ("native", "openai-realtime"):
+    SESSIONS_ACTIVE.labels(_protocol)
+    for _outcome in ("finished", "disconnected", "error", "too_far_behind"):
+        SESSIONS.labels(_protocol, _outcome)
+for _reason in ("session_cap", "origin", "bad_request"):
+    SESSIONS_REFUSED.labels(_reason)

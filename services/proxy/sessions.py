@@ -1,0 +1,411 @@
+"""Streaming sessions: live PCM in, partial and committed words out.
+
+A session runs the pipeline ``stt-client --policy agreement`` runs on the user's machine, here
+in the proxy: the audio is cut into steps (3 s), each step is checked by the detector, and
+the window the commit policy asks for (:mod:`services.common.commit_policy`, the same module
+the client uses) is transcribed through the routed backends (:mod:`services.proxy.upstream`),
+so sessions share the backends' batching with every other request and follow the routing
+mode and its fallback.
+
+The session knows nothing of WebSockets or JSON framing: it takes samples
+(:meth:`StreamSession.feed`) and hands events (plain dicts) to an ``emit`` callback. The
+native protocol (:mod:`services.proxy.stream_ws`) sends them as they are; the OpenAI
+Realtime adapter (:mod:`services.proxy.realtime`) translates them.
+
+No audio is lost: the session processes every step in order, one backend request at a time
+(a window's start depends on what the previous answer committed); a backend that is busy or
+down is retried with backoff while new audio waits; the client is told its lag. Each
+``transcript.committed`` event carries ``settled_sample`` and ``keep_from_sample``: audio
+before ``keep_from_sample`` will never be needed again, so a client that keeps the rest can
+resume on any replica (:meth:`SessionOptions` ``resume_from`` / ``committed_until``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from services.common.commit_policy import CommitPolicy, PolicyConfig, Segment, Update, Word, join_words
+from services.common.errors import ApiError
+from services.proxy import metrics
+
+log = logging.getLogger("stt.proxy.sessions")
+
+SAMPLE_RATE = 16_000
+PCM_TYPE = "audio/pcm;rate=16000"
+
+Emit = Callable[[dict], Awaitable[None]]
+
+
+class SessionBackend(Protocol):
+    """What a session needs from the proxy: detection and routed transcription of raw PCM."""
+
+    async def detect(self, pcm: bytes) -> bool: ...
+
+    async def transcribe(self, pcm: bytes, language: str | None) -> dict: ...
+
+
+class ProxyBackend:
+    """:class:`SessionBackend` over the proxy's :class:`~services.proxy.upstream.Upstreams`."""
+
+    def __init__(self, upstreams) -> None:
+        self.upstreams = upstreams
+
+    async def detect(self, pcm: bytes) -> bool:
+        response = await self.upstreams.detect(pcm, PCM_TYPE)
+        _raise_for(response)
+        return bool(json.loads(response.body).get("speech"))
+
+    async def transcribe(self, pcm: bytes, language: str | None) -> dict:
+        query = "word_timestamps=true" + (f"&language={language}" if language else "")
+        response, backend, _ = await self.upstreams.routed("/transcribe-chunk", pcm, PCM_TYPE, query, "session")
+        _raise_for(response)
+        body = json.loads(response.body)
+        body["backend"] = backend.name
+        return body
+
+
+def _raise_for(response) -> None:
+    if response.status < 400:
+        return
+    try:
+        error = json.loads(response.body)["error"]
+        code, message = error["code"], error["message"]
+    except (ValueError, KeyError, TypeError):
+        code, message = "backend_error", response.body[:200].decode(errors="replace")
+    headers = {"Retry-After": response.headers["retry-after"]} if "retry-after" in response.headers else None
+    raise ApiError(response.status, code, message, headers=headers)
+
+
+@dataclass
+class SessionOptions:
+    """What a client may choose for its session (query parameters of the native protocol)."""
+
+    language: str | None = None
+    detector: bool = True  # skip decoding steps the detector calls non-speech
+    step_s: float = PolicyConfig.step_s
+    window_s: float = PolicyConfig.max_window_s
+    context_s: float = PolicyConfig.context_s
+    resume_from: int = 0  # stream sample where the audio sent now begins
+    committed_until: int | None = None  # with resume_from: words before this sample are already committed
+
+    def policy(self) -> CommitPolicy:
+        config = PolicyConfig(step_s=self.step_s, max_window_s=self.window_s, context_s=self.context_s)
+        if self.committed_until is None and not self.resume_from:
+            return CommitPolicy(config)
+        until = self.resume_from if self.committed_until is None else self.committed_until
+        return CommitPolicy.resumed(config, self.resume_from, until)
+
+
+@dataclass
+class Limits:
+    """Per-session bounds; the proxy's settings (``STT_SESSION_*``) fill them."""
+
+    max_buffer_s: float = 120.0  # audio received but not yet settled; past it the session ends (too far behind)
+    lag_event_s: float = 6.0  # tell the client when processing is this far behind the audio received
+    retry_first_s: float = 0.25
+    retry_max_s: float = 5.0
+
+
+@dataclass
+class _Arrivals:
+    """When each stretch of audio arrived (monotonic clock), to measure latency per sample."""
+
+    ends: list[int] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+
+    def add(self, end_sample: int, at: float) -> None:
+        self.ends.append(end_sample)
+        self.times.append(at)
+
+    def at(self, sample: int) -> float | None:
+        i = bisect.bisect_left(self.ends, sample)
+        return self.times[i] if i < len(self.times) else None
+
+    def forget_before(self, sample: int) -> None:
+        i = bisect.bisect_left(self.ends, sample)
+        if i > 1:
+            del self.ends[: i - 1], self.times[: i - 1]
+
+
+class TooFarBehindError(Exception):
+    """The session's unprocessed audio exceeds its bound."""
+
+
+class StreamSession:
+    """One live stream. ``feed`` audio, ``finish`` at the end; events go to ``emit``.
+
+    Events (all carry ``type``; times in seconds of stream time, samples at 16 kHz):
+
+    - ``session.started``: ``session_id``, ``sample_rate``, ``step_s``, ``resume_from``
+    - ``speech.started`` / ``speech.stopped``: ``at_s``
+    - ``transcript.partial``: ``text``, ``words`` (may still change; replaces the previous partial)
+    - ``transcript.committed``: ``text``, ``words`` (new final words only, never changed),
+      ``forced``, ``settled_sample``, ``keep_from_sample``, ``backend``
+    - ``session.lag``: ``lag_s``, ``received_s``, ``processed_s``
+    - ``error``: ``code``, ``message``, ``retryable``
+    - ``session.ended``: ``text`` (everything committed in this session), ``audio_s``, ``settled_sample``
+    """
+
+    def __init__(
+        self,
+        backend: SessionBackend,
+        emit: Emit,
+        options: SessionOptions | None = None,
+        limits: Limits | None = None,
+        protocol: str = "native",
+        on_error: Callable[[BaseException], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.backend = backend
+        self.emit = emit
+        self.options = options or SessionOptions()
+        self.limits = limits or Limits()
+        self.protocol = protocol
+        self.on_error = on_error
+        self.clock = clock
+        self.id = uuid.uuid4().hex[:16]
+        self.policy = self.options.policy()
+        self._step = round(self.options.step_s * SAMPLE_RATE)
+        self._audio = np.zeros(0, np.int16)  # samples from _audio_start on
+        self._audio_start = self.options.resume_from
+        self._received = self.options.resume_from  # stream sample after the newest one received
+        self._processed = self.options.resume_from  # end of the last step handed to the policy
+        self._arrivals = _Arrivals()
+        self._wake = asyncio.Event()
+        self._finishing = False
+        self._speaking = False
+        self._task: asyncio.Task | None = None
+        self.started = self.clock()
+        self.last_lag_s = 0.0
+
+    # -- input ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.emit(
+            {
+                "type": "session.started",
+                "session_id": self.id,
+                "sample_rate": SAMPLE_RATE,
+                "step_s": self.options.step_s,
+                "resume_from": self.options.resume_from,
+            }
+        )
+        self._task = asyncio.create_task(self._run(), name=f"session-{self.id}")
+
+    def feed(self, samples: np.ndarray) -> None:
+        """Append 16 kHz mono int16 samples. Never blocks: processing runs in its own task."""
+        if self._finishing:
+            raise RuntimeError("feed() after finish()")
+        if samples.size == 0:
+            return
+        self._audio = np.concatenate([self._audio, samples.astype(np.int16, copy=False)])
+        self._received += samples.size
+        self._arrivals.add(self._received, self.clock())
+        if (self._received - self.policy.keep_from) / SAMPLE_RATE > self.limits.max_buffer_s:
+            raise TooFarBehindError(
+                f"more than {self.limits.max_buffer_s:g} s of audio is waiting to be transcribed; "
+                "the backends cannot keep up: reconnect later or send less"
+            )
+        self._wake.set()
+
+    async def finish(self) -> None:
+        """No more audio: process what is left, commit everything, send ``session.ended``."""
+        self._finishing = True
+        self._wake.set()
+        if self._task:
+            await asyncio.gather(self._task, return_exceptions=True)  # a failure was reported by on_error
+
+    async def cancel(self) -> None:
+        """The client went away: stop at once (its unacknowledged audio is its to resend)."""
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    @property
+    def lag_s(self) -> float:
+        return (self._received - self._processed) / SAMPLE_RATE
+
+    # -- processing -------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            await self._loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug or a malformed backend answer: end the session, loudly
+            if self.on_error:
+                self.on_error(exc)
+            raise
+
+    async def _loop(self) -> None:
+        while True:
+            if self._received - self._processed >= self._step:
+                await self._process(self._processed + self._step)
+                continue
+            if self._finishing:
+                if self._received > self._processed:
+                    await self._process(self._received)
+                await self._end()
+                return
+            self._wake.clear()
+            await self._wake.wait()
+
+    def _slice(self, start: int, end: int) -> np.ndarray:
+        return self._audio[start - self._audio_start : end - self._audio_start]
+
+    async def _process(self, end: int) -> None:
+        begin = self._processed
+        speech = True
+        if self.options.detector:
+            speech = await self._retrying("detect", self.backend.detect, self._slice(begin, end).tobytes())
+            if speech is None:
+                speech = True  # the detector is unreachable: decode rather than risk dropping speech
+        await self._speech_edge(bool(speech), begin, end)
+        self.policy.advance(end, bool(speech))
+        self._processed = end
+        await self._report_lag()
+        span = self.policy.window()  # one decode per step; a backlog is worked off step by step
+        if span is not None:
+            await self._decode(span)
+        self._trim()
+
+    async def _decode(self, span: tuple[int, int]) -> None:
+        start, end = span
+        answer = await self._retrying(
+            "transcribe", self.backend.transcribe, self._slice(start, end).tobytes(), self.options.language
+        )
+        if answer is None:  # refused for good: the next window covers this audio again
+            self.policy.cancel()
+            return
+        offset = start / SAMPLE_RATE
+        update = self.policy.update(Segment.parse(answer.get("segments") or [], offset), offset)
+        await self._send_update(update, end, answer.get("backend"))
+
+    async def _send_update(self, update: Update, decoded_end: int, backend: str | None) -> None:
+        now = self.clock()
+        arrived = self._arrivals.at(decoded_end)
+        if arrived is not None and update.partial:
+            metrics.SESSION_PARTIAL_SECONDS.observe(max(0.0, now - arrived))
+        for word in update.committed:
+            heard = self._arrivals.at(round(word.end * SAMPLE_RATE))
+            if heard is not None:
+                metrics.SESSION_COMMIT_SECONDS.observe(max(0.0, now - heard))
+        if update.committed:
+            await self.emit(
+                {
+                    "type": "transcript.committed",
+                    "text": join_words(update.committed),
+                    "words": [_word(w) for w in update.committed],
+                    "forced": update.forced,
+                    "settled_sample": self.policy.settled,
+                    "keep_from_sample": self.policy.keep_from,
+                    "backend": backend,
+                }
+            )
+        await self.emit(
+            {
+                "type": "transcript.partial",
+                "text": join_words(update.partial),
+                "words": [_word(w) for w in update.partial],
+            }
+        )
+
+    async def _end(self) -> None:
+        update = self.policy.finish()
+        if update.committed:
+            await self._send_update(update, self._received, None)
+        if self._speaking:
+            self._speaking = False
+            await self.emit({"type": "speech.stopped", "at_s": round(self._received / SAMPLE_RATE, 3)})
+        await self.emit(
+            {
+                "type": "session.ended",
+                "text": self.policy.committed_text,
+                "audio_s": round((self._received - self.options.resume_from) / SAMPLE_RATE, 3),
+                "settled_sample": self._received,
+            }
+        )
+
+    async def _speech_edge(self, speech: bool, begin: int, end: int) -> None:
+        if speech != self._speaking:
+            self._speaking = speech
+            kind = "speech.started" if speech else "speech.stopped"
+            await self.emit({"type": kind, "at_s": round(begin / SAMPLE_RATE, 3)})
+
+    async def _report_lag(self) -> None:
+        lag = (self._received - self._processed) / SAMPLE_RATE
+        self.last_lag_s = lag
+        metrics.SESSION_LAG_SECONDS.observe(lag)
+        if lag >= self.limits.lag_event_s:
+            await self.emit(
+                {
+                    "type": "session.lag",
+                    "lag_s": round(lag, 3),
+                    "received_s": round(self._received / SAMPLE_RATE, 3),
+                    "processed_s": round(self._processed / SAMPLE_RATE, 3),
+                }
+            )
+
+    def _trim(self) -> None:
+        keep = min(self.policy.keep_from, self._processed)
+        drop = keep - self._audio_start
+        if drop > 0:
+            self._audio = self._audio[drop:]
+            self._audio_start = keep
+            self._arrivals.forget_before(keep)
+
+    async def _retrying(self, what: str, call, *args):
+        """Call the backend until it answers. Busy or unreachable (429, 5xx): wait and retry,
+        while new audio keeps arriving and the client is told its lag. Refused (other 4xx):
+        tell the client and return None."""
+        attempt = 0
+        while True:
+            try:
+                return await call(*args)
+            except ApiError as exc:
+                if exc.status in (429, 502, 503, 504):
+                    if what == "detect" and exc.status != 429:
+                        return None
+                    hint = _retry_after(exc)
+                    delay = min(self.limits.retry_max_s, self.limits.retry_first_s * 2**attempt)
+                    delay = max(delay, hint or 0.0) * random.uniform(0.8, 1.2)
+                    if attempt == 0:
+                        await self.emit(_error(exc, retryable=True))
+                    attempt += 1
+                    await self._report_lag()
+                    await asyncio.sleep(delay)
+                    continue
+                await self.emit(_error(exc, retryable=False))
+                return None
+
+
+def _retry_after(exc: ApiError) -> float | None:
+    value = (exc.headers or {}).get("Retry-After")
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+def _error(exc: ApiError, retryable: bool) -> dict:
+    return {"type": "error", "code": exc.code, "message": exc.message, "retryable": retryable}
+
+
+def _word(word: Word) -> dict:
+    return {
+        "start": round(word.start, 3),
+        "end": round(word.end, 3),
+        "text": word.text,
+        "probability": round(word.probability, 3),
+    }

@@ -1,0 +1,296 @@
+"""The native streaming protocol: ``GET /v1/stream`` upgraded to a WebSocket.
+
+Binary frames carry 16 kHz mono s16le PCM (any length up to ``STT_SESSION_MAX_FRAME_BYTES``,
+an even number of bytes); text frames carry JSON control messages (``{"type": "stop"}`` ends
+the stream and asks for the rest of the transcript). Every event the session produces is
+sent as one JSON text frame (fields in docs/api.md, "Streaming sessions"). Session options
+are query parameters, because a browser cannot set headers on a WebSocket.
+
+The pieces shared with the OpenAI Realtime endpoint (:mod:`services.proxy.realtime`): the
+session cap and the Origin check (:class:`SessionGate`), and the event sender that refuses to
+buffer without bound for a client that stops reading (:class:`EventSender`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from fastapi import APIRouter, Query, WebSocket
+from starlette.websockets import WebSocketState
+
+from services.common.origin import origin_allowed
+from services.proxy import metrics
+from services.proxy.sessions import Limits, ProxyBackend, SessionOptions, StreamSession, TooFarBehindError
+
+log = logging.getLogger("stt.proxy.stream")
+router = APIRouter()
+
+# WebSocket close codes (RFC 6455 §7.4.1).
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008  # refused: origin, or a client that does not read its events
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+CLOSE_TRY_AGAIN = 1013  # session cap reached, or the session fell too far behind: retry later
+
+
+@dataclass
+class SessionSettings:
+    max_sessions: int = 64
+    max_frame_bytes: int = 256 * 1024
+    idle_timeout_s: float = 60.0
+    max_queued_events: int = 256
+    retry_after_s: float = 5.0
+    limits: Limits | None = None
+
+
+class SessionGate:
+    """Counts open sessions on this replica and refuses past the cap (per replica, so the cap
+    scales with proxy replicas and a full replica sends clients to another)."""
+
+    def __init__(self, settings: SessionSettings) -> None:
+        self.settings = settings
+        self.open = 0
+
+    async def admit(self, websocket: WebSocket, protocol: str, allowed_origins: tuple[str, ...]) -> bool:
+        """Accept the socket; if it may not have a session, say why in an error event and
+        close it (accepted first: a browser sees only a close code and reason, never an HTTP
+        status on a refused upgrade)."""
+        origin = websocket.headers.get("origin")
+        if origin is not None and not origin_allowed(origin, websocket, allowed_origins):
+            metrics.SESSIONS_REFUSED.labels("origin").inc()
+            await websocket.close(CLOSE_POLICY, "origin not allowed: see STT_ALLOWED_ORIGINS")
+            return False
+        await websocket.accept()
+        if self.open >= self.settings.max_sessions:
+            metrics.SESSIONS_REFUSED.labels("session_cap").inc()
+            message = (
+                f"this proxy replica has its maximum of {self.settings.max_sessions} sessions open; "
+                f"retry in {self.settings.retry_after_s:g} s (another replica may have room)"
+            )
+            await websocket.send_text(
+                json.dumps(
+                    {
+                        "type": "error",
+                        "code": "session_cap",
+                        "message": message,
+                        "retryable": True,
+                        "retry_after_s": self.settings.retry_after_s,
+                    }
+                )
+            )
+            await websocket.close(CLOSE_TRY_AGAIN, f"session cap reached; retry in {self.settings.retry_after_s:g} s")
+            return False
+        self.open += 1
+        metrics.SESSIONS_ACTIVE.labels(protocol).inc()
+        return True
+
+    def release(self, protocol: str) -> None:
+        self.open -= 1
+        metrics.SESSIONS_ACTIVE.labels(protocol).dec()
+
+
+class ClientNotReadingError(Exception):
+    """More events are waiting than the bound: the client stopped reading."""
+
+
+class EventSender:
+    """Sends events from a bounded queue, so a session never waits on a slow socket and a
+    client that never reads cannot make the proxy hold events without bound."""
+
+    def __init__(self, websocket: WebSocket, max_queued: int) -> None:
+        self.websocket = websocket
+        self.queue: asyncio.Queue[dict | None] = asyncio.Queue(max_queued)
+        self.task = asyncio.create_task(self._run(), name="events")
+        self.failed: str | None = None  # why the session was ended from here, if it was
+        self._closing: asyncio.Task | None = None
+
+    async def emit(self, event: dict) -> None:
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.fail(CLOSE_POLICY, "client is not reading its events")
+            raise ClientNotReadingError(
+                f"{self.queue.maxsize} events are waiting to be sent: the client is not reading them"
+            ) from None
+
+    def fail(self, code: int, reason: str) -> None:
+        """End the connection from the session's side (the receive loop then sees it close)."""
+        if self._closing is None:
+            self.failed = reason
+            self.task.cancel()
+            self._closing = asyncio.create_task(_close(self.websocket, code, reason, timeout=5))
+
+    def on_session_error(self, exc: BaseException) -> None:
+        if not isinstance(exc, ClientNotReadingError):
+            log.error("session failed: %r", exc, exc_info=exc)
+            self.fail(CLOSE_INTERNAL, "internal error; resume from the last settled sample")
+
+    async def _run(self) -> None:
+        while (event := await self.queue.get()) is not None:
+            await self.websocket.send_text(json.dumps(event, ensure_ascii=False))
+
+    async def close(self) -> None:
+        """Send what is queued, then stop."""
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(None)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.task, timeout=5)
+        self.task.cancel()
+
+
+def _options_error(message: str) -> dict:
+    return {"type": "error", "code": "bad_option", "message": message, "retryable": False}
+
+
+@router.websocket("/v1/stream")
+async def stream(
+    websocket: WebSocket,
+    language: str | None = Query(None, max_length=32),
+    detector: bool = Query(True),
+    step_s: float = Query(3.0),
+    window_s: float = Query(15.0),
+    context_s: float = Query(2.0),
+    resume_from: int = Query(0, ge=0),
+    committed_until: int | None = Query(None, ge=0),
+) -> None:
+    """A live stream: PCM frames in, transcript events out (docs/api.md, "Streaming sessions")."""
+    app = websocket.app
+    settings: SessionSettings = app.state.session_settings
+    gate: SessionGate = app.state.session_gate
+    if not await gate.admit(websocket, "native", app.state.settings.allowed_origins):
+        return
+    sender = EventSender(websocket, settings.max_queued_events)
+    outcome = "error"
+    session: StreamSession | None = None
+    try:
+        try:
+            options = SessionOptions(
+                language=(language or "").strip().lower() or None,
+                detector=detector,
+                step_s=step_s,
+                window_s=window_s,
+                context_s=context_s,
+                resume_from=resume_from,
+                committed_until=committed_until,
+            )
+            options.policy()  # validates the numbers
+            if not 1.0 <= step_s <= 10.0:
+                raise ValueError("step_s must be between 1 and 10 seconds")
+        except ValueError as exc:
+            metrics.SESSIONS_REFUSED.labels("bad_request").inc()
+            await sender.emit(_options_error(str(exc)))
+            await sender.close()
+            await websocket.close(CLOSE_POLICY, "bad session options")
+            return
+        session = StreamSession(
+            ProxyBackend(app.state.upstreams), sender.emit, options, settings.limits, "native", sender.on_session_error
+        )
+        app.state.sessions.add(session)
+        await session.start()
+        outcome = await _receive(websocket, session, sender, settings)
+        if sender.failed:
+            outcome = "error"
+    except ClientNotReadingError as exc:
+        outcome = "error"
+        log.warning("session closed: %s", exc)
+    finally:
+        if session is not None:
+            app.state.sessions.discard(session)
+            if outcome != "finished":
+                await session.cancel()
+        await sender.close()
+        gate.release("native")
+        metrics.SESSIONS.labels("native", outcome).inc()
+
+
+async def _receive(websocket: WebSocket, session: StreamSession, sender: EventSender, settings: SessionSettings) -> str:
+    """Frames in until ``stop`` or a disconnect; returns how the session ended."""
+    while True:
+        try:
+            message = await asyncio.wait_for(websocket.receive(), timeout=settings.idle_timeout_s)
+        except TimeoutError:
+            await sender.emit(
+                {
+                    "type": "error",
+                    "code": "idle",
+                    "retryable": True,
+                    "message": f"no audio or message for {settings.idle_timeout_s:g} s; the session is closed",
+                }
+            )
+            await session.finish()
+            await sender.close()
+            await _close(websocket, CLOSE_GOING_AWAY, "idle")
+            return "finished"
+        if message["type"] == "websocket.disconnect":
+            return "disconnected"
+        data = message.get("bytes")
+        if data is not None:
+            if len(data) > settings.max_frame_bytes:
+                await sender.emit(
+                    {
+                        "type": "error",
+                        "code": "frame_too_large",
+                        "retryable": False,
+                        "message": f"a frame may hold at most {settings.max_frame_bytes} bytes; send smaller frames",
+                    }
+                )
+                await sender.close()
+                await _close(websocket, CLOSE_TOO_BIG, "frame too large")
+                return "error"
+            if len(data) % 2:
+                await sender.emit(
+                    {
+                        "type": "error",
+                        "code": "odd_frame",
+                        "retryable": False,
+                        "message": "a frame of s16le PCM must hold an even number of bytes; this one was dropped",
+                    }
+                )
+                continue
+            try:
+                session.feed(np.frombuffer(data, dtype="<i2"))
+            except TooFarBehindError as exc:
+                await sender.emit({"type": "error", "code": "too_far_behind", "message": str(exc), "retryable": True})
+                await sender.close()
+                await _close(websocket, CLOSE_TRY_AGAIN, "too far behind; resume later")
+                return "too_far_behind"
+            metrics.SESSION_AUDIO_SECONDS.inc(len(data) / 2 / 16000)
+            continue
+        try:
+            control = json.loads(message.get("text") or "")
+            kind = control.get("type") if isinstance(control, dict) else None
+        except ValueError:
+            await sender.emit(
+                {
+                    "type": "error",
+                    "code": "bad_json",
+                    "retryable": False,
+                    "message": 'text frames must be JSON objects like {"type": "stop"}',
+                }
+            )
+            continue
+        if kind == "stop":
+            await session.finish()
+            await sender.close()
+            await _close(websocket, CLOSE_NORMAL, "done")
+            return "finished"
+        await sender.emit(
+            {
+                "type": "error",
+                "code": "unknown_event",
+                "retryable": False,
+                "message": f'unknown message type {str(kind)[:40]!r}; the only one is "stop"',
+            }
+        )
+
+
+async def _close(websocket: WebSocket, code: int, reason: str, timeout: float = 5.0) -> None:
+    if websocket.application_state != WebSocketState.DISCONNECTED:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(websocket.close(code, reason), timeout)
