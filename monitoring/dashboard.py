@@ -460,6 +460,71 @@ def build() -> dict:
         | {"transformations": [{"id": "organize", "options": {"excludeByName": {"Time": True}}}]}
     )
 
+    g.row("Streaming sessions (proxy)")
+    g.add(
+        timeseries(
+            "Open sessions by protocol",
+            "WebSocket sessions open now (stt_proxy_sessions_active): native /v1/stream and OpenAI realtime.",
+            [q(f"sum by (protocol) ({m('stt_proxy_sessions_active')})", "{{protocol}}")],
+        )
+    )
+    g.add(
+        timeseries(
+            "Sessions ended and refused per second",
+            "How sessions ended (finished, disconnected, error, too_far_behind) and why some were refused "
+            "(session_cap: the replica's STT_MAX_SESSIONS; origin; bad_request).",
+            [
+                q(f"sum by (outcome) (rate({m('stt_proxy_sessions_total')}[{RATE}]))", "ended {{outcome}}", "A"),
+                q(
+                    f"sum by (reason) (rate({m('stt_proxy_sessions_refused_total')}[{RATE}]))",
+                    "refused {{reason}}",
+                    "B",
+                ),
+            ],
+            "reqps",
+        )
+    )
+    g.add(
+        timeseries(
+            "Session lag",
+            "Audio received but not yet processed: the largest of any open session now, and p95 over steps. "
+            "A lag that keeps growing means the backends cannot keep up (alert SttSessionLagGrowing).",
+            [
+                q(f"max({m('stt_proxy_session_max_lag_seconds')})", "largest now", "A"),
+                q(
+                    "histogram_quantile(0.95, sum by (le) "
+                    f"(rate({m('stt_proxy_session_lag_seconds_bucket')}[{RATE}])))",
+                    "p95 per step",
+                    "B",
+                ),
+            ],
+            "s",
+        )
+    )
+    g.add(
+        timeseries(
+            "Session first-partial latency",
+            "End of a step's audio arriving at the proxy → the words decoded from it sent to the client.",
+            quantiles("stt_proxy_session_first_partial_seconds", "job"),
+            "s",
+        )
+    )
+    g.add(
+        timeseries(
+            "Session commit latency",
+            "End of a word's audio arriving at the proxy → that word sent as committed (final).",
+            quantiles("stt_proxy_session_commit_seconds", "job"),
+            "s",
+        )
+    )
+    g.add(
+        timeseries(
+            "Session audio per second",
+            "Seconds of audio the sessions receive per second: about the number of people talking.",
+            [q(f"sum(rate({m('stt_proxy_session_audio_seconds_total')}[{RATE}]))", "audio s/s")],
+        )
+    )
+
     g.row("Speech detector (tiny)")
     decisions = m("stt_detector_decisions_total")
     g.add(

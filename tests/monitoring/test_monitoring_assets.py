@@ -40,7 +40,7 @@ def promtool() -> str:
 def test_promtool_check_rules(promtool: str) -> None:
     result = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 11 rules found" in result.stdout
+    assert "SUCCESS: 12 rules found" in result.stdout
 
 
 def test_promtool_unit_tests_pass(promtool: str) -> None:
@@ -138,6 +138,11 @@ def test_dashboard_covers_what_the_issue_asks_for() -> None:
         "stt_proxy_admin_actions_total",
         "stt_client_lag_seconds",
         "process_resident_memory_bytes",
+        "stt_proxy_sessions_active",  # streaming sessions: open, refused, lag, latencies
+        "stt_proxy_sessions_refused_total",
+        "stt_proxy_session_max_lag_seconds",
+        "stt_proxy_session_first_partial_seconds_bucket",
+        "stt_proxy_session_commit_seconds_bucket",
     ):
         assert metric in exprs, metric
 
@@ -182,7 +187,7 @@ def test_literals_and_identifiers() -> None:
 
 def test_rules_and_dashboard_are_read_completely() -> None:
     rules = rules_expressions(RULES)
-    assert len(rules) == 11 and all(r.kind == ALERT for r in rules)
+    assert len(rules) == 12 and all(r.kind == ALERT for r in rules)
     graph = dashboard_expressions(DASHBOARD)
     assert all("$" not in e.expr for e in graph), "unsubstituted template variable"
     assert any(e.source.startswith("dashboard variable") for e in graph)

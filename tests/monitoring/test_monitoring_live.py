@@ -106,6 +106,7 @@ def _traffic(stack: Stack, gpu: Stack) -> list[str]:
             files = {"file": ("clip.wav", handle, "audio/wav")}
             assert client.post(f"{proxy}/v1/audio/transcriptions", files=files).status_code == 200
 
+        _stream_session(stack, speech[0].path)  # mode cpu: its windows add no fallback
         toggle = f"{proxy}/gpu-toggle"
         assert client.post(toggle, json={"mode": "gpu"}).status_code == 401
         assert client.post(toggle, json={"mode": "gpu"}, headers={"authorization": "Bearer wrong"}).status_code == 403
@@ -125,6 +126,24 @@ def _traffic(stack: Stack, gpu: Stack) -> list[str]:
             fallbacks.append(response.headers.get("x-stt-fallback", ""))
         gpu.start("base")  # back, so its series are current when the expressions are evaluated
     return fallbacks
+
+
+def _stream_session(stack: Stack, wav: Path) -> None:
+    """One live session over /v1/stream to its end, so the session series have data."""
+    import json
+    import wave
+
+    from websockets.sync.client import connect
+
+    with wave.open(str(wav)) as handle:
+        pcm = handle.readframes(handle.getnframes())
+    url = stack.proxy_url.replace("http://", "ws://") + "/v1/stream?language=en"
+    with connect(url, open_timeout=10) as ws:
+        for i in range(0, len(pcm), 6400):
+            ws.send(pcm[i : i + 6400])
+        ws.send(json.dumps({"type": "stop"}))
+        events = [json.loads(message) for message in ws]
+    assert events[-1]["type"] == "session.ended" and events[-1]["text"]
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +227,8 @@ def test_fallback_and_admin_series_say_what_happened(live: Live) -> None:
     routed = {
         (s["metric"]["backend"], s["metric"]["mode"]): float(s["value"][1]) for s in q("stt_proxy_routed_total > 0")
     }
-    assert routed == {("cpu", "cpu"): 5.0, ("gpu", "gpu"): 2.0, ("cpu", "gpu"): 3.0}
+    # mode cpu: 3 chunks, 1 file window, 1 window of the live session (one short clip)
+    assert routed == {("cpu", "cpu"): 6.0, ("gpu", "gpu"): 2.0, ("cpu", "gpu"): 3.0}
     admin = {s["metric"]["result"]: float(s["value"][1]) for s in q("stt_proxy_admin_actions_total > 0")}
     assert admin == {"unauthenticated": 1.0, "forbidden": 1.0, "bad_request": 1.0, "ok": 1.0}
     errors = q('stt_proxy_upstream_errors_total{backend="gpu", kind="connect"}')
@@ -277,7 +297,7 @@ def test_prometheus_evaluates_every_rule_and_the_cuda_alert_is_pending(live: Liv
         if cuda or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    assert len(rules) == 11
+    assert len(rules) == 12
     assert {name: (r["health"], r.get("lastError")) for name, r in rules.items() if r["health"] != "ok"} == {}
     assert [(a["state"], a["labels"]["instance"]) for a in cuda] == [("pending", gpu_instance)]
     assert rules["SttHighErrorRatio"]["alerts"] == []  # only 4xx were sent
