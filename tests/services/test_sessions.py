@@ -1,0 +1,326 @@
+"""Streaming sessions (services/proxy/sessions.py, stream_ws.py).
+
+Fast layer: the session engine against a scripted backend (no process, no model), to pin the
+rules that real audio rarely shows on demand: every word committed once and in order, retries
+on a busy backend, speech kept when the detector is down, the buffer bound, resuming.
+Slow layer: the native protocol over a real WebSocket to the real local stack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import httpx
+import jiwer
+import numpy as np
+import pytest
+from whisper_normalizer.english import EnglishTextNormalizer
+
+from services.common.errors import ApiError
+from services.local_stack import Stack, free_port
+from services.proxy.sessions import Limits, SessionOptions, StreamSession, TooFarBehindError
+from services.proxy.stream_ws import ClientNotReadingError, EventSender
+
+SR = 16_000
+_normalize = EnglishTextNormalizer()
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    return jiwer.wer(_normalize(reference), _normalize(hypothesis))
+
+
+# --- the engine, against a scripted backend -------------------------------------------------
+
+
+class ScriptedBackend:
+    """Transcribes by looking up a fixed script: one word every 0.5 s, named by its index.
+
+    A window hears the words wholly inside it, like Whisper with word timestamps. ``busy``
+    answers 429 that many times first; ``detector_down`` makes /detect unreachable.
+    """
+
+    def __init__(self, seconds: float, busy: int = 0, detector_down: bool = False) -> None:
+        self.words = [(i * 0.5, i * 0.5 + 0.4, f" w{i}") for i in range(int(seconds / 0.5))]
+        self.busy = busy
+        self.detector_down = detector_down
+        self.windows: list[tuple[float, float]] = []
+
+    async def detect(self, pcm: bytes) -> bool:
+        if self.detector_down:
+            raise ApiError(503, "detector_unavailable", "down")
+        return True
+
+    async def transcribe(self, pcm: bytes, language: str | None) -> dict:
+        if self.busy:
+            self.busy -= 1
+            raise ApiError(429, "busy", "queue full", headers={"Retry-After": "0"})
+        # The session sends raw PCM: its length and the session's bookkeeping give the span.
+        start = self._next_start
+        end = start + len(pcm) / 2 / SR
+        self.windows.append((start, end))
+        words = [{"start": s - start, "end": e - start, "word": t} for s, e, t in self.words if s >= start and e <= end]
+        return {"segments": [{"start": 0.0, "end": end - start, "words": words}] if words else []}
+
+    _next_start = 0.0
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+
+    async def emit(self, event: dict) -> None:
+        self.events.append(event)
+
+    def of(self, kind: str) -> list[dict]:
+        return [e for e in self.events if e["type"] == kind]
+
+
+async def run_session(backend: ScriptedBackend, seconds: float, **options) -> Recorder:
+    recorder = Recorder()
+    session = StreamSession(backend, recorder.emit, SessionOptions(**options), Limits(retry_first_s=0.01))
+    original = session.policy.window
+
+    def window():  # tell the scripted backend where the window it is about to get begins
+        span = original()
+        if span is not None:
+            backend._next_start = span[0] / SR
+        return span
+
+    session.policy.window = window  # type: ignore[method-assign]
+    await session.start()
+    samples = np.zeros(int(seconds * SR), np.int16)
+    for i in range(0, samples.size, SR // 10):  # 100 ms frames
+        session.feed(samples[i : i + SR // 10])
+        await asyncio.sleep(0)
+    await session.finish()
+    return recorder
+
+
+def committed_words(recorder: Recorder) -> list[str]:
+    return [w["text"].strip() for e in recorder.of("transcript.committed") for w in e["words"]]
+
+
+async def test_every_word_is_committed_once_and_in_order() -> None:
+    backend = ScriptedBackend(40)
+    recorder = await run_session(backend, 40)
+    assert recorder.events[0]["type"] == "session.started"
+    assert recorder.events[-1]["type"] == "session.ended"
+    expected = [t.strip() for s, e, t in backend.words]
+    assert committed_words(recorder) == expected
+    assert recorder.events[-1]["text"].split() == expected
+    # Partial text came before the words were final, and windows stayed within the bound.
+    first_partial = next(i for i, e in enumerate(recorder.events) if e["type"] == "transcript.partial" and e["text"])
+    first_commit = next(i for i, e in enumerate(recorder.events) if e["type"] == "transcript.committed")
+    assert first_partial < first_commit
+    assert max(end - start for start, end in backend.windows) <= 15.0 + 2.0 + 1e-6
+
+
+async def test_settled_and_keep_from_only_move_forward() -> None:
+    recorder = await run_session(ScriptedBackend(40), 40)
+    commits = recorder.of("transcript.committed")
+    settled = [e["settled_sample"] for e in commits]
+    keep = [e["keep_from_sample"] for e in commits]
+    assert settled == sorted(settled) and keep == sorted(keep)
+    for event in commits:  # the words just committed end before the settled point
+        assert max(w["end"] for w in event["words"]) * SR <= event["settled_sample"] + 1
+
+
+async def test_a_busy_backend_is_retried_and_nothing_is_lost() -> None:
+    backend = ScriptedBackend(20, busy=3)
+    recorder = await run_session(backend, 20)
+    errors = recorder.of("error")
+    assert errors and all(e["retryable"] and e["code"] == "busy" for e in errors)
+    assert committed_words(recorder) == [t.strip() for s, e, t in backend.words]
+
+
+async def test_speech_is_decoded_when_the_detector_is_unreachable() -> None:
+    backend = ScriptedBackend(9, detector_down=True)
+    recorder = await run_session(backend, 9)
+    assert committed_words(recorder) == [t.strip() for s, e, t in backend.words]
+
+
+async def test_the_buffer_bound_ends_a_session_that_cannot_keep_up() -> None:
+    class Stuck(ScriptedBackend):
+        async def transcribe(self, pcm: bytes, language: str | None) -> dict:
+            await asyncio.sleep(3600)
+            return {}
+
+    recorder = Recorder()
+    session = StreamSession(Stuck(60), recorder.emit, SessionOptions(), Limits(max_buffer_s=20))
+    await session.start()
+    with pytest.raises(TooFarBehindError, match="20 s of audio"):
+        for _ in range(30):
+            session.feed(np.zeros(SR, np.int16))
+            await asyncio.sleep(0.01)
+    await session.cancel()
+
+
+async def test_a_resumed_session_does_not_commit_words_again() -> None:
+    backend = ScriptedBackend(20)
+    # The audio re-sent begins at 6 s; words before 8 s were committed by the session before.
+    recorder = await run_session(backend, 14, resume_from=6 * SR, committed_until=8 * SR)
+    words = committed_words(recorder)
+    expected = [t.strip() for s, e, t in backend.words if (s + e) / 2 > 8.0]
+    assert words == expected
+    assert recorder.events[0]["resume_from"] == 6 * SR
+
+
+async def test_a_client_that_does_not_read_is_cut_off() -> None:
+    class Blocked:
+        closed: tuple[int, str] | None = None
+
+        async def send_text(self, text: str) -> None:
+            await asyncio.sleep(3600)
+
+        async def close(self, code: int, reason: str) -> None:
+            self.closed = (code, reason)
+
+        application_state = None
+
+    socket = Blocked()
+    sender = EventSender(socket, max_queued=4)  # type: ignore[arg-type]
+    with pytest.raises(ClientNotReadingError):
+        for i in range(10):
+            await sender.emit({"type": "transcript.partial", "text": str(i)})
+    await asyncio.sleep(0.05)
+    assert socket.closed == (1008, "client is not reading its events")
+
+
+# --- the native protocol over a real WebSocket ---------------------------------------------
+
+
+def ws_url(http_url: str, **params: object) -> str:
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return http_url.replace("http://", "ws://") + "/v1/stream" + (f"?{query}" if query else "")
+
+
+def pcm_of(path: Path) -> bytes:
+    with wave.open(str(path)) as handle:
+        assert handle.getframerate() == SR and handle.getnchannels() == 1
+        return handle.readframes(handle.getnframes())
+
+
+def stream_file(url: str, pcm: bytes, frame: int = 3200, extra: list | None = None) -> list[dict]:
+    """Send the audio in frames as fast as the socket takes it, then stop; all events back."""
+    from websockets.sync.client import connect
+
+    with connect(url, open_timeout=10, close_timeout=30) as ws:
+        for message in extra or []:
+            ws.send(message)
+        for i in range(0, len(pcm), frame):
+            ws.send(pcm[i : i + frame])
+        ws.send(json.dumps({"type": "stop"}))
+        events = [json.loads(m) for m in ws]
+        assert ws.close_code == 1000
+    return events
+
+
+@pytest.mark.slow
+def test_a_streamed_recording_is_as_accurate_as_the_http_chunk_pipeline(stack: Stack) -> None:
+    from client.evaluate import stream as http_stream
+    from client.pipeline import Settings
+    from client.stitcher import join_words
+    from corpus import long_recording
+    from corpus.fetch import read_wav
+
+    clip = long_recording(60)
+    events = stream_file(ws_url(stack.proxy_url, language="en"), pcm_of(clip.path))
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "session.started" and kinds[-1] == "session.ended"
+    assert kinds.index("transcript.partial") < kinds.index("transcript.committed")
+    committed = " ".join(e["text"] for e in events if e["type"] == "transcript.committed")
+    # Committed text is append-only: the final text is exactly the committed events, in order.
+    assert committed.split() == events[-1]["text"].split()
+    ws_wer = wer(clip.text, events[-1]["text"])
+
+    run = asyncio.run(http_stream(read_wav(clip.path), stack.proxy_url, Settings(language="en")))
+    http_wer = wer(clip.text, join_words(run.words))
+    print(f"60 s recording: WER over /v1/stream {ws_wer:.2%}, HTTP chunk pipeline {http_wer:.2%}")
+    assert ws_wer <= http_wer + 0.01
+    assert ws_wer < 0.08
+
+
+@pytest.mark.slow
+def test_bad_frames_get_error_events_and_the_session_goes_on(stack: Stack, librivox) -> None:
+    clip = librivox[0]
+    extra = [b"\x01\x02\x03", "not json", json.dumps({"type": "pause"}), json.dumps([1, 2])]
+    events = stream_file(ws_url(stack.proxy_url, language="en"), pcm_of(clip.path), extra=extra)
+    codes = [e["code"] for e in events if e["type"] == "error"]
+    assert codes == ["odd_frame", "bad_json", "unknown_event", "unknown_event"]
+    assert wer(clip.text, events[-1]["text"]) < 0.2
+    assert httpx.get(f"{stack.proxy_url}/readyz").status_code == 200
+
+
+@pytest.mark.slow
+def test_oversized_frames_and_bad_options_are_refused(stack: Stack) -> None:
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    with connect(ws_url(stack.proxy_url), open_timeout=10) as ws:
+        assert json.loads(ws.recv())["type"] == "session.started"
+        ws.send(b"\x00" * (256 * 1024 + 2))
+        assert json.loads(ws.recv())["code"] == "frame_too_large"
+        with pytest.raises(ConnectionClosed):
+            ws.recv()
+        assert ws.close_code == 1009
+    with connect(ws_url(stack.proxy_url, window_s=40), open_timeout=10) as ws:
+        event = json.loads(ws.recv())
+        assert event["code"] == "bad_option" and "30 s" in event["message"]
+        with pytest.raises(ConnectionClosed):
+            ws.recv()
+        assert ws.close_code == 1008
+    assert httpx.get(f"{stack.proxy_url}/readyz").status_code == 200
+
+
+@pytest.mark.slow
+def test_a_foreign_page_cannot_open_a_session(stack: Stack) -> None:
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    with pytest.raises(InvalidStatus) as refused:
+        connect(ws_url(stack.proxy_url), origin="https://evil.example", open_timeout=10)
+    assert refused.value.response.status_code == 403
+    own = stack.proxy_url  # the page the proxy serves itself
+    with connect(ws_url(stack.proxy_url), origin=own, open_timeout=10) as ws:
+        assert json.loads(ws.recv())["type"] == "session.started"
+
+
+@pytest.fixture
+def capped_proxy(stack: Stack, tmp_path: Path):
+    """A second proxy in front of the same backends, holding at most one session."""
+    port = free_port()
+    env = {**stack.service_env("proxy"), "STT_MAX_SESSIONS": "1"}
+    cmd = [sys.executable, "-m", "uvicorn", "services.proxy.app:app", "--host", "127.0.0.1", "--port", str(port)]
+    log = (tmp_path / "proxy.log").open("wb")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        extra = Stack(ports={"proxy": port}, run_dir=tmp_path)
+        extra.procs["proxy"] = proc
+        extra.wait_ready(["proxy"], timeout=60)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+@pytest.mark.slow
+def test_a_replica_at_its_session_cap_refuses_with_a_retry_hint(capped_proxy: str) -> None:
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    with connect(ws_url(capped_proxy), open_timeout=10) as first:
+        assert json.loads(first.recv())["type"] == "session.started"
+        with connect(ws_url(capped_proxy), open_timeout=10) as second:
+            event = json.loads(second.recv())
+            assert event["code"] == "session_cap" and event["retryable"] and event["retry_after_s"] > 0
+            with pytest.raises(ConnectionClosed):
+                second.recv()
+            assert second.close_code == 1013
+    metrics = httpx.get(f"{capped_proxy}/metrics").text
+    assert 'stt_proxy_sessions_refused_total{reason="session_cap"} 1.0' in metrics
