@@ -1,4 +1,5 @@
-"""base: Whisper transcription (``POST /transcribe-chunk``, ``POST /v1/audio/transcriptions``).
+"""base: Whisper transcription (``POST /transcribe-chunk``, ``POST /v1/audio/transcriptions``,
+``POST /v1/audio/translations``, ``GET /v1/models``).
 
 One image serves both the CPU and the GPU Deployment; ``STT_DEVICE`` picks. Settings:
 
@@ -19,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass
 
 import anyio
 import numpy as np
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 
@@ -37,6 +40,16 @@ from services.common.audio import SAMPLE_RATE, AudioLimits, decode_audio
 from services.common.errors import ApiError
 from services.common.metrics import MODEL_LOAD_SECONDS
 from services.common.models import resolve_model
+from services.common.openai_api import (
+    check_stream_format,
+    delta_event,
+    deltas,
+    done_event,
+    error_event,
+    model_list,
+    parse_flag,
+    served_models,
+)
 from services.common.settings import env_choice, env_float, env_int, env_origins, env_str
 from services.common.subtitles import to_srt, to_vtt
 from services.common.upload import form_text, read_upload
@@ -47,7 +60,9 @@ WINDOW = 30.0
 # language, and the same bound as /transcribe-chunk's ``prompt`` query parameter.
 MAX_PROMPT_CHARS = 2000
 # The other text fields of /v1/audio/transcriptions hold one short word or number each.
-FORM_FIELD_CHARS = {"model": 128, "language": 32, "response_format": 32, "temperature": 32}
+FORM_FIELD_CHARS = {"model": 128, "language": 32, "response_format": 32, "temperature": 32, "stream": 8}
+# A proxy or ingress in front must pass server-sent events on at once, not collect them.
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 GRANULARITY_FIELDS = ("timestamp_granularities[]", "timestamp_granularities")
 
 
@@ -84,6 +99,7 @@ class Engine:
             resolve_model(settings.model), requested, settings.compute_type, settings.cpu_threads
         )
         self.model_name = settings.model
+        self.created = int(time.time())  # ``created`` of /v1/models: when this backend loaded it
         pad = settings.encoder_pad_seconds if settings.encoder_window == "trimmed" else None
         self.transcriber = BatchTranscriber(model, encoder_pad_seconds=pad)
         self.load_seconds = time.perf_counter() - start
@@ -209,13 +225,29 @@ def speech_windows(samples: np.ndarray) -> list[tuple[int, int]]:
     return windows
 
 
-@app.post("/v1/audio/transcriptions", tags=["openai"], summary="OpenAI-compatible whole-file transcription")
-async def openai_transcriptions(request: Request):
-    """Multipart: ``file``, ``model`` (ignored; this server's model answers), ``language``,
-    ``prompt``, ``response_format`` (json, text, srt, vtt, verbose_json), ``timestamp_granularities[]``."""
+@dataclass
+class FileJob:
+    """A validated OpenAI-style whole-file request, decoded and cut into speech windows."""
+
+    samples: np.ndarray
+    windows: list[tuple[int, int]]
+    language: str | None
+    prompt: str | None
+    response_format: str
+    want_words: bool
+    task: str
+
+    @property
+    def duration(self) -> float:
+        return self.samples.size / SAMPLE_RATE
+
+
+async def read_file_job(request: Request, task: str) -> tuple[FileJob, bool]:
+    """Check every field of an OpenAI multipart form, then decode the audio and find its speech
+    windows; returns the job and whether ``stream=true`` was asked for. Every refusal happens
+    here, before a byte of the answer is sent, so a streamed answer never starts and then fails
+    on a bad field."""
     settings: Settings = app.state.settings
-    require_ready(app)
-    engine: Engine = app.state.engine
     upload = await read_upload(request, settings.max_upload_bytes)
     if upload.fields is None:
         raise ApiError(400, "multipart_required", "send multipart/form-data with the audio in field 'file'")
@@ -224,6 +256,15 @@ async def openai_transcriptions(request: Request):
     response_format = field["response_format"] or "json"
     if response_format not in {"json", "text", "srt", "vtt", "verbose_json"}:
         raise ApiError(400, "bad_response_format", "response_format must be json, text, srt, vtt or verbose_json")
+    stream = parse_flag("stream", field["stream"])
+    if stream and task != "transcribe":
+        raise ApiError(
+            400,
+            "stream_unsupported",
+            "stream=true is supported on /v1/audio/transcriptions only (as at OpenAI); send translations without it",
+        )
+    if stream:
+        check_stream_format(response_format)
     granularities = set()
     for name in GRANULARITY_FIELDS:
         form_text(upload.fields, name, 16)
@@ -232,42 +273,163 @@ async def openai_transcriptions(request: Request):
         raise ApiError(400, "bad_granularity", "timestamp_granularities[] may hold only 'segment' and 'word'")
     lang = check_language(field["language"])
     samples = await anyio.to_thread.run_sync(decode_audio, upload.data, upload.content_type, settings.file_limits)
-    duration = samples.size / SAMPLE_RATE
-    metrics.AUDIO_RECEIVED_SECONDS.inc(duration)
+    metrics.AUDIO_RECEIVED_SECONDS.inc(samples.size / SAMPLE_RATE)
     windows = await anyio.to_thread.run_sync(speech_windows, samples)
-    want_words = "word" in granularities
+    # Word timings of a translation would align English words to foreign speech: never asked for.
+    want_words = "word" in granularities and task == "transcribe"
+    return FileJob(samples, windows, lang, prompt, response_format, want_words, task), stream
+
+
+def shifted(segments: list[dict], offset: float) -> list[dict]:
+    """A window's segments (and words) with times made absolute in the file."""
+    out = []
+    for seg in segments:
+        moved = {**seg, "start": round(seg["start"] + offset, 3), "end": round(seg["end"] + offset, 3)}
+        if "words" in seg:
+            moved["words"] = [
+                {**w, "start": round(w["start"] + offset, 3), "end": round(w["end"] + offset, 3)} for w in seg["words"]
+            ]
+        out.append(moved)
+    return out
+
+
+async def transcribe_windows(engine: Engine, job: FileJob) -> AsyncIterator[tuple[float, Result]]:
+    """Each speech window's result with its offset in seconds, in order, each as soon as it and
+    every window before it are done (a stream can send it then).
+
+    The first window goes alone: it carries the prompt and, with no language given, decides the
+    language of the rest. The rest are submitted together, so the batcher runs them in as few
+    model calls as it can, exactly as a whole-file answer always did. Windows still waiting when
+    the caller stops (an error, or a streaming client that hung up) are cancelled."""
+    if not job.windows:
+        return
+    start, end = job.windows[0]
+    first, _ = await engine.batcher.submit(
+        Chunk(job.samples[start:end], job.language, job.prompt, job.want_words, job.task)
+    )
+    yield start / SAMPLE_RATE, first
+    lang = job.language or first.language
+    rest = [
+        asyncio.ensure_future(engine.batcher.submit(Chunk(job.samples[s:e], lang, None, job.want_words, job.task)))
+        for s, e in job.windows[1:]
+    ]
+    try:
+        for (start, _), pending in zip(job.windows[1:], rest, strict=True):
+            result, _ = await pending
+            yield start / SAMPLE_RATE, result
+    finally:
+        for pending in rest:
+            pending.cancel()
+
+
+async def whole_file_answer(engine: Engine, job: FileJob) -> Response | dict:
+    """The non-streamed answer in the asked-for format, once every window is done."""
+    lang = job.language
     segments: list[dict] = []
-    if windows:
-        first_start, first_end = windows[0]
-        first, _ = await engine.batcher.submit(Chunk(samples[first_start:first_end], lang, prompt, want_words))
-        lang = lang or first.language
-        rest = await asyncio.gather(
-            *(engine.batcher.submit(Chunk(samples[s:e], lang, None, want_words)) for s, e in windows[1:])
-        )
-        for (start, _), result in zip(windows, [first, *(r for r, _ in rest)], strict=True):
-            offset = start / SAMPLE_RATE
-            for seg in result.segments:
-                shifted = {**seg, "start": round(seg["start"] + offset, 3), "end": round(seg["end"] + offset, 3)}
-                if "words" in seg:
-                    shifted["words"] = [
-                        {**w, "start": round(w["start"] + offset, 3), "end": round(w["end"] + offset, 3)}
-                        for w in seg["words"]
-                    ]
-                segments.append(shifted)
+    async with aclosing(transcribe_windows(engine, job)) as results:
+        async for offset, result in results:
+            lang = lang or result.language
+            segments.extend(shifted(result.segments, offset))
     for i, seg in enumerate(segments):
         seg["id"] = i
     text = " ".join(s["text"].strip() for s in segments).strip()
-    if response_format == "text":
+    if job.response_format == "text":
         return PlainTextResponse(text + "\n")
-    if response_format == "srt":
+    if job.response_format == "srt":
         return PlainTextResponse(to_srt(segments), media_type="application/x-subrip")
-    if response_format == "vtt":
+    if job.response_format == "vtt":
         return PlainTextResponse(to_vtt(segments), media_type="text/vtt")
-    if response_format == "json":
+    if job.response_format == "json":
         return {"text": text}
-    body: dict = {"task": "transcribe", "language": lang or "", "duration": round(duration, 3), "text": text}
+    body: dict = {"task": job.task, "language": lang or "", "duration": round(job.duration, 3), "text": text}
     body["segments"] = [{k: v for k, v in s.items() if k != "words"} for s in segments]
-    if want_words:
+    if job.want_words:
         body["words"] = [w for s in segments for w in s.get("words", [])]
     body.update(engine.describe())
     return body
+
+
+async def streamed_answer(engine: Engine, job: FileJob) -> StreamingResponse:
+    """``text/event-stream``: one ``transcript.text.delta`` per segment as its window is done, in
+    order, then ``transcript.text.done`` with the whole text (the deltas joined).
+
+    The first window is decoded before the answer starts, so the usual errors (overloaded, not
+    ready, a failed first batch) still come back as an HTTP status; a failure after that ends
+    the stream with an ``error`` event, which OpenAI's SDKs raise as ``APIError``."""
+    results = transcribe_windows(engine, job)
+    try:
+        first = await anext(results, None)
+    except BaseException:
+        await results.aclose()
+        raise
+
+    async def events() -> AsyncIterator[bytes]:
+        pieces: list[str] = []
+        try:
+            item = first
+            while item is not None:
+                for delta in deltas((s["text"] for s in item[1].segments), bool(pieces)):
+                    pieces.append(delta)
+                    yield delta_event(delta)
+                item = await anext(results, None)
+            yield done_event("".join(pieces))
+        except ApiError as exc:
+            yield error_event(exc.code, exc.message)
+        except Exception as exc:
+            log.exception("streamed transcription failed")
+            yield error_event("internal_error", f"{type(exc).__name__}: the service failed on this request")
+        finally:
+            await results.aclose()
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+@app.post("/v1/audio/transcriptions", tags=["openai"], summary="OpenAI-compatible whole-file transcription")
+async def openai_transcriptions(request: Request):
+    """Multipart: ``file``, ``model`` (ignored; this server's model answers), ``language``,
+    ``prompt``, ``response_format`` (json, text, srt, vtt, verbose_json), ``timestamp_granularities[]``,
+    ``stream`` (true: server-sent ``transcript.text.delta`` events as windows are decoded, then
+    ``transcript.text.done``; json or text only)."""
+    require_ready(app)
+    engine: Engine = app.state.engine
+    job, stream = await read_file_job(request, "transcribe")
+    if stream:
+        return await streamed_answer(engine, job)
+    return await whole_file_answer(engine, job)
+
+
+@app.post("/v1/audio/translations", tags=["openai"], summary="OpenAI-compatible translation into English")
+async def openai_translations(request: Request):
+    """Whisper's ``translate`` task: speech in any language, English text back. Multipart:
+    ``file``, ``model`` (ignored), ``prompt`` (in English), ``response_format`` (json, text, srt,
+    vtt, verbose_json), ``temperature`` (ignored), ``language`` (optional: the language spoken,
+    detected when absent). Needs a multilingual model (``base``, not ``base.en``)."""
+    require_ready(app)
+    engine: Engine = app.state.engine
+    if not engine.transcriber.multilingual:
+        raise ApiError(
+            400,
+            "translation_unsupported",
+            f"the loaded model {engine.model_name!r} is English-only and cannot translate; "
+            "serve a multilingual model (e.g. STT_MODEL=base) for /v1/audio/translations",
+        )
+    job, _ = await read_file_job(request, "translate")
+    return await whole_file_answer(engine, job)
+
+
+@app.get("/v1/models", tags=["openai"], summary="OpenAI-compatible list of the loaded model")
+async def list_models() -> dict:
+    """The loaded model and ``whisper-1``, an alias for it (any ``model`` is served by it)."""
+    require_ready(app)
+    engine: Engine = app.state.engine
+    return model_list(served_models(engine.model_name, engine.created))
+
+
+@app.get("/v1/models/{model_id:path}", tags=["openai"], summary="One model of /v1/models")
+async def get_model(model_id: str) -> dict:
+    require_ready(app)
+    engine: Engine = app.state.engine
+    for model in served_models(engine.model_name, engine.created):
+        if model["id"] == model_id:
+            return model
+    raise ApiError(404, "model_not_found", f"model {model_id[:128]!r} is not served here; GET /v1/models lists them")

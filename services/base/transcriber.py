@@ -39,13 +39,17 @@ class Request:
     language: str | None = None
     prompt: str | None = None
     word_timestamps: bool = True
+    # Whisper's task token: "transcribe" (in the language spoken) or "translate" (into English,
+    # multilingual models only). Last, so positional construction elsewhere is unchanged.
+    task: str = "transcribe"
 
     @property
     def group_key(self) -> tuple:
         # Alignment runs once per batch with one tokenizer, so batches share a language setting;
         # CTranslate2 needs <|startoftranscript|> at the same position in every prompt of a batch,
-        # so only chunks with the same prompt (usually none) share a batch.
-        return (self.language, self.word_timestamps, self.prompt or None)
+        # so only chunks with the same prompt (usually none) share a batch. The task token is part
+        # of every prompt, so a batch also shares its task.
+        return (self.language, self.word_timestamps, self.prompt or None, self.task)
 
 
 @dataclass
@@ -139,11 +143,11 @@ class BatchTranscriber:
         self.multilingual = model.model.is_multilingual
         self._suppress = get_suppressed_tokens(self._tokenizer("en"), [-1])
 
-    def _tokenizer(self, language: str | None) -> Tokenizer:
+    def _tokenizer(self, language: str | None, task: str = "transcribe") -> Tokenizer:
         return Tokenizer(
             self.model.hf_tokenizer,
             self.multilingual,
-            task="transcribe",
+            task=task,
             language=language if self.multilingual else "en",
         )
 
@@ -176,8 +180,12 @@ class BatchTranscriber:
             return []
         language = batch[0].language
         word_timestamps = batch[0].word_timestamps
+        task = batch[0].task
         if any(r.group_key != batch[0].group_key for r in batch):
-            raise ValueError("a batch must share language, word_timestamps and prompt")
+            raise ValueError("a batch must share language, word_timestamps, prompt and task")
+        if task != "transcribe" and not self.multilingual:
+            # An English-only model has no task tokens: it would silently transcribe instead.
+            raise ValueError(f"task {task!r} needs a multilingual model")
         raw = [self.model.feature_extractor(r.samples)[..., :-1] for r in batch]
         window = self.window_frames(max(f.shape[-1] for f in raw))
         features = np.ascontiguousarray(np.stack([self._fit(f, window) for f in raw]))
@@ -190,7 +198,7 @@ class BatchTranscriber:
             detected = self.model.model.detect_language(encoder_output)
             languages = [(d[0][0][2:-2], float(d[0][1])) for d in detected]
 
-        tokenizers = [self._tokenizer(lang) for lang, _ in languages]
+        tokenizers = [self._tokenizer(lang, task) for lang, _ in languages]
         prompts = []
         for req, tok in zip(batch, tokenizers, strict=True):
             previous = tok.encode(" " + req.prompt.strip()) if req.prompt and req.prompt.strip() else []

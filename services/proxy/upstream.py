@@ -112,6 +112,55 @@ class Upstreams:
             headers={"Retry-After": "2"},
         )
 
+    async def open_stream(
+        self, path: str, body: bytes, content_type: str, query: str, route_label: str
+    ) -> tuple[aiohttp.ClientResponse, Backend, str | None]:
+        """Like :meth:`routed`, but hand back the backend's response as soon as its headers
+        arrive, body unread, so a server-sent event stream can be passed on as it comes.
+
+        Same routing, fallback, metrics and errors as :meth:`routed`: only a failure to connect
+        is retried on the other backend (nothing was sent back yet), a timeout before the headers
+        is a 504. ``stt_proxy_upstream_seconds`` counts up to the headers (a stream lasts as long
+        as its audio). The caller owns the response: it must ``release()`` or ``close()`` it.
+        """
+        mode = self.mode
+        route = choose(mode, self.cpu, self.gpu)
+        reason = route.fallback_reason
+        for index, backend in enumerate(route.order):
+            url = f"{backend.url}{path}" + (f"?{query}" if query else "")
+            start = time.perf_counter()
+            try:
+                response = await self.client.post(url, data=body, headers={"content-type": content_type})
+            except (aiohttp.SocketTimeoutError, TimeoutError):
+                metrics.UPSTREAM_ERRORS.labels(backend.name, "timeout").inc()
+                raise ApiError(
+                    504,
+                    "backend_timeout",
+                    f"the {backend.name} backend did not answer in time; retry or send less audio",
+                ) from None
+            except CONNECT_ERRORS as exc:
+                metrics.UPSTREAM_ERRORS.labels(backend.name, "connect").inc()
+                backend.mark(False, f"{type(exc).__name__} during a request")
+                if index + 1 < len(route.order):
+                    reason = f"{backend.name} backend unreachable"
+                continue
+            finally:
+                metrics.UPSTREAM_SECONDS.labels(backend.name, route_label).observe(time.perf_counter() - start)
+            metrics.ROUTED.labels(backend.name, mode.value).inc()
+            if backend.name == route.wanted:
+                return response, backend, None
+            reason = reason or f"{route.wanted} backend unavailable"
+            metrics.FALLBACKS.labels(reason).inc()
+            return response, backend, reason
+        raise ApiError(
+            503,
+            "no_backend",
+            "no transcription backend is reachable ("
+            + "; ".join(f"{b.name}: {b.last_error or 'not ready'}" for b in route.order)
+            + "); retry shortly",
+            headers={"Retry-After": "2"},
+        )
+
     async def detect(self, body: bytes, content_type: str, query: str = "") -> Upstream:
         try:
             return await self.call(self.detector, "/detect", body, content_type, query, "/detect")
