@@ -41,7 +41,7 @@ SESSION_MAX_LAG_SECONDS = Gauge("stt_proxy_session_max_lag_seconds", "The larges
 SESSION_PARTIAL_SECONDS = Histogram(
     "stt_proxy_session_first_partial_seconds",
     "End of a step's audio arriving → the words decoded from it sent (partial or committed)",
-    buckets=(0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 8, 13),
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 8, 13),
 )
 SESSION_COMMIT_SECONDS = Histogram(
     "stt_proxy_session_commit_seconds",
