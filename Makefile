@@ -43,7 +43,7 @@ down: ## Stop the local stack
 run: models corpus audio-libs ## Start the local stack and transcribe the microphone (or a sample file)
 	@bash hack/run-demo.sh
 
-test: models corpus audio-libs monitoring-tools k8s-tools ## Run every test but the cluster e2e (real models, real processes); CI runs it, then make e2e
+test: models corpus audio-libs browser monitoring-tools k8s-tools ## Run every test but the cluster e2e (real models, real processes); CI runs it, then make e2e
 	$(PY) -m pytest -q -rs -m "not e2e"
 
 test-fast: install ## Only the fast unit tests (no models, no processes)

@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         stack.down()
         return 1
     print(f"local stack ready in {time.monotonic() - started:.1f} s (logs in {stack.run_dir})")
-    print(stack.proxy_url)
+    print(f"live transcription in the browser: {stack.proxy_url}/")
+    print(stack.proxy_url)  # last: scripts read the URL from here
     return 0
 
 
