@@ -32,6 +32,7 @@ e2e: install ## Cluster + images + helm install + the end-to-end test on a real 
 	$(MAKE) cluster
 	$(MAKE) images
 	@test -d $${STT_CORPUS_CACHE:-$$HOME/.cache/stt-corpus} || $(MAKE) corpus
+	$(MAKE) browser
 	$(PY) -m pytest -m e2e tests/e2e -v -s -p no:cacheprovider
 
 chart-install: k8s-tools ## Install the chart on the running cluster (local images, imagePullPolicy Never)

@@ -172,6 +172,52 @@ def test_transcribes_real_speech_through_port_forward(kube: Kube, installed, pro
     assert status["source"] == "kubernetes" and status["mode"] == "cpu"
 
 
+def test_streams_a_live_session_through_port_forward(kube: Kube, installed, proxy_forward: PortForward, clip) -> None:
+    """The native WebSocket protocol through a real port-forward: partial, then committed text."""
+    import json
+    import wave
+
+    from websockets.sync.client import connect
+
+    with wave.open(str(clip.path)) as handle:
+        pcm = handle.readframes(handle.getnframes())
+    url = proxy_forward.url.replace("http://", "ws://") + "/v1/stream?language=en"
+    with connect(url, open_timeout=30, close_timeout=60) as ws:
+        for i in range(0, len(pcm), 3200):
+            ws.send(pcm[i : i + 3200])
+        ws.send(json.dumps({"type": "stop"}))
+        events = [json.loads(m) for m in ws]
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "session.started" and kinds[-1] == "session.ended", kinds
+    assert "transcript.committed" in kinds
+    assert {e["backend"] for e in events if e["type"] == "transcript.committed" and e["backend"]} == {"cpu"}
+    assert_heard(clip, events[-1]["text"])
+
+
+def test_the_browser_page_transcribes_through_port_forward(kube: Kube, installed, proxy_forward: PortForward) -> None:
+    """The page the proxy serves, in headless Chromium whose fake microphone plays real speech,
+    reached the way the chart's NOTES say: a kubectl port-forward to the proxy Service."""
+    from tests.browser.test_page import _browser_missing, _state, _text, chromium, wer
+
+    if (missing := _browser_missing()) is not None:
+        pytest.skip(missing)
+    from corpus import long_recording
+
+    clip = long_recording(15, gap=0.6)
+    duration = clip.path.stat().st_size / 32000
+    with chromium(clip.path) as driver:
+        driver.get(proxy_forward.url + "/")
+        driver.find_element("id", "start").click()
+        time.sleep(duration + 1.5)  # Chromium plays the file once, in real time
+        driver.find_element("id", "stop").click()
+        deadline = time.monotonic() + 120
+        while _state(driver) not in ("done", "error") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _state(driver) == "done", (_text(driver, "status"), _text(driver, "error"))
+        committed = _text(driver, "committed").strip()
+    assert wer(clip.text, committed) < 0.15, committed
+
+
 def test_invalid_sttconfig_is_rejected_by_the_api_server(kube: Kube, installed) -> None:
     for patch, needle in (
         ('{"spec": {"routing": "fast"}}', "routing"),
