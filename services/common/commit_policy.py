@@ -408,6 +408,14 @@ class CommitPolicy(Transcript):
         return self._pending is None and (new >= round(self.config.step_s * self._sr) or flush)
 
     @property
+    def utterance_end(self) -> int | None:
+        """Where the current utterance ended (a non-speech step after speech), from then until
+        the decode that commits it whole; None otherwise. A caller that groups words by
+        utterance (the proxy's OpenAI Realtime adapter) sees it go back to None in that
+        :meth:`update`."""
+        return self._flush_end
+
+    @property
     def keep_from(self) -> int:
         """The first sample the caller still needs (a later window starts no earlier)."""
         return self._context_start

@@ -34,10 +34,13 @@ from fastapi.responses import Response
 from services.common.app import create_app
 from services.common.audio import check_declared_type, parse_content_type
 from services.common.errors import ApiError
+from services.common.openai_api import wants_stream
 from services.common.settings import env_choice, env_float, env_int, env_origins, env_str
 from services.common.upload import read_body
-from services.proxy import metrics
+from services.proxy import metrics, openai_relay
 from services.proxy.backends import Backend, HealthChecker, choose
+from services.proxy.page import router as page_router
+from services.proxy.realtime import router as realtime_router
 from services.proxy.routing import Mode, RoutingStore, make_store
 from services.proxy.sessions import Limits
 from services.proxy.stream_ws import SessionGate, SessionSettings
@@ -109,6 +112,8 @@ async def lifespan(app: FastAPI):
 
 app = create_app("proxy", "Single entry point: routes speech to the CPU or GPU Whisper backend.", lifespan)
 app.include_router(stream_router, tags=["streaming"])
+app.include_router(realtime_router, tags=["streaming"])
+app.include_router(page_router)  # the browser page at / (services/proxy/page.py)
 
 
 def _publish_mode(mode: Mode) -> None:
@@ -155,8 +160,32 @@ async def transcribe(request: Request) -> Response:
 
 @app.post("/v1/audio/transcriptions", tags=["openai"], summary="OpenAI-compatible, on the routed backend")
 async def openai_transcriptions(request: Request) -> Response:
-    response, backend, reason = await _route_and_call(request, "/v1/audio/transcriptions", "/v1/audio/transcriptions")
+    """``stream=true`` answers are passed on event by event (:mod:`services.proxy.openai_relay`)."""
+    settings: Settings = app.state.settings
+    _check_audio_type(request)
+    body = await read_body(request, settings.max_upload_bytes)
+    content_type = request.headers.get("content-type", "application/octet-stream")
+    if wants_stream(body):
+        return await openai_relay.stream_transcription(app.state.upstreams, body, content_type, request.url.query)
+    path = "/v1/audio/transcriptions"
+    response, backend, reason = await app.state.upstreams.routed(path, body, content_type, request.url.query, path)
     return Response(response.body, response.status, _served_headers(backend, reason, response), response.content_type)
+
+
+@app.post("/v1/audio/translations", tags=["openai"], summary="OpenAI-compatible translation, on the routed backend")
+async def openai_translations(request: Request) -> Response:
+    response, backend, reason = await _route_and_call(request, "/v1/audio/translations", "/v1/audio/translations")
+    return Response(response.body, response.status, _served_headers(backend, reason, response), response.content_type)
+
+
+@app.get("/v1/models", tags=["openai"], summary="Models of the ready backends (OpenAI list)")
+async def openai_models() -> dict:
+    return await openai_relay.list_models(app.state.upstreams)
+
+
+@app.get("/v1/models/{model_id:path}", tags=["openai"], summary="One model of /v1/models")
+async def openai_model(model_id: str) -> dict:
+    return await openai_relay.get_model(app.state.upstreams, model_id)
 
 
 @app.post("/detect", tags=["detect"], summary="Speech detection (passed to the detector service)")

@@ -45,6 +45,9 @@ SAMPLE_RATE = 16_000
 PCM_TYPE = "audio/pcm;rate=16000"
 
 Emit = Callable[[dict], Awaitable[None]]
+# The last step of a flush (StreamSession.flush) shorter than this is not sent to the detector:
+# it needs 250 ms of speech to call anything speech (STT_VAD_MIN_SPEECH_MS), so it would say no.
+MIN_DETECT_SAMPLES = SAMPLE_RATE // 4
 
 
 class SessionBackend(Protocol):
@@ -155,6 +158,14 @@ class StreamSession:
     - ``session.lag``: ``lag_s``, ``received_s``, ``processed_s``
     - ``error``: ``code``, ``message``, ``retryable``
     - ``session.ended``: ``text`` (everything committed in this session), ``audio_s``, ``settled_sample``
+
+    With ``utterance_events=True`` (the OpenAI Realtime adapter, which groups words into one
+    conversation item per utterance; the native protocol does not ask for it) also:
+
+    - ``utterance.ended``: ``reason`` (``silence``: the detector heard a pause and the decode
+      that commits the utterance whole is done; ``flush``: :meth:`flush` committed everything
+      received; ``finish``: the session ends), ``end_sample``, ``at_s``. Every word of the
+      utterance was sent (``transcript.committed``) before it.
     """
 
     def __init__(
@@ -166,6 +177,7 @@ class StreamSession:
         protocol: str = "native",
         on_error: Callable[[BaseException], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        utterance_events: bool = False,
     ) -> None:
         self.backend = backend
         self.emit = emit
@@ -174,6 +186,7 @@ class StreamSession:
         self.protocol = protocol
         self.on_error = on_error
         self.clock = clock
+        self.utterance_events = utterance_events
         self.id = uuid.uuid4().hex[:16]
         self.policy = self.options.policy()
         self._step = round(self.options.step_s * SAMPLE_RATE)
@@ -184,6 +197,7 @@ class StreamSession:
         self._arrivals = _Arrivals()
         self._wake = asyncio.Event()
         self._finishing = False
+        self._flushes: list[tuple[int, asyncio.Future[None]]] = []  # (end sample, done) asked by flush()
         self._speaking = False
         self._task: asyncio.Task | None = None
         self.started = self.clock()
@@ -226,11 +240,33 @@ class StreamSession:
         if self._task:
             await asyncio.gather(self._task, return_exceptions=True)  # a failure was reported by on_error
 
+    def flush(self) -> asyncio.Future[None]:
+        """Commit everything received so far, and keep the session open.
+
+        What :meth:`finish` does to the end of the stream, done to the audio received until
+        now: it is processed (the last, shorter step included), the newest hypothesis becomes
+        final, an utterance in progress is cut here (``speech.stopped``; audio fed after this
+        call starts the next one) and, with ``utterance_events``, ``utterance.ended`` with
+        ``reason: "flush"`` follows. The OpenAI Realtime adapter needs this for
+        ``input_audio_buffer.commit``: the client, not the detector, says where an item ends.
+
+        The returned future resolves once all of that was emitted; awaiting it is optional (the
+        flush point is fixed now, when called, so audio fed meanwhile is not part of it).
+        """
+        if self._finishing:
+            raise RuntimeError("flush() after finish()")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._flushes.append((self._received, done))
+        self._wake.set()
+        return done
+
     async def cancel(self) -> None:
         """The client went away: stop at once (its unacknowledged audio is its to resend)."""
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        for _, done in self._flushes:
+            done.cancel()
 
     @property
     def lag_s(self) -> float:
@@ -250,8 +286,13 @@ class StreamSession:
 
     async def _loop(self) -> None:
         while True:
-            if self._received - self._processed >= self._step:
+            flush_at = self._flushes[0][0] if self._flushes else None
+            available = self._received if flush_at is None else flush_at  # a flush point is not stepped over
+            if available - self._processed >= self._step:
                 await self._process(self._processed + self._step)
+                continue
+            if flush_at is not None:
+                await self._flush(flush_at)
                 continue
             if self._finishing:
                 if self._received > self._processed:
@@ -261,13 +302,39 @@ class StreamSession:
             self._wake.clear()
             await self._wake.wait()
 
+    async def _flush(self, end: int) -> None:
+        """Process the audio up to ``end`` (a shorter last step) and commit all of it."""
+        try:
+            if end > self._processed:
+                await self._process(end, flushing=True)
+            update = self.policy.finish()
+            if update.committed:
+                await self._send_update(update, end, None)
+            if self._speaking:
+                self._speaking = False
+                await self.emit({"type": "speech.stopped", "at_s": round(end / SAMPLE_RATE, 3)})
+            await self._utterance_ended("flush", end)
+            self._trim()
+        finally:
+            _, done = self._flushes.pop(0)
+            if not done.done():
+                done.set_result(None)
+
+    async def _utterance_ended(self, reason: str, end: int) -> None:
+        if self.utterance_events:
+            await self.emit(
+                {"type": "utterance.ended", "reason": reason, "end_sample": end, "at_s": round(end / SAMPLE_RATE, 3)}
+            )
+
     def _slice(self, start: int, end: int) -> np.ndarray:
         return self._audio[start - self._audio_start : end - self._audio_start]
 
-    async def _process(self, end: int) -> None:
+    async def _process(self, end: int, flushing: bool = False) -> None:
         begin = self._processed
         speech = True
-        if self.options.detector:
+        if flushing and end - begin < MIN_DETECT_SAMPLES:
+            speech = self._speaking  # too short for the detector to call speech: it continues what came before
+        elif self.options.detector:
             speech = await self._retrying("detect", self.backend.detect, self._slice(begin, end).tobytes())
             if speech is None:
                 speech = True  # the detector is unreachable: decode rather than risk dropping speech
@@ -289,8 +356,11 @@ class StreamSession:
             self.policy.cancel()
             return
         offset = start / SAMPLE_RATE
+        utterance_end = self.policy.utterance_end
         update = self.policy.update(Segment.parse(answer.get("segments") or [], offset), offset)
         await self._send_update(update, end, answer.get("backend"))
+        if utterance_end is not None and self.policy.utterance_end is None:
+            await self._utterance_ended("silence", utterance_end)  # this decode committed the utterance whole
 
     async def _send_update(self, update: Update, decoded_end: int, backend: str | None) -> None:
         now = self.clock()
@@ -328,6 +398,7 @@ class StreamSession:
         if self._speaking:
             self._speaking = False
             await self.emit({"type": "speech.stopped", "at_s": round(self._received / SAMPLE_RATE, 3)})
+        await self._utterance_ended("finish", self._received)
         await self.emit(
             {
                 "type": "session.ended",

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,10 +58,17 @@ class SessionGate:
         self.settings = settings
         self.open = 0
 
-    async def admit(self, websocket: WebSocket, protocol: str, allowed_origins: tuple[str, ...]) -> bool:
+    async def admit(
+        self,
+        websocket: WebSocket,
+        protocol: str,
+        allowed_origins: tuple[str, ...],
+        cap_event: Callable[[str, float], dict] | None = None,
+    ) -> bool:
         """Accept the socket; if it may not have a session, say why in an error event and
         close it (accepted first: a browser sees only a close code and reason, never an HTTP
-        status on a refused upgrade)."""
+        status on a refused upgrade). ``cap_event(message, retry_after_s)`` shapes that event
+        for a protocol other than the native one."""
         origin = websocket.headers.get("origin")
         if origin is not None and not origin_allowed(origin, websocket, allowed_origins):
             metrics.SESSIONS_REFUSED.labels("origin").inc()
@@ -73,17 +81,8 @@ class SessionGate:
                 f"this proxy replica has its maximum of {self.settings.max_sessions} sessions open; "
                 f"retry in {self.settings.retry_after_s:g} s (another replica may have room)"
             )
-            await websocket.send_text(
-                json.dumps(
-                    {
-                        "type": "error",
-                        "code": "session_cap",
-                        "message": message,
-                        "retryable": True,
-                        "retry_after_s": self.settings.retry_after_s,
-                    }
-                )
-            )
+            event = (cap_event or _cap_event)(message, self.settings.retry_after_s)
+            await websocket.send_text(json.dumps(event))
             await websocket.close(CLOSE_TRY_AGAIN, f"session cap reached; retry in {self.settings.retry_after_s:g} s")
             return False
         self.open += 1
@@ -142,6 +141,16 @@ class EventSender:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.task, timeout=5)
         self.task.cancel()
+
+
+def _cap_event(message: str, retry_after_s: float) -> dict:
+    return {
+        "type": "error",
+        "code": "session_cap",
+        "message": message,
+        "retryable": True,
+        "retry_after_s": retry_after_s,
+    }
 
 
 def _options_error(message: str) -> dict:
