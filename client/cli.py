@@ -20,8 +20,20 @@ from client.pipeline import POLICIES, Pipeline, Settings
 from client.sources import MicSource, Source, SourceError, StdinSource, file_source, list_devices
 from client.stats import Stats
 from client.stitcher import join_words
+from client.ws_transport import WsFatalError, WsSettings, WsTransport, stream_url
 
 DEFAULT_URL = "http://127.0.0.1:5001"
+TRANSPORTS = ("ws", "http")
+DEFAULT_TRANSPORT = "ws"  # measured: docs/client.md, "Transport"
+# Options only the HTTP chunk pipeline has, with their defaults. Given without --transport they
+# choose http, so commands written before the WebSocket transport keep meaning what they meant.
+HTTP_ONLY_DEFAULTS = {
+    "policy": Settings.policy,
+    "chunk": Settings.chunk_s,
+    "overlap": Settings.overlap_s,
+    "prompt": "off",
+    "concurrency": 2,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--device", help="microphone: device name or index (default: the system default)")
     src.add_argument("--list-devices", action="store_true", help="list input devices and exit")
     p.add_argument("--realtime", action="store_true", help="with --file: send at real-time pace, as a live source")
-    p.add_argument("--url", default=DEFAULT_URL, help=f"proxy URL (default {DEFAULT_URL})")
+    p.add_argument(
+        "--url",
+        action="append",
+        help=f"proxy URL (default {DEFAULT_URL}); with --transport ws it may repeat: after a lost connection "
+        "the client resumes on the next one",
+    )
+    p.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        help="'ws': one streaming session (/v1/stream), the proxy commits words, resumed on another URL "
+        "if the connection drops; 'http': the client cuts chunks and sends each to /transcribe "
+        f"(default {DEFAULT_TRANSPORT}, or http when an http-only option such as --policy or --chunk is given; "
+        "measured: see docs/client.md)",
+    )
     p.add_argument("--language", help="language code, e.g. en (default: detected by the service)")
     p.add_argument(
         "--detector",
@@ -45,55 +70,52 @@ def build_parser() -> argparse.ArgumentParser:
         help="ask /detect first and skip chunks without speech (default on)",
     )
     p.add_argument("--output", type=Path, help="also write the transcript to PATH (.txt, .jsonl, .srt or .vtt)")
-    p.add_argument(
-        "--chunk", type=float, default=Settings.chunk_s, help=f"chunk length in seconds (default {Settings.chunk_s:g})"
-    )
+    p.add_argument("--chunk", type=float, help=f"http: chunk length in seconds (default {Settings.chunk_s:g})")
     p.add_argument(
         "--overlap",
         type=float,
-        default=Settings.overlap_s,
-        help=f"overlap between chunks in seconds (default {Settings.overlap_s:g}, measured: see docs/client.md)",
+        help=f"http: overlap between chunks in seconds (default {Settings.overlap_s:g}, measured: see docs/client.md)",
     )
     p.add_argument(
         "--context",
         type=float,
         default=Settings.context_s,
-        help=f"seconds of audio before each chunk sent with it as left context "
-        f"(default {Settings.context_s:g}, measured: see docs/client.md; 0 sends the chunk alone)",
+        help=f"seconds of audio before each chunk sent with it as left context; agreement and ws: committed "
+        f"audio decoded before the uncommitted part (default {Settings.context_s:g}, measured: see "
+        "docs/client.md; 0 sends the chunk alone)",
     )
     p.add_argument(
         "--policy",
         choices=POLICIES,
-        default=Settings.policy,
-        help="how words become final: 'stitch' merges overlapping chunks; 'agreement' re-decodes the "
+        help="http: how words become final: 'stitch' merges overlapping chunks; 'agreement' re-decodes the "
         "uncommitted audio every --step seconds and commits what two decodes agree on "
-        f"(default {Settings.policy}; measured: see docs/client.md)",
+        f"(default {Settings.policy}; measured: see docs/client.md). ws: the proxy always uses agreement",
     )
     p.add_argument(
         "--step",
         type=float,
         default=Settings.step_s,
-        help=f"agreement: seconds of new audio per decode (default {Settings.step_s:g})",
+        help=f"agreement and ws: seconds of new audio per decode (default {Settings.step_s:g})",
     )
     p.add_argument(
         "--window",
         type=float,
         default=Settings.window_s,
-        help=f"agreement: most seconds of uncommitted audio in one decode; older words are committed "
+        help=f"agreement and ws: most seconds of uncommitted audio in one decode; older words are committed "
         f"even without agreement, which bounds latency (default {Settings.window_s:g})",
     )
     p.add_argument(
         "--prompt",
         choices=("on", "off"),
-        default="off",
-        help="send the text heard so far as Whisper's prompt (default off: measured worse, see docs/client.md)",
+        help="http: send the text heard so far as Whisper's prompt (default off: measured worse, see docs/client.md)",
     )
-    p.add_argument("--concurrency", type=int, default=2, help="transcription requests in flight (default 2)")
+    p.add_argument("--concurrency", type=int, help="http: transcription requests in flight (default 2)")
     p.add_argument(
         "--max-held",
         type=int,
         default=64,
-        help="chunks held in memory while the service is unreachable before spilling to disk (default 64)",
+        help="chunks held in memory while the service is unreachable before spilling to disk (default 64); "
+        "ws: audio not yet acknowledged, in memory up to this many --step seconds, then in a file",
     )
     p.add_argument("--spill-dir", type=Path, help="directory for spilled chunks (default: the system temp dir)")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
@@ -109,16 +131,20 @@ def make_source(args: argparse.Namespace) -> Source:
     return MicSource(args.device)
 
 
-async def run(args: argparse.Namespace) -> int:
-    source = make_source(args)
-    stats = Stats()
-    if args.metrics_port:
-        from client.metrics import serve
+def ws_settings(args: argparse.Namespace) -> WsSettings:
+    return WsSettings(
+        language=args.language,
+        detector=args.detector == "on",
+        step_s=args.step,
+        window_s=args.window,
+        context_s=args.context,
+        max_in_memory_s=max(1, args.max_held) * args.step,
+        spill_dir=args.spill_dir,
+    )
 
-        serve(stats, args.metrics_port)
-    display = Display(stats, total_s=source.duration_s if not args.realtime else None, quiet=args.quiet)
-    api = SttApi(args.url)
-    settings = Settings(
+
+def http_settings(args: argparse.Namespace) -> Settings:
+    return Settings(
         chunk_s=args.chunk,
         overlap_s=args.overlap,
         context_s=args.context,
@@ -132,7 +158,25 @@ async def run(args: argparse.Namespace) -> int:
         step_s=args.step,
         window_s=args.window,
     )
-    pipeline = Pipeline(source, api, settings, stats, display)
+
+
+async def run(args: argparse.Namespace) -> int:
+    source = make_source(args)
+    stats = Stats()
+    if args.metrics_port:
+        from client.metrics import serve
+
+        serve(stats, args.metrics_port)
+    display = Display(stats, total_s=source.duration_s if not args.realtime else None, quiet=args.quiet)
+    api: SttApi | None = None
+    runner: Pipeline | WsTransport
+    if args.transport == "ws":
+        runner = WsTransport(source, args.url, ws_settings(args), stats, display)
+        finishing = "sending the rest and waiting for the last words"
+    else:
+        api = SttApi(args.url[0])
+        runner = Pipeline(source, api, http_settings(args), stats, display)
+        finishing = "finishing the chunks in flight"
     loop = asyncio.get_running_loop()
     interrupts = 0
     tasks: set[asyncio.Task] = set()  # keep a reference: the loop holds tasks only weakly
@@ -141,53 +185,86 @@ async def run(args: argparse.Namespace) -> int:
         nonlocal interrupts
         interrupts += 1
         if interrupts == 1:
-            display.stream.write("\n-- stopping: finishing the chunks in flight (Ctrl-C again to give up on them)\n")
-            pipeline.stop()
+            display.stream.write(f"\n-- stopping: {finishing} (Ctrl-C again to give up on them)\n")
+            runner.stop()
         else:
-            display.stream.write("\n-- giving up on the remaining chunks\n")
-            tasks.add(loop.create_task(pipeline.abort()))
+            display.stream.write("\n-- giving up on what is still in flight\n")
+            tasks.add(loop.create_task(runner.abort()))
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_interrupt)
+    failure = ""
+    words = None
     try:
-        words = await pipeline.run()
+        words = await runner.run()
+    except WsFatalError as exc:
+        failure = f"the service refused the stream: {exc}"
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        await api.aclose()
+        if api is not None:
+            await api.aclose()
         display.close()
-    words = words if words else pipeline.committed
+    words = words if words else runner.committed
     if args.output:
         output.write(args.output, words)
     sys.stdout.write(join_words(words) + "\n")
     sys.stdout.flush()
+    if isinstance(runner, WsTransport) and not failure and runner.gave_up and runner.unacknowledged_s > 0:
+        failure = f"the last {runner.unacknowledged_s:.1f} s of audio were not transcribed ({stats.last_error})"
     if stats.chunks_dropped:
-        print(
-            f"stt-client: {stats.chunks_dropped} chunks were refused by the service and are missing "
-            f"({stats.last_error})",
-            file=sys.stderr,
-        )
+        failure = f"{stats.chunks_dropped} chunks were refused by the service and are missing ({stats.last_error})"
+    if failure:
+        print(f"stt-client: {failure}", file=sys.stderr)
         return 1
     return 0
+
+
+def resolve(args: argparse.Namespace) -> str | None:
+    """Choose the transport, check the options against it and fill in the defaults left open;
+    returns what is wrong, if anything (before anything is opened)."""
+    args.url = args.url or [DEFAULT_URL]
+    given = [name for name in HTTP_ONLY_DEFAULTS if getattr(args, name) is not None]
+    if args.transport is None:
+        args.transport = "http" if given else DEFAULT_TRANSPORT
+    if args.output and args.output.suffix.lower() not in output.FORMATS:
+        return f"--output must end in one of {', '.join(output.FORMATS)}"
+    if args.transport == "ws":
+        if args.policy == "stitch":
+            return "--policy stitch needs --transport http (the streaming proxy commits by agreement)"
+        wrong = [f"--{name}" for name in given if name != "policy"]
+        if wrong:
+            return f"{', '.join(wrong)} only apply to --transport http"
+        try:
+            for url in args.url:
+                stream_url(url)
+        except ValueError as exc:
+            return f"--url: {exc}"
+        if not 1.0 <= args.step <= 10.0:
+            return "--step must be between 1 and 10 seconds with --transport ws"
+    elif len(args.url) > 1:
+        return "--url may repeat only with --transport ws"
+    for name, default in HTTP_ONLY_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    if args.transport == "ws" or args.policy == "agreement":
+        try:
+            Settings(context_s=args.context, step_s=args.step, window_s=args.window).policy_config()
+        except ValueError as exc:
+            return f"--step/--window/--context: {exc}"
+    elif not 0 <= args.overlap < args.chunk:
+        return f"--overlap must be at least 0 and less than --chunk ({args.chunk})"
+    elif not 0 <= args.context <= args.chunk:
+        return f"--context must be at least 0 and at most --chunk ({args.chunk})"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="stt-client: %(message)s")
-    if args.output and args.output.suffix.lower() not in output.FORMATS:
-        print(f"stt-client: --output must end in one of {', '.join(output.FORMATS)}", file=sys.stderr)
-        return 2
-    if args.policy == "agreement":
-        try:
-            Settings(context_s=args.context, step_s=args.step, window_s=args.window).policy_config()
-        except ValueError as exc:
-            print(f"stt-client: --step/--window/--context: {exc}", file=sys.stderr)
-            return 2
-    elif not 0 <= args.overlap < args.chunk:
-        print(f"stt-client: --overlap must be at least 0 and less than --chunk ({args.chunk})", file=sys.stderr)
-        return 2
-    elif not 0 <= args.context <= args.chunk:
-        print(f"stt-client: --context must be at least 0 and at most --chunk ({args.chunk})", file=sys.stderr)
+    problem = resolve(args)
+    if problem:
+        print(f"stt-client: {problem}", file=sys.stderr)
         return 2
     try:
         if args.list_devices:

@@ -19,6 +19,9 @@ from client.stats import Stats
 from client.stitcher import join_words
 
 DIM, RESET, CLEAR_LINE, UP = "\x1b[2m", "\x1b[0m", "\x1b[2K", "\x1b[1A"
+# --transport ws: how far the settled point normally trails the audio (the agreement window of
+# up to 15 s plus a step waits for a second decode); only beyond that is the session behind.
+WS_SETTLING_S = 20.0
 
 
 def meter(dbfs: float, width: int = 10) -> str:
@@ -76,7 +79,14 @@ class Display:
         else:
             parts.append(f"in {meter(self.level)} {self.level:5.0f} dB")
         parts.append(f"lag {s.lag_s:4.1f}s")
-        if s.backend_down:
+        if s.sessions or s.reconnects:  # --transport ws: audio is held, not chunks
+            if s.backend_down:
+                parts.append(f"service unreachable, holding {s.audio_held_s:.0f}s of audio")
+            elif s.behind_s > WS_SETTLING_S:
+                parts.append(f"catching up: {s.behind_s:.0f}s behind")
+            if s.audio_spilled_s:
+                parts.append(f"{s.audio_spilled_s:.0f}s on disk")
+        elif s.backend_down:
             parts.append(f"service unreachable, holding {s.chunks_held} chunks ({s.behind_s:.0f}s of audio)")
         elif s.behind_s > 6 or s.chunks_held > 2:
             parts.append(f"catching up: {s.behind_s:.0f}s behind, {s.chunks_held} chunks queued")
@@ -95,6 +105,15 @@ class Display:
             self._line.append(word)
             if len(join_words(self._line)) > self.width() - 12 or word.text.strip().endswith((".", "?", "!")):
                 self._emit_line()
+
+    def note(self, text: str) -> None:
+        """A one-off message (a lost connection, a reconnect) between the committed lines."""
+        if self.quiet:
+            return
+        self._clear()
+        self.stream.write(f"-- {text}\n")
+        self._draw()
+        self.stream.flush()
 
     def _emit_line(self) -> None:
         if not self._line:
@@ -148,6 +167,13 @@ class Display:
         if not self.quiet:
             self._clear()
             s = self.stats
+            if s.sessions or s.reconnects:
+                self.stream.write(
+                    f"-- done: {s.audio_captured_s:.1f} s of audio, {s.sessions} sessions, "
+                    f"{s.reconnects} reconnects, {s.audio_sent_s:.1f} s sent, {s.overruns} overruns\n"
+                )
+                self.stream.flush()
+                return
             self.stream.write(
                 f"-- done: {s.chunks_captured} chunks, {s.chunks_sent} transcribed, "
                 f"{s.chunks_nonspeech} without speech, {s.chunks_retried} retries, "

@@ -21,6 +21,7 @@ COUNTERS = {
     "stt_client_chunks_dropped": ("chunks_dropped", "Chunks given up on; should always be 0"),
     "stt_client_chunks_nonspeech": ("chunks_nonspeech", "Chunks skipped because the detector heard no speech"),
     "stt_client_capture_overruns": ("overruns", "Audio blocks lost because capture fell behind"),
+    "stt_client_reconnects": ("reconnects", "--transport ws: streaming sessions lost and tried again"),
 }
 
 
@@ -41,6 +42,11 @@ class StatsCollector(Collector):
         )
         yield GaugeMetricFamily(
             "stt_client_chunks_held", "Chunks waiting to be sent (memory and disk)", value=self.stats.chunks_held
+        )
+        yield GaugeMetricFamily(
+            "stt_client_audio_held_seconds",
+            "--transport ws: audio kept until the server acknowledges it (memory and disk)",
+            value=self.stats.audio_held_s,
         )
 
 

@@ -28,6 +28,12 @@ class Stats:
     lag_s: float = 0.0  # wall-clock seconds from capturing a chunk to having its words
     backend_down: bool = False  # the last attempt failed; chunks are being held
     last_error: str = ""
+    # --transport ws (client/ws_transport.py): audio, not chunks, is held until acknowledged.
+    sessions: int = 0  # /v1/stream sessions the proxy started
+    reconnects: int = 0  # sessions lost (or never opened) and tried again
+    audio_held_s: float = 0.0  # audio kept because the server may ask for it again
+    audio_spilled_s: float = 0.0  # ... of it on disk
+    seam_duplicates: int = 0  # words a resumed session committed again at the seam (dropped)
 
     @property
     def behind_s(self) -> float:

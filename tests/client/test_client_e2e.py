@@ -28,8 +28,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def client(*args: str, **kwargs) -> subprocess.Popen:
+    """The HTTP chunk pipeline (``--transport http``); the WebSocket transport is in test_client_ws.py."""
     return subprocess.Popen(
-        [sys.executable, "-m", "client", *args],
+        [sys.executable, "-m", "client", "--transport", "http", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
