@@ -32,6 +32,10 @@ SERVICES = {
     "proxy": ("services.proxy.app:app", {}),
 }
 
+# The HTTP implementation every service runs with (here, in the images' CMD and so in the chart):
+# httptools with a bound on request heads, 431 above STT_MAX_HEADER_BYTES.
+HTTP_PROTOCOL = "services.common.http_protocol:BoundedHttpToolsProtocol"
+
 
 def free_ports(count: int) -> list[int]:
     """Distinct free ports (all sockets held open together, so none is handed out twice)."""
@@ -95,7 +99,7 @@ class Stack:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         log = (self.run_dir / f"{name}.log").open("ab")
         cmd = [sys.executable, "-m", "uvicorn", SERVICES[name][0], "--host", self.host]
-        cmd += ["--port", str(self.ports[name]), "--no-access-log"]
+        cmd += ["--port", str(self.ports[name]), "--no-access-log", "--http", HTTP_PROTOCOL]
         proc = subprocess.Popen(
             cmd, cwd=self.cwd, env=self.service_env(name), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )

@@ -129,7 +129,7 @@ model_layer() { # model-name -> prints the layer directory holding /opt/stt/mode
   chmod -R a+rX "$dir"
   echo "$dir"
 }
-uvicorn_cmd() { printf '["uvicorn","services.%s.app:app","--host","0.0.0.0","--port","%s"]' "$1" "$2"; }
+uvicorn_cmd() { printf '["uvicorn","services.%s.app:app","--host","0.0.0.0","--port","%s","--http","services.common.http_protocol:BoundedHttpToolsProtocol"]' "$1" "$2"; }
 SPEC="$OUT/images.json"
 ARCHIVE="$OUT/stt-images.tar"
 sep="["

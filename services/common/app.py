@@ -1,6 +1,7 @@
 """The FastAPI application every service is built from.
 
 It wires what all three services share, once: JSON errors, HTTP metrics, structured logs,
+the per-process cap on requests in flight (``services.common.limits``, 429 past it),
 the Origin check on every POST (``services.common.origin``), ``/healthz`` (the process is
 alive), ``/readyz`` (503 until the model or backends are usable, so Kubernetes routes no
 traffic to a pod still loading) and ``/metrics``.
@@ -17,6 +18,7 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 
 from services.common.errors import error_body, install_error_handlers
+from services.common.limits import ConcurrencyLimitMiddleware, max_concurrency
 from services.common.logs import configure_logging
 from services.common.metrics import READY, VERSION, HttpMetricsMiddleware, metrics_response
 from services.common.origin import require_trusted_origin
@@ -95,6 +97,9 @@ def create_app(
     app.state.readiness = Readiness(service)
     install_error_handlers(app)
     app.add_middleware(HttpMetricsMiddleware, service=service)
+    # Added last, so outermost: a refusal costs no routing, metrics or logging, only its own
+    # counter (stt_http_overload_rejections_total).
+    app.add_middleware(ConcurrencyLimitMiddleware, service=service, limit=max_concurrency(service))
 
     @app.get("/healthz", tags=["ops"], summary="The process is alive")
     async def healthz() -> dict:

@@ -34,6 +34,16 @@ HTTP_LATENCY = Histogram(
     buckets=HTTP_BUCKETS,
 )
 HTTP_IN_FLIGHT = Gauge("stt_http_requests_in_flight", "Requests being handled now", ["service", "route"])
+HTTP_OVERLOAD_REJECTIONS = Counter(
+    "stt_http_overload_rejections_total",
+    "HTTP requests refused with 429 because STT_MAX_CONCURRENCY requests were in flight",
+    ["service"],
+)
+HTTP_HEADER_REJECTIONS = Counter(
+    "stt_http_header_rejections_total",
+    "Request heads refused with 431 (reason: bytes over STT_MAX_HEADER_BYTES, or fields)",
+    ["service", "reason"],
+)
 BUILD_INFO = Gauge("stt_build_info", "Always 1; labels carry the build", ["service", "version"])
 READY = Gauge("stt_ready", "1 when the service answers /readyz with 200", ["service"])
 MODEL_LOAD_SECONDS = Gauge("stt_model_load_seconds", "Seconds the last model load took", ["service", "model"])

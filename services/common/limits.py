@@ -1,0 +1,88 @@
+"""A cap on the HTTP requests one worker process handles at once: past it, an immediate 429.
+
+Without it a burst is accepted whole: every request buffers its upload and waits, memory
+grows with the queue, and callers learn they were too many only when they time out. With it
+the worker answers ``429 overloaded`` with ``Retry-After`` in well under a millisecond, before
+the body is read, so the client (or the proxy, which passes 429 on) can back off or go to
+another replica, and Kubernetes' probes keep getting answers.
+
+What is never counted nor refused: ``/healthz``, ``/readyz`` and ``/metrics`` (a refused probe
+would restart or unroute a pod that is merely busy) and WebSocket sessions (the proxy caps them
+itself with ``STT_MAX_SESSIONS``). The count is per process: with ``uvicorn --workers N`` a
+pod takes N times ``STT_MAX_CONCURRENCY``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from services.common.errors import error_body
+from services.common.metrics import HTTP_OVERLOAD_REJECTIONS
+from services.common.settings import env_int
+
+# Per service, when STT_MAX_CONCURRENCY is unset.
+# - base: 64, the same depth as its chunk queue (STT_MAX_QUEUE); past that the batcher refuses
+#   chunks anyway, so this cap only adds a bound on what the batcher never sees (uploads still
+#   arriving, whole files decoding) and on the uploads held in memory.
+# - tiny: 64; a detection takes milliseconds, so 64 waiting is already a backlog of seconds.
+# - proxy: 256; its requests mostly wait on the network for several backends (CPU and GPU, each
+#   with several replicas), so it holds more of them at the same cost per request.
+DEFAULT_MAX_CONCURRENCY = {"base": 64, "tiny": 64, "proxy": 256}
+EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+RETRY_AFTER_S = 1
+
+
+def max_concurrency(service: str) -> int:
+    """``STT_MAX_CONCURRENCY``, or the service's default (64 for a service not listed)."""
+    return env_int("STT_MAX_CONCURRENCY", DEFAULT_MAX_CONCURRENCY.get(service, 64), minimum=1)
+
+
+class ConcurrencyLimitMiddleware:
+    """Count in-flight HTTP requests; answer 429 ``overloaded`` to those past ``limit``.
+
+    Raw ASGI (no Starlette ``BaseHTTPMiddleware``): it runs on every request of the proxy's hot
+    path, and the refusal must not wait on anything. A request counts from its head until the
+    app returns, which includes the time its body takes to arrive (a slow upload holds a slot,
+    as it holds memory).
+    """
+
+    def __init__(self, app: ASGIApp, service: str, limit: int):
+        self.app = app
+        self.service = service
+        self.limit = limit
+        self.in_flight = 0
+        message = f"this worker is handling {limit} requests already (STT_MAX_CONCURRENCY); retry shortly"
+        self._body = json.dumps(error_body("overloaded", message)).encode()
+        self._rejections = HTTP_OVERLOAD_REJECTIONS.labels(service)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") in EXEMPT_PATHS:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            self._rejections.inc()
+            await self._refuse(send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _refuse(self, send: Send) -> None:
+        # The body is left unread: uvicorn drops it as it arrives (and never sends
+        # "100 Continue", so a client that waits for one sends none).
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 429,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(self._body)).encode()),
+                    (b"retry-after", str(RETRY_AFTER_S).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": self._body})
