@@ -8,7 +8,8 @@ and count in the metrics exactly like a chunk the client posts itself.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import aiohttp
 
@@ -19,7 +20,7 @@ from services.proxy.routing import Mode
 
 
 class Upstream:
-    """A backend's whole answer (bodies are small JSON or text; nothing is streamed)."""
+    """A backend's whole answer (small JSON or text; event streams go through :meth:`Upstreams.open_stream`)."""
 
     __slots__ = ("body", "content_type", "headers", "status")
 
@@ -31,6 +32,7 @@ class Upstream:
 # Refused, unreachable, connect timeout, or the connection died before any answer (read
 # timeouts are caught before these): safe to retry on the other backend.
 CONNECT_ERRORS = (aiohttp.ClientConnectionError,)
+T = TypeVar("T")
 # Backend headers worth passing to the caller (backpressure hints).
 PASSED_HEADERS = ("retry-after",)
 
@@ -78,38 +80,8 @@ class Upstreams:
         Returns the answer, the backend that gave it, and why it is not the one the mode
         wanted (None when it is). A read timeout is never resent: the backend may be working.
         """
-        mode = self.mode
-        route = choose(mode, self.cpu, self.gpu)
-        reason = route.fallback_reason
-        for index, backend in enumerate(route.order):
-            try:
-                response = await self.call(backend, path, body, content_type, query, route_label)
-            except (aiohttp.SocketTimeoutError, TimeoutError):
-                metrics.UPSTREAM_ERRORS.labels(backend.name, "timeout").inc()
-                raise ApiError(
-                    504,
-                    "backend_timeout",
-                    f"the {backend.name} backend did not answer in time; retry or send less audio",
-                ) from None
-            except CONNECT_ERRORS as exc:
-                metrics.UPSTREAM_ERRORS.labels(backend.name, "connect").inc()
-                backend.mark(False, f"{type(exc).__name__} during a request")
-                if index + 1 < len(route.order):
-                    reason = f"{backend.name} backend unreachable"
-                continue
-            metrics.ROUTED.labels(backend.name, mode.value).inc()
-            if backend.name == route.wanted:
-                return response, backend, None
-            reason = reason or f"{route.wanted} backend unavailable"
-            metrics.FALLBACKS.labels(reason).inc()
-            return response, backend, reason
-        raise ApiError(
-            503,
-            "no_backend",
-            "no transcription backend is reachable ("
-            + "; ".join(f"{b.name}: {b.last_error or 'not ready'}" for b in route.order)
-            + "); retry shortly",
-            headers={"Retry-After": "2"},
+        return await self._first_that_connects(
+            lambda backend: self.call(backend, path, body, content_type, query, route_label)
         )
 
     async def open_stream(
@@ -123,14 +95,29 @@ class Upstreams:
         is a 504. ``stt_proxy_upstream_seconds`` counts up to the headers (a stream lasts as long
         as its audio). The caller owns the response: it must ``release()`` or ``close()`` it.
         """
+
+        async def send(backend: Backend) -> aiohttp.ClientResponse:
+            url = f"{backend.url}{path}" + (f"?{query}" if query else "")
+            start = time.perf_counter()
+            try:
+                return await self.client.post(url, data=body, headers={"content-type": content_type})
+            finally:
+                metrics.UPSTREAM_SECONDS.labels(backend.name, route_label).observe(time.perf_counter() - start)
+
+        return await self._first_that_connects(send)
+
+    async def _first_that_connects(self, send: Callable[[Backend], Awaitable[T]]) -> tuple[T, Backend, str | None]:
+        """``send`` to the backend the routing mode picks; on a connection failure, to the other.
+
+        Returns the answer, the backend that gave it, and why it is not the one the mode
+        wanted (None when it is). A read timeout is never resent: the backend may be working.
+        """
         mode = self.mode
         route = choose(mode, self.cpu, self.gpu)
         reason = route.fallback_reason
         for index, backend in enumerate(route.order):
-            url = f"{backend.url}{path}" + (f"?{query}" if query else "")
-            start = time.perf_counter()
             try:
-                response = await self.client.post(url, data=body, headers={"content-type": content_type})
+                response = await send(backend)
             except (aiohttp.SocketTimeoutError, TimeoutError):
                 metrics.UPSTREAM_ERRORS.labels(backend.name, "timeout").inc()
                 raise ApiError(
@@ -144,8 +131,6 @@ class Upstreams:
                 if index + 1 < len(route.order):
                     reason = f"{backend.name} backend unreachable"
                 continue
-            finally:
-                metrics.UPSTREAM_SECONDS.labels(backend.name, route_label).observe(time.perf_counter() - start)
             metrics.ROUTED.labels(backend.name, mode.value).inc()
             if backend.name == route.wanted:
                 return response, backend, None
