@@ -153,8 +153,9 @@ def _cap_event(message: str, retry_after_s: float) -> dict:
     }
 
 
-def _options_error(message: str) -> dict:
-    return {"type": "error", "code": "bad_option", "message": message, "retryable": False}
+def error_event(code: str, message: str, retryable: bool) -> dict:
+    """The native protocol's ``error`` event."""
+    return {"type": "error", "code": code, "message": message, "retryable": retryable}
 
 
 @router.websocket("/v1/stream")
@@ -193,7 +194,7 @@ async def stream(
                 raise ValueError("step_s must be between 1 and 10 seconds")
         except ValueError as exc:
             metrics.SESSIONS_REFUSED.labels("bad_request").inc()
-            await sender.emit(_options_error(str(exc)))
+            await sender.emit(error_event("bad_option", str(exc), retryable=False))
             await sender.close()
             await websocket.close(CLOSE_POLICY, "bad session options")
             return
@@ -225,16 +226,14 @@ async def _receive(websocket: WebSocket, session: StreamSession, sender: EventSe
             message = await asyncio.wait_for(websocket.receive(), timeout=settings.idle_timeout_s)
         except TimeoutError:
             await sender.emit(
-                {
-                    "type": "error",
-                    "code": "idle",
-                    "retryable": True,
-                    "message": f"no audio or message for {settings.idle_timeout_s:g} s; the session is closed",
-                }
+                error_event(
+                    "idle",
+                    f"no audio or message for {settings.idle_timeout_s:g} s; the session is closed",
+                    retryable=True,
+                )
             )
             await session.finish()
-            await sender.close()
-            await _close(websocket, CLOSE_GOING_AWAY, "idle")
+            await _end(websocket, sender, CLOSE_GOING_AWAY, "idle")
             return "finished"
         if message["type"] == "websocket.disconnect":
             return "disconnected"
@@ -242,32 +241,28 @@ async def _receive(websocket: WebSocket, session: StreamSession, sender: EventSe
         if data is not None:
             if len(data) > settings.max_frame_bytes:
                 await sender.emit(
-                    {
-                        "type": "error",
-                        "code": "frame_too_large",
-                        "retryable": False,
-                        "message": f"a frame may hold at most {settings.max_frame_bytes} bytes; send smaller frames",
-                    }
+                    error_event(
+                        "frame_too_large",
+                        f"a frame may hold at most {settings.max_frame_bytes} bytes; send smaller frames",
+                        retryable=False,
+                    )
                 )
-                await sender.close()
-                await _close(websocket, CLOSE_TOO_BIG, "frame too large")
+                await _end(websocket, sender, CLOSE_TOO_BIG, "frame too large")
                 return "error"
             if len(data) % 2:
                 await sender.emit(
-                    {
-                        "type": "error",
-                        "code": "odd_frame",
-                        "retryable": False,
-                        "message": "a frame of s16le PCM must hold an even number of bytes; this one was dropped",
-                    }
+                    error_event(
+                        "odd_frame",
+                        "a frame of s16le PCM must hold an even number of bytes; this one was dropped",
+                        retryable=False,
+                    )
                 )
                 continue
             try:
                 session.feed(np.frombuffer(data, dtype="<i2"))
             except TooFarBehindError as exc:
-                await sender.emit({"type": "error", "code": "too_far_behind", "message": str(exc), "retryable": True})
-                await sender.close()
-                await _close(websocket, CLOSE_TRY_AGAIN, "too far behind; resume later")
+                await sender.emit(error_event("too_far_behind", str(exc), retryable=True))
+                await _end(websocket, sender, CLOSE_TRY_AGAIN, "too far behind; resume later")
                 return "too_far_behind"
             metrics.SESSION_AUDIO_SECONDS.inc(len(data) / 2 / 16000)
             continue
@@ -276,27 +271,24 @@ async def _receive(websocket: WebSocket, session: StreamSession, sender: EventSe
             kind = control.get("type") if isinstance(control, dict) else None
         except ValueError:
             await sender.emit(
-                {
-                    "type": "error",
-                    "code": "bad_json",
-                    "retryable": False,
-                    "message": 'text frames must be JSON objects like {"type": "stop"}',
-                }
+                error_event("bad_json", 'text frames must be JSON objects like {"type": "stop"}', retryable=False)
             )
             continue
         if kind == "stop":
             await session.finish()
-            await sender.close()
-            await _close(websocket, CLOSE_NORMAL, "done")
+            await _end(websocket, sender, CLOSE_NORMAL, "done")
             return "finished"
         await sender.emit(
-            {
-                "type": "error",
-                "code": "unknown_event",
-                "retryable": False,
-                "message": f'unknown message type {str(kind)[:40]!r}; the only one is "stop"',
-            }
+            error_event(
+                "unknown_event", f'unknown message type {str(kind)[:40]!r}; the only one is "stop"', retryable=False
+            )
         )
+
+
+async def _end(websocket: WebSocket, sender: EventSender, code: int, reason: str) -> None:
+    """Send the events still queued, then close with ``code``."""
+    await sender.close()
+    await _close(websocket, code, reason)
 
 
 async def _close(websocket: WebSocket, code: int, reason: str, timeout: float = 5.0) -> None:
