@@ -226,6 +226,9 @@ def run(
         tick()
     false = nonspeech_chunks(detector, nonspeech)
     settings = {"name": "silero", "threshold": detector.threshold, "min_speech_ms": detector.min_speech_ms}
+    for weak in ("weak_threshold", "weak_min_speech_ms", "max_steadiness"):  # services/common/speech.py
+        if hasattr(detector, weak):
+            settings[weak] = getattr(detector, weak)
     out = summarize(measured, false, settings, misses_kept)
     out["clips"] = len(clips)
     out["wall_s"] = round(time.monotonic() - began, 1)

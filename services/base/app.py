@@ -29,7 +29,6 @@ import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from faster_whisper.tokenizer import _LANGUAGE_CODES
-from faster_whisper.vad import VadOptions, get_speech_timestamps
 
 from services.base import metrics
 from services.base.batcher import Batcher
@@ -51,6 +50,7 @@ from services.common.openai_api import (
     served_models,
 )
 from services.common.settings import env_choice, env_float, env_int, env_origins, env_str
+from services.common.speech import shared_detector, speech_spans
 from services.common.subtitles import to_srt, to_vtt
 from services.common.upload import form_text, read_upload
 
@@ -129,6 +129,8 @@ class Engine:
         }
         if info.fallback_reason:
             described["device_fallback_reason"] = info.fallback_reason
+        if info.compute_type_timings:  # STT_COMPUTE_TYPE=auto: what the start-up probe measured
+            described["compute_type_probe_ms"] = {c: round(s * 1000, 1) for c, s in info.compute_type_timings.items()}
         return described
 
 
@@ -175,7 +177,9 @@ def check_language(language: str | None) -> str | None:
 
 
 def has_speech(samples: np.ndarray) -> bool:
-    return bool(get_speech_timestamps(samples, VadOptions(min_speech_duration_ms=250)))
+    """Whether any 3 s piece of ``samples`` holds speech, by tiny's detector
+    (:mod:`services.common.speech`)."""
+    return bool(speech_spans(samples, shared_detector()))
 
 
 @app.post("/transcribe-chunk", tags=["transcribe"], summary="Transcribe one chunk (at most 30 s)")
@@ -212,16 +216,17 @@ async def transcribe_chunk(
 
 
 def speech_windows(samples: np.ndarray) -> list[tuple[int, int]]:
-    """Cut a long recording at pauses into pieces of at most 30 s (Silero VAD), like
-    faster-whisper's batched pipeline; silence between pieces is never sent to the model."""
-    spans = get_speech_timestamps(samples, VadOptions(max_speech_duration_s=WINDOW - 1, min_silence_duration_ms=500))
+    """Cut a long recording at pauses into pieces of at most 30 s, like faster-whisper's batched
+    pipeline; silence between pieces is never sent to the model. Speech is found by the same
+    detector as the live path's (:func:`services.common.speech.speech_spans`: every 3 s piece the
+    client would send), so a stretch the live path would transcribe is never dropped here."""
     windows: list[tuple[int, int]] = []
     limit = int(WINDOW * SAMPLE_RATE)
-    for span in spans:
-        if windows and span["end"] - windows[-1][0] <= limit:
-            windows[-1] = (windows[-1][0], span["end"])
+    for start, end in speech_spans(samples, shared_detector(), max_span_s=WINDOW - 1, min_silence_ms=500):
+        if windows and end - windows[-1][0] <= limit:
+            windows[-1] = (windows[-1][0], end)
         else:
-            windows.append((span["start"], span["end"]))
+            windows.append((start, end))
     return windows
 
 

@@ -1,7 +1,8 @@
 """Speech detectors behind one interface: does this chunk hold speech, and where?
 
-- ``silero``: Silero VAD v6 (ONNX, shipped inside faster-whisper). ~1 ms per 30 ms frame on one
-  thread, trained to reject music and noise. The default.
+- ``silero``: Silero VAD v6 (ONNX, shipped inside faster-whisper), decided as in
+  :mod:`services.common.speech` (a confident path, then a level-normalised weak path guarded
+  against tonal sounds). ~5-12 ms per 3 s chunk on one thread. The default.
 - ``whisper-tiny``: the design document's original idea, Whisper ``tiny.en`` transcribing the chunk
   and calling it speech when it produces confident text. ~40x dearer, and Whisper is known to
   hallucinate ("Thank you.") on music and silence, so it is kept for comparison.
@@ -16,8 +17,9 @@ from typing import Protocol
 import numpy as np
 
 from services.common.audio import SAMPLE_RATE
+from services.common.speech import FRAME, SpeechDetector, speech_regions
 
-FRAME = 512  # Silero's window at 16 kHz (32 ms)
+__all__ = ["FRAME", "Detection", "Detector", "SileroDetector", "WhisperTinyDetector", "speech_regions", "timed"]
 
 
 @dataclass
@@ -38,67 +40,43 @@ class Detector(Protocol):
 
 @dataclass
 class SileroDetector:
-    """Frame probabilities from Silero, then hysteresis into speech regions.
+    """Silero with a confident and a weak path (:mod:`services.common.speech`, shared with the
+    whole-file endpoint): frame probabilities, then hysteresis into speech regions.
 
-    A region needs ``min_speech_ms`` of speech: a door slam or a key click is a few frames
-    loud, a word is not shorter than ~200 ms.
+    A confident region needs ``min_speech_ms`` of frames at ``threshold``: a door slam or a key
+    click is a few frames loud, a word is not shorter than ~200 ms. A chunk with none is asked
+    again level-normalised at ``weak_threshold``, and kept only when it is not tonally steady.
     """
 
     threshold: float = 0.5
     min_speech_ms: int = 250
     min_silence_ms: int = 100
     pad_ms: int = 30
+    weak_threshold: float = 0.3
+    weak_min_speech_ms: int = 96
+    max_steadiness: float = 0.85
     name: str = "silero"
 
     def __post_init__(self) -> None:
-        from faster_whisper.vad import get_vad_model
-
-        self._model = get_vad_model()
+        self._speech = SpeechDetector(
+            threshold=self.threshold,
+            min_speech_ms=self.min_speech_ms,
+            min_silence_ms=self.min_silence_ms,
+            pad_ms=self.pad_ms,
+            weak_threshold=self.weak_threshold,
+            weak_min_speech_ms=self.weak_min_speech_ms,
+            max_steadiness=self.max_steadiness,
+        )
 
     def frame_probabilities(self, samples: np.ndarray) -> np.ndarray:
-        padded = np.pad(samples, (0, (-samples.size) % FRAME))
-        return np.asarray(self._model(padded), dtype=np.float32).reshape(-1)
+        return self._speech.frame_probabilities(samples)
 
     def detect(self, samples: np.ndarray) -> Detection:
-        probs = self.frame_probabilities(samples)
-        regions = speech_regions(probs, self.threshold, self.min_speech_ms, self.min_silence_ms, self.pad_ms)
-        limit_ms = int(samples.size * 1000 / SAMPLE_RATE)
-        for region in regions:
-            region["end_ms"] = min(region["end_ms"], limit_ms)
-        return Detection(bool(regions), float(probs.max()) if probs.size else 0.0, regions)
-
-
-def speech_regions(
-    probs: np.ndarray, threshold: float, min_speech_ms: int, min_silence_ms: int, pad_ms: int
-) -> list[dict[str, int]]:
-    """Hysteresis over frame probabilities (enter at ``threshold``, leave at threshold-0.15)."""
-    frame_ms = FRAME * 1000 / SAMPLE_RATE
-    leave = max(threshold - 0.15, 0.01)
-    regions: list[list[float]] = []
-    start: int | None = None
-    silent_since: int | None = None
-    for i, p in enumerate(probs):
-        if start is None:
-            if p >= threshold:
-                start, silent_since = i, None
-            continue
-        if p < leave:
-            silent_since = i if silent_since is None else silent_since
-            if (i - silent_since) * frame_ms >= min_silence_ms:
-                regions.append([start, silent_since])
-                start, silent_since = None, None
-        else:
-            silent_since = None
-    if start is not None:
-        regions.append([start, silent_since if silent_since is not None else len(probs)])
-    out = []
-    for begin, end in regions:
-        # Count only confident frames: hysteresis stretches a 150 ms chime to half a second,
-        # while even a one-word utterance has well over 250 ms of frames above the threshold.
-        confident = int(np.count_nonzero(probs[begin:end] >= threshold))
-        if confident * frame_ms >= min_speech_ms:
-            out.append({"start_ms": max(0, int(begin * frame_ms - pad_ms)), "end_ms": int(end * frame_ms + pad_ms)})
-    return out
+        decision = self._speech.decide(samples)
+        regions = [
+            {"start_ms": a * 1000 // SAMPLE_RATE, "end_ms": b * 1000 // SAMPLE_RATE} for a, b in decision.regions
+        ]
+        return Detection(decision.speech, decision.probability, regions)
 
 
 @dataclass
