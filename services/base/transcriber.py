@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import ctranslate2
@@ -67,6 +68,157 @@ class DeviceInfo:
     device: str
     compute_type: str
     fallback_reason: str | None = None
+    # STT_COMPUTE_TYPE=auto: seconds per probe run of each compute type measured, in probe order
+    # (empty when the type was named, only one candidate is supported, or the probe failed).
+    compute_type_timings: dict[str, float] = field(default_factory=dict)
+
+
+# STT_COMPUTE_TYPE=auto times these (those CTranslate2 supports on the device) and keeps the
+# fastest. The first is the default: the one loaded first and kept unless another beats it by
+# PROBE_MARGIN. On CPU "int8" *is* int8_float32 (CTranslate2 resolves it so), so that alias is
+# not timed twice.
+AUTO_CANDIDATES = {
+    "cpu": ("int8", "float32", "int8_bfloat16", "bfloat16"),
+    "cuda": ("float16", "int8_float16", "bfloat16", "int8_bfloat16", "int8"),
+}
+# The probe workload: a 3 s chunk in the encoder window the service gives it by default
+# (chunk + STT_ENCODER_PAD_SECONDS=8), then a fixed number of greedy decoder steps (the end
+# token is suppressed, so every type decodes the same length whatever it hears).
+PROBE_AUDIO_SECONDS = 3.0
+PROBE_WINDOW_SECONDS = 11
+PROBE_TOKENS = 16
+PROBE_RUNS = 3  # timed runs per type (the fastest counts), after one untimed run...
+PROBE_BUDGET_SECONDS = 3.0  # ...and fewer when they take longer than this (at least one)
+PROBE_MARGIN = 0.10  # another type must be >10 % faster than the default to replace it
+
+
+@dataclass
+class Probe:
+    chosen: str
+    timings: dict[str, float]
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def choose_compute_type(
+    candidates: Sequence[str],
+    measure: Callable[[str], float],
+    release: Callable[[str], None] = lambda _: None,
+    margin: float = PROBE_MARGIN,
+) -> Probe:
+    """Measure each candidate and pick the fastest; ``candidates[0]`` is the default.
+
+    ``measure(compute_type)`` returns seconds per run (lower is better) or raises. The
+    default's failure propagates (nothing to compare against); another type's failure is
+    recorded and skipped. The default wins ties and anything within ``margin`` of the fastest:
+    a switch must be worth its noise. ``release(compute_type)`` is called for each candidate as
+    soon as it is out of the running, so a caller holding loaded models holds at most two."""
+    if not candidates:
+        raise ValueError("no compute type to choose from")
+    default = candidates[0]
+    timings: dict[str, float] = {}
+    errors: dict[str, str] = {}
+    best: str | None = None
+
+    def score(compute_type: str) -> float:
+        return timings[compute_type] / (1 + margin) if compute_type == default else timings[compute_type]
+
+    for compute_type in candidates:
+        try:
+            timings[compute_type] = measure(compute_type)
+        except Exception as exc:
+            if compute_type == default:
+                raise
+            errors[compute_type] = f"{type(exc).__name__}: {exc}"
+            release(compute_type)
+            continue
+        if best is None or score(compute_type) < score(best):
+            if best is not None:
+                release(best)
+            best = compute_type
+        else:
+            release(compute_type)
+    assert best is not None
+    return Probe(best, timings, errors)
+
+
+def auto_candidates(device: str) -> list[str]:
+    """The compute types ``auto`` times on ``device``, default first; just the default when
+    CTranslate2 cannot say what the device supports."""
+    preferred = AUTO_CANDIDATES[device]
+    try:
+        supported = set(ctranslate2.get_supported_compute_types(device))
+    except Exception:
+        return [preferred[0]]
+    return [preferred[0]] + [c for c in preferred[1:] if c in supported]
+
+
+def probe_run(model: WhisperModel) -> Callable[[], None]:
+    """One probe run for ``model``: encode a fixed synthetic chunk, decode PROBE_TOKENS tokens."""
+    rng = np.random.default_rng(0)
+    samples = (0.05 * rng.standard_normal(int(PROBE_AUDIO_SECONDS * SAMPLE_RATE))).astype(np.float32)
+    raw = model.feature_extractor(samples)[..., :-1]
+    frames = int(PROBE_WINDOW_SECONDS * model.frames_per_second)
+    features = np.ascontiguousarray(BatchTranscriber._fit(raw, frames)[None])
+    tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language="en")
+    prompt = model.get_prompt(tokenizer, previous_tokens=[], without_timestamps=False)
+
+    def run() -> None:
+        encoded = model.encode(features)
+        model.model.generate(
+            encoded,
+            [prompt],
+            beam_size=1,
+            max_length=2 * PROBE_TOKENS,  # CTranslate2 decodes at most max_length // 2 for Whisper
+            suppress_blank=False,
+            suppress_tokens=[-1, tokenizer.eot],
+        )
+
+    return run
+
+
+def time_model(model: WhisperModel) -> float:
+    """Seconds of the fastest of PROBE_RUNS probe runs, after one untimed run (which pays
+    one-off set-up, such as kernel compilation for a new compute type on a GPU). The fastest,
+    not the median: other work on the machine only ever adds time, so the fastest run is the
+    best estimate of what the type itself costs. Types are timed one after another, so load
+    that comes and goes between them can still tip a close call: PROBE_MARGIN absorbs some."""
+    run = probe_run(model)
+    run()
+    times: list[float] = []
+    deadline = time.perf_counter() + PROBE_BUDGET_SECONDS
+    while len(times) < PROBE_RUNS and (not times or time.perf_counter() < deadline):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def probe_compute_types(
+    path: str, device: str, cpu_threads: int, default_model: WhisperModel, default: str
+) -> tuple[WhisperModel, Probe] | None:
+    """Time the supported candidates on ``device`` (``default_model`` is ``default``, already
+    loaded) and return the fastest, loaded; None when there is nothing to compare."""
+    candidates = auto_candidates(device)
+    if candidates[0] != default or len(candidates) < 2:
+        return None
+    models = {default: default_model}
+
+    def measure(compute_type: str) -> float:
+        if compute_type not in models:
+            models[compute_type] = WhisperModel(path, device=device, compute_type=compute_type, cpu_threads=cpu_threads)
+        return time_model(models[compute_type])
+
+    start = time.perf_counter()
+    probe = choose_compute_type(candidates, measure, release=lambda c: models.pop(c, None))
+    log.info(
+        "compute type probe on %s took %.1f s: %s; chose %s%s",
+        device,
+        time.perf_counter() - start,
+        ", ".join(f"{c} {s * 1000:.0f} ms" for c, s in probe.timings.items()),
+        probe.chosen,
+        "".join(f"; {c} failed ({e})" for c, e in probe.errors.items()),
+    )
+    return models[probe.chosen], probe
 
 
 def cuda_device_count() -> int:
@@ -79,12 +231,17 @@ def cuda_device_count() -> int:
 def load_model(
     path: str, requested_device: str, compute_type: str, cpu_threads: int
 ) -> tuple[WhisperModel, DeviceInfo]:
-    """Load on the requested device; if CUDA is asked for but absent, load on CPU and say why."""
+    """Load on the requested device; if CUDA is asked for but absent, load on CPU and say why.
+
+    ``compute_type="auto"`` loads the device's default (int8 on CPU, float16 on CUDA), then
+    times it against the other supported types (:data:`AUTO_CANDIDATES`) and keeps the fastest
+    (:func:`choose_compute_type`); a named type is loaded as it is."""
     device, reason = requested_device, None
     if requested_device == "cuda" and cuda_device_count() == 0:
         device, reason = "cpu", "CUDA requested but no CUDA device is visible to CTranslate2"
-    if compute_type == "auto":
-        compute_type = "float16" if device == "cuda" else "int8"
+    auto = compute_type == "auto"
+    if auto:
+        compute_type = AUTO_CANDIDATES[device][0]
     if device == "cpu" and compute_type == "float16":
         compute_type = "int8"
     try:
@@ -98,9 +255,22 @@ def load_model(
         device, compute_type = "cpu", "int8"
         model = WhisperModel(path, device=device, compute_type=compute_type, cpu_threads=cpu_threads)
         warm_up(model)
+        auto = False  # a fallback from a broken CUDA set-up serves at once, unprobed
+    timings: dict[str, float] = {}
+    if auto:
+        try:
+            probed = probe_compute_types(path, device, cpu_threads, model, compute_type)
+        except Exception:  # the default itself could not be timed: serve it rather than fail
+            log.exception("compute type probe failed; serving %s", compute_type)
+            probed = None
+        if probed:
+            model, probe = probed
+            if probe.chosen != compute_type:
+                warm_up(model)  # through faster-whisper's own path too, as the default was
+            compute_type, timings = probe.chosen, probe.timings
     if reason:
         log.error("SERVING ON CPU: %s", reason)
-    return model, DeviceInfo(requested_device, device, compute_type, reason)
+    return model, DeviceInfo(requested_device, device, compute_type, reason, timings)
 
 
 def warm_up(model: WhisperModel) -> None:
