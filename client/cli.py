@@ -167,7 +167,7 @@ async def run(args: argparse.Namespace) -> int:
         from client.metrics import serve
 
         serve(stats, args.metrics_port)
-    display = Display(stats, total_s=source.duration_s if not args.realtime else None, quiet=args.quiet)
+    display = Display(stats, total_s=source.duration_s, live=source.live, quiet=args.quiet)
     api: SttApi | None = None
     runner: Pipeline | WsTransport
     if args.transport == "ws":

@@ -1,5 +1,9 @@
 """The live view on stderr: committed text, partial text, input level, lag, progress.
 
+A live source (microphone, ``--file --realtime``, a pipe on stdin) shows the input level, the
+lag and whether the service is catching up. A file read as fast as possible has nothing to lag
+behind: it shows how much of it is done and how fast, in audio seconds per wall second.
+
 On a terminal the bottom two lines are redrawn in place (committed text that fills a line
 scrolls up above them); anywhere else (a pipe, a log file, CI) it writes plain lines: each
 committed line once, and a status line when something changes or every few seconds. The
@@ -35,12 +39,23 @@ def _clock(seconds: float) -> str:
     return f"{m:d}:{s:02d}"
 
 
-def progress_bar(done_s: float, total_s: float, elapsed_s: float, width: int = 20) -> str:
-    """``[#####-----] 42% 1:13/2:54 ETA 0:31`` from audio seconds done and wall time spent."""
-    frac = 0.0 if total_s <= 0 else min(1.0, done_s / total_s)
+def speed(done_s: float, elapsed_s: float) -> float:
+    """Audio seconds done per wall-clock second (0 before any time has passed)."""
+    return done_s / elapsed_s if elapsed_s > 0 else 0.0
+
+
+def progress(done_s: float, total_s: float | None, elapsed_s: float, width: int = 20) -> str:
+    """A file read at full speed: ``[########------------]  42% of 2:25 · 7.9x real time · ETA 0:11``.
+
+    Without a known length (``total_s`` None or 0): ``1:01 done · 7.9x real time``.
+    """
+    rate = f"{speed(done_s, elapsed_s):.1f}x real time"
+    if not total_s or total_s <= 0:
+        return f"{_clock(done_s)} done · {rate}"
+    frac = max(0.0, min(1.0, done_s / total_s))
     filled = round(frac * width)
     eta = "?" if frac <= 0 else _clock(elapsed_s * (1 - frac) / frac)
-    return f"[{'#' * filled}{'-' * (width - filled)}] {frac * 100:3.0f}% {_clock(done_s)}/{_clock(total_s)} ETA {eta}"
+    return f"[{'#' * filled}{'-' * (width - filled)}] {frac * 100:3.0f}% of {_clock(total_s)} · {rate} · ETA {eta}"
 
 
 class Display:
@@ -52,11 +67,16 @@ class Display:
         total_s: float | None = None,
         quiet: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        live: bool | None = None,
     ) -> None:
+        """``live``: the source comes at real-time pace (show level, lag, catching up); False: a
+        file read as fast as possible (show progress and speed; ``total_s`` its length, if known).
+        Not given: live unless ``total_s`` is."""
         self.stats = stats
         self.stream = stream if stream is not None else sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty
         self.total_s = total_s
+        self.live = not total_s if live is None else live
         self.quiet = quiet
         self.clock = clock
         self.level = -100.0
@@ -65,30 +85,39 @@ class Display:
         self._line_start: float | None = None
         self._drawn = 0  # status lines currently on screen (tty)
         self._began = clock()
+        self._done_s = 0.0  # audio seconds done; ws alternates processed and settled: keep the most
         self._last_plain_status = ""
         self._last_plain_at = 0.0
 
     def width(self) -> int:
         return max(40, shutil.get_terminal_size((100, 20)).columns - 1)
 
+    def done_s(self) -> float:
+        """Audio seconds transcribed so far (never going back)."""
+        self._done_s = max(self._done_s, self.stats.audio_done_s)
+        return self._done_s
+
+    def elapsed_s(self) -> float:
+        return self.clock() - self._began
+
     def status_line(self) -> str:
         s = self.stats
         parts = []
-        if self.total_s:
-            parts.append(progress_bar(s.audio_done_s, self.total_s, self.clock() - self._began))
+        if not self.live:  # nothing to lag behind: how far and how fast
+            parts.append(progress(self.done_s(), self.total_s, self.elapsed_s()))
         else:
             parts.append(f"in {meter(self.level)} {self.level:5.0f} dB")
-        parts.append(f"lag {s.lag_s:4.1f}s")
+            parts.append(f"lag {s.lag_s:4.1f}s")
         if s.sessions or s.reconnects:  # --transport ws: audio is held, not chunks
             if s.backend_down:
                 parts.append(f"service unreachable, holding {s.audio_held_s:.0f}s of audio")
-            elif s.behind_s > WS_SETTLING_S:
+            elif self.live and s.behind_s > WS_SETTLING_S:
                 parts.append(f"catching up: {s.behind_s:.0f}s behind")
             if s.audio_spilled_s:
                 parts.append(f"{s.audio_spilled_s:.0f}s on disk")
         elif s.backend_down:
             parts.append(f"service unreachable, holding {s.chunks_held} chunks ({s.behind_s:.0f}s of audio)")
-        elif s.behind_s > 6 or s.chunks_held > 2:
+        elif self.live and (s.behind_s > 6 or s.chunks_held > 2):
             parts.append(f"catching up: {s.behind_s:.0f}s behind, {s.chunks_held} chunks queued")
         if s.chunks_spilled:
             parts.append(f"{s.chunks_spilled} on disk")
@@ -97,6 +126,25 @@ class Display:
         if s.chunks_dropped:
             parts.append(f"DROPPED {s.chunks_dropped}")
         return " | ".join(parts)
+
+    def summary(self) -> str:
+        """The line printed at the end; for a file it says how fast the run was."""
+        s = self.stats
+        rate = ""
+        if not self.live:
+            done, elapsed = self.done_s(), self.elapsed_s()
+            rate = f"{done:.1f} s of audio in {elapsed:.1f} s ({speed(done, elapsed):.1f}x real time), "
+        if s.sessions or s.reconnects:
+            audio = rate or f"{s.audio_captured_s:.1f} s of audio, "
+            return (
+                f"-- done: {audio}{s.sessions} sessions, {s.reconnects} reconnects, "
+                f"{s.audio_sent_s:.1f} s sent, {s.overruns} overruns"
+            )
+        return (
+            f"-- done: {rate}{s.chunks_captured} chunks, {s.chunks_sent} transcribed, "
+            f"{s.chunks_nonspeech} without speech, {s.chunks_retried} retries, "
+            f"{s.chunks_dropped} dropped, {s.overruns} overruns"
+        )
 
     def commit(self, words: list[Word]) -> None:
         for word in words:
@@ -166,17 +214,5 @@ class Display:
         self._emit_line()
         if not self.quiet:
             self._clear()
-            s = self.stats
-            if s.sessions or s.reconnects:
-                self.stream.write(
-                    f"-- done: {s.audio_captured_s:.1f} s of audio, {s.sessions} sessions, "
-                    f"{s.reconnects} reconnects, {s.audio_sent_s:.1f} s sent, {s.overruns} overruns\n"
-                )
-                self.stream.flush()
-                return
-            self.stream.write(
-                f"-- done: {s.chunks_captured} chunks, {s.chunks_sent} transcribed, "
-                f"{s.chunks_nonspeech} without speech, {s.chunks_retried} retries, "
-                f"{s.chunks_dropped} dropped, {s.overruns} overruns\n"
-            )
+            self.stream.write(self.summary() + "\n")
             self.stream.flush()

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import mimetypes
+import os
 import queue
+import stat
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -38,7 +40,8 @@ class Block:
 class Source(Protocol):
     """What the pipeline needs from any audio source."""
 
-    duration_s: float | None  # known length (files), None for live input
+    duration_s: float | None  # known length (files, stdin from a file), None when unknown
+    live: bool  # audio comes at real-time pace (microphone, --realtime); False: as fast as it can be read
     overruns: int  # blocks lost because the consumer fell behind
 
     def blocks(self) -> AsyncIterator[Block]: ...
@@ -71,6 +74,7 @@ class CallbackCapture:
         self.queue: queue.Queue[Block | None] = queue.Queue(maxsize=max_blocks)
         self.overruns = 0
         self.duration_s: float | None = None
+        self.live = True
         self._offset = 0  # absolute sample offset of the next block the device delivers
         self._expected = 0  # absolute sample offset the reader expects next
         self._stopped = False
@@ -177,6 +181,7 @@ class ArraySource:
         self.samples = samples.astype(np.float32, copy=False)
         self.realtime = realtime
         self.duration_s: float | None = samples.size / SAMPLE_RATE
+        self.live = realtime
         self.overruns = 0
         self._clock = clock
         self._stopped = False
@@ -216,12 +221,28 @@ def file_source(path: Path, realtime: bool = False) -> ArraySource:
     return ArraySource(samples, realtime=realtime)
 
 
+def _regular_file_seconds(stream: BinaryIO) -> float | None:
+    """Seconds of s16le PCM left in ``stream`` when it is a regular file (``--stdin < x.pcm``), else None."""
+    try:
+        info = os.fstat(stream.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        return max(0, info.st_size - stream.tell()) / (2 * SAMPLE_RATE)
+    except (AttributeError, OSError, ValueError):  # no file descriptor (a test's stream), or not seekable
+        return None
+
+
 class StdinSource:
-    """Raw 16 kHz mono s16le PCM read from a byte stream (stdin by default), e.g. from arecord or ffmpeg."""
+    """Raw 16 kHz mono s16le PCM read from a byte stream (stdin by default), e.g. from arecord or ffmpeg.
+
+    A pipe counts as live (arecord; ffmpeg reading a file is indistinguishable from it); stdin
+    redirected from a regular file is read as fast as a file, and its length is known.
+    """
 
     def __init__(self, stream: BinaryIO | None = None) -> None:
         self.stream = stream if stream is not None else sys.stdin.buffer
-        self.duration_s: float | None = None
+        self.duration_s: float | None = _regular_file_seconds(self.stream)
+        self.live = self.duration_s is None
         self.overruns = 0
         self._stopped = False
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from client.api import Word
-from client.display import Display, meter, progress_bar
+from client.display import Display, meter, progress
 from client.output import render, segments, write
 from client.stats import Stats
 
@@ -90,8 +90,8 @@ def test_tty_display_redraws_in_place_with_partial_text_dimmed() -> None:
 
 def test_meter_and_progress_bar() -> None:
     assert meter(-100) == "·" * 10 and meter(0) == "█" * 10 and meter(-30) == "█" * 5 + "·" * 5
-    assert progress_bar(30, 120, 10) == "[#####---------------]  25% 0:30/2:00 ETA 0:30"
-    assert progress_bar(0, 120, 10).endswith("ETA ?")
+    assert progress(30, 120, 10) == "[#####---------------]  25% of 2:00 · 3.0x real time · ETA 0:30"
+    assert progress(0, 120, 10).endswith("ETA ?")
 
 
 def test_display_glues_word_pieces_like_the_transcript() -> None:

@@ -10,6 +10,7 @@ hint, or go quiet. The real proxy is exercised in ``test_client_ws.py``.
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 import json
 import time
@@ -27,6 +28,7 @@ from client.api import Word
 from client.cli import build_parser, resolve
 from client.cli import main as cli_main
 from client.dispatcher import Backoff
+from client.display import Display
 from client.sources import ArraySource
 from client.stats import Stats
 from client.ws_transport import AudioLog, WsFatalError, WsSettings, WsTransport, stream_url
@@ -271,6 +273,18 @@ async def test_acknowledged_audio_is_released_and_the_rest_kept() -> None:
     assert t.sessions[0].outcome == "finished"
     # Held back by max_ahead_s: never more than that sent beyond what the server still needs.
     assert session.most_ahead <= 6 * SR
+
+
+async def test_a_file_read_at_full_speed_shows_progress_and_speed_not_lag() -> None:
+    stats = Stats()
+    display = Display(stats, stream=io.StringIO(), tty=False, total_s=40.0, live=False)
+    async with FakeProxy() as proxy:
+        await WsTransport(ArraySource(AUDIO), [proxy.url], settings(), stats, display).run()
+    assert display.status_line().startswith("[####################] 100% of 0:40 · ")
+    display.close()
+    out = display.stream.getvalue()
+    assert "x real time" in out and "lag" not in out
+    assert "-- done: 40.0 s of audio in " in out and "1 sessions" in out
 
 
 # ---------------------------------------------------------------------------------------------
