@@ -13,13 +13,13 @@ import sys
 import time
 from pathlib import Path
 
-from bench import capacity, designs, detectors, offline, peer, proxy, recall, report
-from bench.data import FULL, QUICK, Sizes, detector_chunks, long_files, recall_set, wer_set
+from bench import accuracy, capacity, designs, detectors, live, machine, offline, peer, proxy, recall, report
+from bench.data import FULL, QUICK, Item, Sizes, detector_chunks, long_files, recall_set
 from bench.goals import check
-from bench.metrics import summarize_ms, word_errors
+from bench.metrics import summarize_ms
 from bench.progress import Progress
 from bench.stacks import BenchStack, cpu_delta, make_stacks
-from bench.streaming import SHIPPED, transcribe_all
+from bench.streaming import SHIPPED
 from corpus import nonspeech_clips
 
 CHUNK_S = SHIPPED.chunk_s
@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def machine() -> str:
+def machine_line() -> str:
     load = os.getloadavg()[0]
     return f"{platform.machine()}, {os.cpu_count()} cores, load {load:.1f} at start, Python {platform.python_version()}"
 
@@ -49,13 +49,13 @@ def machine() -> str:
 def plan_units(sizes: Sizes, wer_items: int, det_speech: int, det_nonspeech: int, recall_clips: int = 0) -> int:
     """Units of work, roughly one per second or two of wall time, so the bar moves evenly."""
     return (
-        2 * wer_items  # offline + streamed
+        (1 + len(accuracy.PATHS)) * wer_items  # offline + each service path
         + det_speech
         + det_nonspeech
         + recall_clips // RECALL_CLIPS_PER_UNIT
         + sizes.proxy_pairs // 10
-        + 3 * realtime_units(sizes.design_seconds)  # seed, this, what-if
-        + 10 * realtime_units(sizes.step_seconds)  # capacity steps, roughly
+        + 4 * realtime_units(sizes.design_seconds)  # seed, this, session, what-if
+        + 15 * realtime_units(sizes.step_seconds)  # capacity steps, roughly
         + realtime_units(sizes.design_seconds)  # peer
     )
 
@@ -64,21 +64,17 @@ def realtime_units(seconds: float) -> int:
     return max(1, int(seconds // 3))
 
 
-def streamed_pass(stack: BenchStack, items, tick) -> dict:
+def service_pass(stack: BenchStack, path: str, items: list[Item], tick) -> dict:
+    """One service path over the dev items: WER per category and split, and its CPU cost."""
     before = stack.cpu_seconds()
     began = time.monotonic()
-    texts = asyncio.run(transcribe_all(stack.proxy_url, [i.samples for i in items], SHIPPED, parallel=2))
-    for _ in items:
-        tick()
+    texts = asyncio.run(accuracy.transcribe(path, stack.proxy_url, items, tick))
     cpu = cpu_delta(before, stack.cpu_seconds())
     audio = sum(i.seconds for i in items)
-    counts = word_errors([i.text for i in items], texts)
     return {
-        **counts.as_dict(),
-        "audio_s": round(audio, 1),
+        **accuracy.breakdown(items, texts),
         "wall_s": round(time.monotonic() - began, 1),
         "cpu_s_per_audio_s": round(sum(cpu.values()) / audio, 4),
-        "files": len(items),
         "_texts": texts,
     }
 
@@ -94,10 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         "meta": {
             "mode": "quick" if args.quick else "full",
             "command": "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv),
-            "machine": machine(),
+            "machine": machine_line(),
             "device": args.device,
             "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "chunk_s": CHUNK_S,
+            "cpu": machine.describe(),
         }
     }
     out = args.out
@@ -105,35 +102,47 @@ def main(argv: list[str] | None = None) -> int:
     for stack in stacks.values():
         stack.start()
     try:
-        items = wer_set(sizes)
+        items = accuracy.dev_items(sizes.accuracy_seconds)
+        quiet = [Item(c.name, c.samples(), "") for c in nonspeech_clips()]
         speech_chunks, nonspeech_chunks = detector_chunks(sizes)
         design_audio = long_files(1, sizes.design_seconds, first_seed=50)[0]
         try:
             dev_clips, dev_error = recall_set("all"), ""
         except (OSError, RuntimeError) as exc:  # e.g. no registry reachable: the rest still runs
             dev_clips, dev_error = [], f"{type(exc).__name__}: {str(exc)[-500:]}"
-        progress = Progress(plan_units(sizes, len(items), len(speech_chunks), len(nonspeech_chunks), len(dev_clips)))
+        progress = Progress(
+            plan_units(sizes, len(items) + len(quiet), len(speech_chunks), len(nonspeech_chunks), len(dev_clips))
+        )
         progress.start("starting services")
         for stack in stacks.values():
             stack.wait()
         design, baseline = stacks["design"], stacks["baseline"]
+        results["meta"]["compute_type"] = live.compute_type(design)
 
         def save() -> None:
             report.write_json(results, out)
 
-        progress.start(f"offline faster-whisper over {len(items)} files")
-        results["offline"] = offline.run(items, args.device, progress.tick)
+        progress.start(f"offline faster-whisper over {len(items)} dev-set files")
+        results["offline"] = offline.run(items, args.device, progress.tick, results["meta"]["compute_type"])
+        results["offline"].update(accuracy.breakdown(items, results["offline"]["_texts"]))
         save()
 
-        progress.start("streamed pass (client → proxy → tiny → base)")
-        results["streamed"] = streamed_pass(design, items, progress.tick)
+        for path, label in (
+            ("whole_file", "whole-file endpoint"),
+            ("streamed", "streamed: /v1/stream sessions (the default)"),
+            ("previous_default", "streamed: the previous default (HTTP chunks, stitching)"),
+        ):
+            progress.start(f"{label} over {len(items)} dev-set files")
+            results[path] = service_pass(design, path, items, progress.tick)
+            results[path]["nonspeech"] = accuracy.nonspeech_words(path, design.proxy_url, quiet, progress.tick)
+            save()
         report.write_transcripts(
             [i.name for i in items],
             [i.text for i in items],
-            {"offline": results["offline"]["_texts"], "streamed": results["streamed"]["_texts"]},
+            {path: results[path]["_texts"] for path in ("offline", *accuracy.PATHS)},
             out,
+            [i.language for i in items],
         )
-        save()
 
         progress.start(f"detectors on {len(speech_chunks)} speech + {len(nonspeech_chunks)} non-speech chunks")
         results["detector"] = detectors.run(
@@ -174,16 +183,31 @@ def main(argv: list[str] | None = None) -> int:
             lambda: progress.tick(units=realtime_units(sizes.design_seconds)),
             whatif,
         )
-        results["streamed"]["latency_ms"] = summarize_ms(this_stream.latencies_s)
-        results["streamed"]["commit_latency_ms"] = summarize_ms(this_stream.commit_latencies_s)
-        results["streamed"]["latency_source"] = results["designs"]["this_design"]["client"] | {
-            "audio_s": results["designs"]["audio_s"],
-            "streams": 1,
-        }
+        results["previous_default"]["latency_ms"] = summarize_ms(this_stream.latencies_s)
+        results["previous_default"]["commit_latency_ms"] = summarize_ms(this_stream.commit_latencies_s)
+        results["previous_default"]["cpu_s_per_audio_s_one_stream"] = results["designs"]["this_design"][
+            "cpu_s_per_audio_s"
+        ]
         save()
 
-        progress.start("capacity search (baseline and design interleaved)")
-        compared = {"baseline": baseline, "design": design} | ({"design_batch1": whatif} if whatif else {})
+        progress.start(f"one real-time session ({design_audio.seconds:.0f} s)")
+        session = live.session(design, design_audio.samples, design_audio.text)
+        results["streamed"].update(
+            {
+                "latency_ms": session["first_partial_ms"],
+                "commit_latency_ms": session["commit_ms"],
+                "cpu_s_per_audio_s_one_stream": session["cpu_s_per_audio_s"],
+                "latency_source": session["source"],
+            }
+        )
+        results["designs"]["session"] = session
+        progress.tick(units=realtime_units(sizes.design_seconds))
+        save()
+
+        progress.start("capacity search (baseline, previous default and sessions interleaved)")
+        compared = {"baseline": baseline, "design": design, "design_session": design}
+        if whatif:
+            compared["design_batch1"] = whatif
 
         def step_done(detail: str) -> None:
             progress.tick(detail, realtime_units(sizes.step_seconds))
@@ -201,8 +225,13 @@ def main(argv: list[str] | None = None) -> int:
         progress.close()
         results["meta"]["phase_s"] = progress.phase_seconds
 
-        curves = {"this design": this_stream.latencies_s, "this design, commit": this_stream.commit_latencies_s}
-        for key, label in (("this_design_batch1", "this design, STT_BATCH_MAX=1"), ("seed_design", "seed design")):
+        curves = {
+            "sessions (default), first partial": results["designs"]["session"]["_first_partial"],
+            "sessions (default), commit": results["designs"]["session"]["_commit"],
+            "HTTP chunks (previous default)": this_stream.latencies_s,
+            "HTTP chunks, commit": this_stream.commit_latencies_s,
+        }
+        for key, label in (("this_design_batch1", "HTTP chunks, STT_BATCH_MAX=1"), ("seed_design", "seed design")):
             if results["designs"].get(key, {}).get("_latencies"):
                 curves[label] = results["designs"][key]["_latencies"]
         if results.get("peer", {}).get("_latencies"):

@@ -27,6 +27,9 @@ class Item:
     name: str
     samples: np.ndarray
     text: str
+    language: str = "en"
+    category: str = ""  # the dev set's category (corpus.devset); "" for the IVR selection
+    held_out: bool = False
 
     @property
     def seconds(self) -> float:
@@ -48,10 +51,11 @@ class Sizes:
     step_seconds: float  # audio per stream in one capacity step
     max_streams: int
     first_streams: int = 1  # where the capacity search starts
+    accuracy_seconds: float = 100.0  # dev-set audio per (category, split) in the accuracy passes
 
 
 FULL = Sizes(40, 2, 120, 60, 120, 30, 60, 300, 30, 16)
-QUICK = Sizes(8, 1, 45, 20, 30, 10, 24, 80, 10, 12, first_streams=2)
+QUICK = Sizes(8, 1, 45, 20, 30, 10, 24, 80, 10, 12, first_streams=2, accuracy_seconds=20.0)
 
 
 def wer_set(sizes: Sizes) -> list[Item]:

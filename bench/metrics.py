@@ -10,9 +10,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from whisper_normalizer.basic import BasicTextNormalizer
 from whisper_normalizer.english import EnglishTextNormalizer
 
 _NORMALIZER = EnglishTextNormalizer()
+_BASIC = BasicTextNormalizer()  # other languages: case, punctuation and symbols only
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -41,10 +43,11 @@ def summarize_ms(seconds: Sequence[float]) -> dict[str, float]:
     return out
 
 
-def normalize(text: str) -> str:
+def normalize(text: str, language: str = "en") -> str:
     """Whisper's English normalizer: case, punctuation, spelling and number forms ("press 4" ==
-    "press four") must not count as errors; the Asterisk references mix both."""
-    return " ".join(_NORMALIZER(text).split())
+    "press four") must not count as errors; the Asterisk references mix both. Other languages
+    get Whisper's basic normalizer (English spelling rules would mangle them)."""
+    return " ".join((_NORMALIZER if language == "en" else _BASIC)(text).split())
 
 
 @dataclass
@@ -75,15 +78,19 @@ class WerCounts:
         }
 
 
-def word_errors(references: Sequence[str], hypotheses: Sequence[str]) -> WerCounts:
-    """Corpus-level word errors after normalizing both sides."""
+def word_errors(
+    references: Sequence[str], hypotheses: Sequence[str], languages: Sequence[str] | None = None
+) -> WerCounts:
+    """Corpus-level word errors after normalizing both sides (each pair in its language; English
+    when ``languages`` is not given)."""
     import jiwer
 
     if len(references) != len(hypotheses):
         raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
+    languages = languages or ["en"] * len(references)
     counts = WerCounts()
-    for ref, hyp in zip(references, hypotheses, strict=True):
-        ref_n, hyp_n = normalize(ref), normalize(hyp)
+    for ref, hyp, language in zip(references, hypotheses, languages, strict=True):
+        ref_n, hyp_n = normalize(ref, language), normalize(hyp, language)
         ref_words = len(ref_n.split())
         if ref_words == 0:
             counts.insertions += len(hyp_n.split())

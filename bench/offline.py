@@ -14,20 +14,21 @@ from bench.metrics import word_errors
 from services.common.models import provision
 
 
-def run(items: list[Item], device: str, tick: Callable[[], None]) -> dict:
-    compute_type = "float16" if device == "cuda" else "int8"
+def run(items: list[Item], device: str, tick: Callable[[], None], compute_type: str | None = None) -> dict:
+    """``compute_type``: what the service resolved ``auto`` to (the same arithmetic on both sides)."""
+    compute_type = compute_type or ("float16" if device == "cuda" else "int8")
     model = WhisperModel(str(provision("base")), device=device, compute_type=compute_type, cpu_threads=0)
     texts, seconds = [], 0.0
     cpu_before = time.process_time()
     for item in items:
         start = time.perf_counter()
-        segments, _ = model.transcribe(item.samples, language="en", beam_size=1)
+        segments, _ = model.transcribe(item.samples, language=item.language, beam_size=1)
         texts.append(" ".join(s.text.strip() for s in segments))  # the generator does the work
         seconds += time.perf_counter() - start
         tick()
     cpu = time.process_time() - cpu_before
     audio = sum(i.seconds for i in items)
-    counts = word_errors([i.text for i in items], texts)
+    counts = word_errors([i.text for i in items], texts, [i.language for i in items])
     del model
     return {
         **counts.as_dict(),
@@ -36,6 +37,6 @@ def run(items: list[Item], device: str, tick: Callable[[], None]) -> dict:
         "processing_s": round(seconds, 2),
         "cpu_s_per_audio_s": round(cpu / audio, 4),
         "files": len(items),
-        "settings": {"model": "base", "compute_type": compute_type, "beam_size": 1, "language": "en"},
+        "settings": {"model": "base", "compute_type": compute_type, "beam_size": 1, "language": "each file's own"},
         "_texts": texts,
     }

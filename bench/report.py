@@ -13,7 +13,13 @@ import matplotlib.pyplot as plt
 
 from bench.metrics import normalize, word_errors
 
-CAPACITY_STYLES = (("baseline", "s--"), ("design", "o-"), ("design_batch1", "^:"))
+CAPACITY_STYLES = (("baseline", "s--"), ("design", "o-"), ("design_session", "D-"), ("design_batch1", "^:"))
+PATH_LABELS = {
+    "offline": "offline (plain faster-whisper, whole files, no VAD)",
+    "whole_file": "whole-file endpoint (/v1/audio/transcriptions)",
+    "streamed": "streamed: /v1/stream session (the default)",
+    "previous_default": "streamed: HTTP chunks + stitching (previous default)",
+}
 
 
 def _strip_private(node):
@@ -32,15 +38,22 @@ def write_json(results: dict, out_dir: Path) -> Path:
     return path
 
 
-def write_transcripts(names: list[str], references: list[str], paths: dict[str, list[str]], out_dir: Path) -> Path:
+def write_transcripts(
+    names: list[str],
+    references: list[str],
+    paths: dict[str, list[str]],
+    out_dir: Path,
+    languages: list[str] | None = None,
+) -> Path:
     """Every file's reference and each path's transcript with its error count, to see where a
     WER gap comes from (a seam, a prompt, a file) rather than only that there is one."""
     rows = []
-    for i, (name, ref) in enumerate(zip(names, references, strict=True)):
-        row: dict = {"name": name, "reference": normalize(ref)}
+    languages = languages or ["en"] * len(names)
+    for i, (name, ref, lang) in enumerate(zip(names, references, languages, strict=True)):
+        row: dict = {"name": name, "language": lang, "reference": normalize(ref, lang)}
         for path, texts in paths.items():
-            counts = word_errors([ref], [texts[i]])
-            row[path] = {"errors": counts.errors, "text": normalize(texts[i])}
+            counts = word_errors([ref], [texts[i]], [lang])
+            row[path] = {"errors": counts.errors, "text": normalize(texts[i], lang)}
         rows.append(row)
     path = out_dir / "transcripts.json"
     path.write_text(json.dumps(rows, indent=1) + "\n")
@@ -74,30 +87,7 @@ def markdown(results: dict) -> str:
         lines += ["## Goals", "", "| goal | target | measured | verdict |", "|---|---|---|---|"]
         lines += [f"| {g['goal']} | {g['target']} | {g['value']} | {'PASS' if g['pass'] else 'FAIL'} |" for g in goals]
         lines.append("")
-    off, st = results.get("offline", {}), results.get("streamed", {})
-    if off or st:
-        lines += ["## Accuracy and speed", "", "| path | WER | speed | latency p50 / p95 / p99 |", "|---|---|---|---|"]
-        if off:
-            lines.append(
-                f"| offline (faster-whisper, whole files, one process) | {_pct(off.get('wer'))} "
-                f"| RTF {_fmt(off.get('rtf'), '.3f')} | – |"
-            )
-        if st:
-            lat = st.get("latency_ms", {})
-            lines.append(
-                f"| streamed (client → proxy → tiny → base → stitcher) | {_pct(st.get('wer'))} "
-                f"| {_fmt(st.get('cpu_s_per_audio_s'), '.3f')} CPU s / audio s "
-                f"| {_fmt(lat.get('p50'))} / {_fmt(lat.get('p95'))} / {_fmt(lat.get('p99'))} ms |"
-            )
-        peer = results.get("peer", {})
-        if peer.get("status") == "measured":
-            lat = peer.get("latency_ms", {})
-            lines.append(
-                f"| peer: {peer.get('name')} | {_pct(peer.get('wer'))} "
-                f"| {_fmt(peer.get('cpu_s_per_audio_s'), '.3f')} CPU s / audio s "
-                f"| {_fmt(lat.get('p50'))} / {_fmt(lat.get('p95'))} / {_fmt(lat.get('p99'))} ms |"
-            )
-        lines.append("")
+    lines += accuracy_markdown(results)
     det = results.get("detector", {})
     if det:
         lines += [
@@ -165,9 +155,12 @@ def markdown(results: dict) -> str:
                     f"| {s['throughput_audio_s_per_s']} | {s['cpu_s_per_audio_s']} "
                     f"| {'pass' if s['passed'] else 'FAIL'} |"
                 )
+        served = ", ".join(f"{name} {cap[name]['served_audio_s_per_s']}" for name, _ in CAPACITY_STYLES if name in cap)
         lines += [
+            f"\nAudio seconds served per second within the criterion: {served}.",
             f"\nCapacity: baseline {cap.get('baseline', {}).get('realtime_streams')}, "
-            f"this design {cap.get('design', {}).get('realtime_streams')} "
+            f"sessions {cap.get('design_session', {}).get('realtime_streams')}, "
+            f"HTTP chunks {cap.get('design', {}).get('realtime_streams')} "
             f"(ratio {cap.get('ratio_vs_baseline')}x)"
             + (
                 f"; what-if design_batch1 {cap['design_batch1']['realtime_streams']} "
@@ -187,6 +180,66 @@ def markdown(results: dict) -> str:
             "",
         ]
     return "\n".join(lines) + "\n"
+
+
+def accuracy_markdown(results: dict) -> list[str]:
+    """WER per path overall, per category (dev and held-out together) and per split; then the
+    live figures of the two streamed paths."""
+    paths = [p for p in PATH_LABELS if results.get(p, {}).get("categories")]
+    if not paths:
+        return []
+    cats = sorted({c for p in paths for c in results[p]["categories"]})
+    head = ["path", "all", "dev", "held-out", *cats]
+    lines = [
+        "## Accuracy on the dev set (WER; every file in its own language)",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for p in paths:
+        r = results[p]
+        splits = r.get("splits", {})
+        cells = [
+            PATH_LABELS[p],
+            _pct(r.get("wer")),
+            _pct(splits.get("dev", {}).get("wer")),
+            _pct(splits.get("held_out", {}).get("wer")),
+        ]
+        cells += [_pct(r["categories"].get(c, {}).get("wer")) for c in cats]
+        lines.append("| " + " | ".join(cells) + " |")
+    off = results.get("offline", {})
+    lines += [
+        "",
+        f"{off.get('files', '?')} files, {off.get('audio_s', '?')} s of audio; "
+        f"offline RTF {_fmt(off.get('rtf'), '.3f')}"
+        f" ({off.get('settings', {}).get('compute_type', '?')}). Non-speech recordings: "
+        + ", ".join(
+            f"{p} {results[p]['nonspeech']['words']} words in {results[p]['nonspeech']['clips']} clips"
+            for p in paths
+            if "nonspeech" in results[p]
+        )
+        + ".",
+        "",
+        "| live path (one real-time stream) | first partial p50 / p95 | commit p50 / p95 | CPU s / audio s |",
+        "|---|---|---|---|",
+    ]
+    for p in ("streamed", "previous_default"):
+        r = results.get(p, {})
+        if "latency_ms" in r:
+            lat, com = r["latency_ms"], r.get("commit_latency_ms", {})
+            lines.append(
+                f"| {PATH_LABELS[p]} | {lat.get('p50')} / {lat.get('p95')} ms | {com.get('p50')} / {com.get('p95')} ms "
+                f"| {_fmt(r.get('cpu_s_per_audio_s_one_stream'), '.3f')} |"
+            )
+    peer = results.get("peer", {})
+    if peer.get("status") == "measured":
+        lat = peer.get("latency_ms", {})
+        lines.append(
+            f"| peer: {peer.get('name')} (WER {_pct(peer.get('wer'))}) | {lat.get('p50')} / {lat.get('p95')} ms | – "
+            f"| {_fmt(peer.get('cpu_s_per_audio_s'), '.3f')} |"
+        )
+    lines.append("")
+    return lines
 
 
 def recall_markdown(rec: dict) -> list[str]:

@@ -186,7 +186,7 @@ def measure_capacity(rounds: list[int], round_s: float, run_dir: Path) -> dict:
             wall = time.monotonic() - t0
             cpu = (process_cpu_seconds(proxy.pid) - cpu0) / wall
             inside = _quantile(_buckets(url), buckets0, 0.95)
-            lat = [d for r in runs if isinstance(r, Timed) for d in _step_latencies(r)]
+            lat = [d for r in runs if isinstance(r, Timed) for d in step_latencies(r)]
             failed = sum(1 for r in runs if not isinstance(r, Timed) or r.events[-1][1]["type"] != "session.ended")
             row = {
                 "sessions": sessions,
@@ -246,16 +246,31 @@ def _quantile(after: dict[float, float], before: dict[float, float], q: float) -
     return 0.0
 
 
-def _step_latencies(timed: Timed) -> list[float]:
-    """Frame holding a step's last sample sent → the partial event of that step received."""
+def step_latencies(timed: Timed) -> list[float]:
+    """Frame holding a step's last sample sent → the partial event of that step received (each
+    partial says which audio it decoded: ``decoded_until_sample``)."""
     out = []
-    step = 3 * SR
-    partials = [at for at, e in timed.events if e["type"] == "transcript.partial"]
-    for k, at in enumerate(partials):
-        sent = timed.sent_at((k + 1) * step)
+    for at, event in timed.events:
+        if event["type"] != "transcript.partial" or "decoded_until_sample" not in event:
+            continue
+        sent = timed.sent_at(int(event["decoded_until_sample"]))
         if sent is not None and at >= sent:
             out.append(at - sent)
     return out
+
+
+def session_text(timed: Timed) -> str:
+    """The committed transcript (``session.ended`` carries it whole)."""
+    final = next((e for _, e in reversed(timed.events) if e["type"] == "session.ended"), {})
+    return final.get("text", "")
+
+
+def pcm16(samples: np.ndarray) -> bytes:
+    return (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+
+
+def ws_url(http_url: str, **params: object) -> str:
+    return _ws(http_url, **params)
 
 
 def main(argv: list[str] | None = None) -> int:

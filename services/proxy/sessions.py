@@ -152,7 +152,8 @@ class StreamSession:
 
     - ``session.started``: ``session_id``, ``sample_rate``, ``step_s``, ``resume_from``
     - ``speech.started`` / ``speech.stopped``: ``at_s``
-    - ``transcript.partial``: ``text``, ``words`` (may still change; replaces the previous partial)
+    - ``transcript.partial``: ``text``, ``words`` (may still change; replaces the previous partial),
+      ``decoded_until_sample`` (the end of the audio this decode heard)
     - ``transcript.committed``: ``text``, ``words`` (new final words only, never changed),
       ``forced``, ``settled_sample``, ``keep_from_sample``, ``backend``
     - ``session.lag``: ``lag_s``, ``received_s``, ``processed_s``
@@ -388,6 +389,7 @@ class StreamSession:
                 "type": "transcript.partial",
                 "text": join_words(update.partial),
                 "words": [_word(w) for w in update.partial],
+                "decoded_until_sample": decoded_end,
             }
         )
 

@@ -118,6 +118,10 @@ async def test_every_word_is_committed_once_and_in_order() -> None:
     first_commit = next(i for i, e in enumerate(recorder.events) if e["type"] == "transcript.committed")
     assert first_partial < first_commit
     assert max(end - start for start, end in backend.windows) <= 15.0 + 2.0 + 1e-6
+    # Each partial says how far the audio it decoded reaches: a step boundary, moving forward.
+    until = [e["decoded_until_sample"] for e in recorder.of("transcript.partial")]
+    steps = until[:-2]  # the last ones are the flush at the end of the stream
+    assert steps == sorted(steps) and all(u % (3 * 16_000) == 0 for u in steps) and len(steps) >= 10
 
 
 async def test_settled_and_keep_from_only_move_forward() -> None:
