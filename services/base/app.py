@@ -7,7 +7,7 @@ One image serves both the CPU and the GPU Deployment; ``STT_DEVICE`` picks. Sett
   directory, or a hub name where a hub is reachable.
 - ``STT_DEVICE`` (``cpu``): ``cpu``, ``cuda`` or ``auto``. ``cuda`` without a GPU serves on CPU and
   says so in logs, ``stt_cuda_fallback`` and every answer's ``device`` field.
-- ``STT_COMPUTE_TYPE`` (``auto``: int8 on CPU, float16 on CUDA), ``STT_CPU_THREADS`` (0 = all cores).
+- ``STT_COMPUTE_TYPE`` (``auto``: the fastest supported type, timed at start-up), ``STT_CPU_THREADS`` (0 = all cores).
 - ``STT_ENCODER_WINDOW`` (``trimmed``): encode each chunk plus ``STT_ENCODER_PAD_SECONDS`` (8) of
   padding instead of Whisper's full 30 s window (``full``); a 5 s request costs ~3x less.
 - ``STT_BATCH_MAX`` (8), ``STT_BATCH_WINDOW_MS`` (20), ``STT_MAX_QUEUE`` (64): dynamic batching.
