@@ -39,40 +39,19 @@ class Detector(Protocol):
 
 
 @dataclass
-class SileroDetector:
-    """Silero with a confident and a weak path (:mod:`services.common.speech`, shared with the
-    whole-file endpoint): frame probabilities, then hysteresis into speech regions.
+class SileroDetector(SpeechDetector):
+    """Silero with a confident and a weak path (:class:`services.common.speech.SpeechDetector`,
+    shared with the whole-file endpoint), answering in the ``/detect`` shape.
 
     A confident region needs ``min_speech_ms`` of frames at ``threshold``: a door slam or a key
     click is a few frames loud, a word is not shorter than ~200 ms. A chunk with none is asked
     again level-normalised at ``weak_threshold``, and kept only when it is not tonally steady.
     """
 
-    threshold: float = 0.5
-    min_speech_ms: int = 250
-    min_silence_ms: int = 100
-    pad_ms: int = 30
-    weak_threshold: float = 0.3
-    weak_min_speech_ms: int = 96
-    max_steadiness: float = 0.85
     name: str = "silero"
 
-    def __post_init__(self) -> None:
-        self._speech = SpeechDetector(
-            threshold=self.threshold,
-            min_speech_ms=self.min_speech_ms,
-            min_silence_ms=self.min_silence_ms,
-            pad_ms=self.pad_ms,
-            weak_threshold=self.weak_threshold,
-            weak_min_speech_ms=self.weak_min_speech_ms,
-            max_steadiness=self.max_steadiness,
-        )
-
-    def frame_probabilities(self, samples: np.ndarray) -> np.ndarray:
-        return self._speech.frame_probabilities(samples)
-
     def detect(self, samples: np.ndarray) -> Detection:
-        decision = self._speech.decide(samples)
+        decision = self.decide(samples)
         regions = [
             {"start_ms": a * 1000 // SAMPLE_RATE, "end_ms": b * 1000 // SAMPLE_RATE} for a, b in decision.regions
         ]
