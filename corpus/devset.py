@@ -348,7 +348,9 @@ def pip_sdist(name: str, spec: Sdist, tree: Path) -> Path:
                     for m in tar.getmembers()
                     if m.isfile() and any(m.name.startswith(f"{top}/{p}") for p in spec.members)
                 ]
-                tar.extractall(tree / "pypi", members=wanted, filter="data")
+                # filter= exists from Python 3.11.4 (Debian 12 ships 3.11.2); members are checked above
+                safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+                tar.extractall(tree / "pypi", members=wanted, **safe)
         stamp.write_text(top)
     return tree / "pypi" / stamp.read_text()
 
