@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import io
-import wave
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -35,6 +33,7 @@ from bench.streaming import SHIPPED, stream
 from client.sources import ArraySource
 from client.stitcher import join_words
 from client.ws_transport import WsSettings, WsTransport
+from services.common.audio import to_wav_bytes
 
 SAMPLE_RATE = 16_000
 PREVIOUS_DEFAULT = SHIPPED  # chunk 3 s, overlap 1 s, context 2 s, stitching over HTTP
@@ -62,21 +61,10 @@ def dev_items(seconds_per_group: float, seed: int = 2026) -> list[Item]:
     return sorted(items, key=lambda it: (it.category, it.held_out, it.name))
 
 
-def wav_bytes(samples: np.ndarray) -> bytes:
-    pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
-    out = io.BytesIO()
-    with wave.open(out, "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(SAMPLE_RATE)
-        handle.writeframes(pcm)
-    return out.getvalue()
-
-
 async def _whole_file(client: httpx.AsyncClient, url: str, item: Item) -> str:
     response = await client.post(
         f"{url}/v1/audio/transcriptions",
-        files={"file": (f"{item.name}.wav", wav_bytes(item.samples), "audio/wav")},
+        files={"file": (f"{item.name}.wav", to_wav_bytes(item.samples), "audio/wav")},
         data={"model": "whisper-1", "language": item.language, "response_format": "json"},
     )
     response.raise_for_status()

@@ -45,7 +45,7 @@ FRAME_S = 0.1
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _ws(url: str, **params: object) -> str:
+def ws_url(url: str, **params: object) -> str:
     query = "&".join(f"{k}={v}" for k, v in params.items())
     return url.replace("http://", "ws://") + "/v1/stream" + (f"?{query}" if query else "")
 
@@ -132,7 +132,7 @@ def measure_latency(seconds: float, run_dir: Path) -> dict:
         stack.up()
         pids = {name: proc.pid for name, proc in stack.procs.items()}
         cpu0 = {name: process_cpu_seconds(pid) for name, pid in pids.items()}
-        timed = asyncio.run(stream_session(_ws(stack.proxy_url, language="en"), pcm))
+        timed = asyncio.run(stream_session(ws_url(stack.proxy_url, language="en"), pcm))
         cpu = {name: round(process_cpu_seconds(pid) - cpu0[name], 2) for name, pid in pids.items()}
     finally:
         stack.down()
@@ -182,7 +182,7 @@ def measure_capacity(rounds: list[int], round_s: float, run_dir: Path) -> dict:
         pcm = (np.random.default_rng(0).normal(0, 3000, int(round_s * SR))).astype("<i2").tobytes()
         for sessions in rounds:
             cpu0, t0, buckets0 = process_cpu_seconds(proxy.pid), time.monotonic(), _buckets(url)
-            runs = asyncio.run(_many(_ws(url, language="en"), pcm, sessions))
+            runs = asyncio.run(_many(ws_url(url, language="en"), pcm, sessions))
             wall = time.monotonic() - t0
             cpu = (process_cpu_seconds(proxy.pid) - cpu0) / wall
             inside = _quantile(_buckets(url), buckets0, 0.95)
@@ -267,10 +267,6 @@ def session_text(timed: Timed) -> str:
 
 def pcm16(samples: np.ndarray) -> bytes:
     return (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
-
-
-def ws_url(http_url: str, **params: object) -> str:
-    return _ws(http_url, **params)
 
 
 def main(argv: list[str] | None = None) -> int:
