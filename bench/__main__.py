@@ -19,10 +19,10 @@ from bench.goals import check
 from bench.metrics import summarize_ms
 from bench.progress import Progress
 from bench.stacks import BenchStack, cpu_delta, make_stacks
-from bench.streaming import SHIPPED
+from bench.streaming import PREVIOUS_DEFAULT
 from corpus import nonspeech_clips
 
-CHUNK_S = SHIPPED.chunk_s
+CHUNK_S = PREVIOUS_DEFAULT.chunk_s
 RECALL_CLIPS_PER_UNIT = 20  # dev-set clips per progress unit (~1 s of in-process Silero)
 
 

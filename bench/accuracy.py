@@ -29,14 +29,13 @@ import numpy as np
 
 from bench.data import Item
 from bench.metrics import word_errors
-from bench.streaming import SHIPPED, stream
+from bench.streaming import PREVIOUS_DEFAULT, stream
 from client.sources import ArraySource
 from client.stitcher import join_words
 from client.ws_transport import WsSettings, WsTransport
 from services.common.audio import to_wav_bytes
 
 SAMPLE_RATE = 16_000
-PREVIOUS_DEFAULT = SHIPPED  # chunk 3 s, overlap 1 s, context 2 s, stitching over HTTP
 PATHS = ("whole_file", "streamed", "previous_default")
 
 

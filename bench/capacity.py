@@ -25,7 +25,7 @@ from bench.data import stream_audio
 from bench.metrics import CapacitySearch, percentile, summarize_ms
 from bench.sessions import Timed, pcm16, step_latencies, stream_session, ws_url
 from bench.stacks import BenchStack, cpu_delta
-from bench.streaming import SHIPPED, streams
+from bench.streaming import PREVIOUS_DEFAULT, streams
 
 GIVE_UP_CHUNKS = 3  # a chunk answered this many chunk lengths late means the step has failed
 
@@ -74,7 +74,7 @@ def run_step(stack: BenchStack, count: int, seconds: float, chunk_s: float) -> d
     began = time.monotonic()
     give_up = GIVE_UP_CHUNKS * chunk_s
     results, gave_up = asyncio.run(
-        streams(stack.proxy_url, audios, SHIPPED, realtime=True, stagger_s=2.0, give_up_s=give_up)
+        streams(stack.proxy_url, audios, PREVIOUS_DEFAULT, realtime=True, stagger_s=2.0, give_up_s=give_up)
     )
     wall = time.monotonic() - began
     drain_s = wait_idle(stack)

@@ -18,7 +18,7 @@ import numpy as np
 
 from bench.metrics import summarize_ms, word_errors
 from bench.stacks import BenchStack, cpu_delta
-from bench.streaming import SEED, SHIPPED, Client, StreamResult, stream
+from bench.streaming import PREVIOUS_DEFAULT, SEED, Client, StreamResult, stream
 
 
 def _one(stack: BenchStack, client: Client, samples: np.ndarray, text: str) -> tuple[dict, StreamResult]:
@@ -53,13 +53,13 @@ def run(
     tick: Callable[[], None],
     whatif: BenchStack | None = None,
 ) -> tuple[dict, StreamResult]:
-    this, this_result = _one(design, SHIPPED, samples, text)
+    this, this_result = _one(design, PREVIOUS_DEFAULT, samples, text)
     tick()
     seed, _ = _one(baseline, SEED, samples, text)
     tick()
     extra = {}
     if whatif is not None:
-        extra["this_design_batch1"], _ = _one(whatif, SHIPPED, samples, text)
+        extra["this_design_batch1"], _ = _one(whatif, PREVIOUS_DEFAULT, samples, text)
         extra["this_design_batch1"]["stack_env"] = whatif.env
         tick()
     ratios = {

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 import numpy as np
 
-from bench.metrics import summarize_ms, word_errors
+from bench.metrics import scrape, summarize_ms, word_errors
 from bench.sessions import FRAME_S, pcm16, session_text, step_latencies, stream_session, word_latencies, ws_url
 from bench.stacks import BenchStack, cpu_delta
 
@@ -24,13 +23,9 @@ from bench.stacks import BenchStack, cpu_delta
 def compute_type(stack: BenchStack) -> str:
     """The compute type the stack's transcriber runs (``auto`` is resolved at its start-up), so
     that the offline baseline decodes with the same arithmetic."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(f"{stack.base_url}/metrics", timeout=10).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "stt_device_info" and sample.value == 1:
-                return sample.labels["compute_type"]
+    for labels, value in scrape(stack.base_url, "stt_device_info"):
+        if value == 1:
+            return labels["compute_type"]
     raise RuntimeError(f"{stack.base_url}/metrics has no stt_device_info")
 
 

@@ -148,3 +148,12 @@ class CapacitySearch:
         if fail - best <= 1:
             return None
         return (best + fail) // 2 if best else None
+
+
+def scrape(url: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """(labels, value) of every sample called ``name`` on a service's ``/metrics`` page."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return [(s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]

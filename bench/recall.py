@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.streaming import SHIPPED
+from bench.streaming import PREVIOUS_DEFAULT
 from client.chunker import SAMPLE_RATE, Chunker
 from corpus.devset import CATEGORIES
 from corpus.fetch import Clip
@@ -35,7 +35,9 @@ MIN_SPEECH_S = 1.0
 MISSES_KEPT = 12  # per category, in the results (the worst first)
 
 
-def windows(samples: np.ndarray, chunk_s: float = SHIPPED.chunk_s, overlap_s: float = SHIPPED.overlap_s):
+def windows(
+    samples: np.ndarray, chunk_s: float = PREVIOUS_DEFAULT.chunk_s, overlap_s: float = PREVIOUS_DEFAULT.overlap_s
+):
     """(start second, samples) of every chunk the client would send for this audio."""
     chunker = Chunker(chunk_s, overlap_s)
     chunks = [*chunker.feed(np.asarray(samples, np.float32)), *chunker.flush()]
@@ -172,8 +174,8 @@ def summarize(
     return {
         "detector": detector_settings,
         "min_speech_s": MIN_SPEECH_S,
-        "chunk_s": SHIPPED.chunk_s,
-        "overlap_s": SHIPPED.overlap_s,
+        "chunk_s": PREVIOUS_DEFAULT.chunk_s,
+        "overlap_s": PREVIOUS_DEFAULT.overlap_s,
         "categories": categories,
         "all": _share(rows),
         "nonspeech": {

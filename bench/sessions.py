@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.metrics import percentile
+from bench.metrics import percentile, scrape
 from bench.stacks import process_cpu_seconds
 from services.local_stack import Stack, free_port, free_ports
 
@@ -225,15 +225,9 @@ async def _many(url: str, pcm: bytes, sessions: int) -> list:
 
 def _buckets(url: str) -> dict[float, float]:
     """The proxy's own step→partial histogram (cumulative counts by upper bound)."""
-    import httpx
-    from prometheus_client.parser import text_string_to_metric_families
-
-    out: dict[float, float] = {}
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text):
-        for sample in family.samples:
-            if sample.name == "stt_proxy_session_first_partial_seconds_bucket":
-                out[float(sample.labels["le"])] = sample.value
-    return out
+    return {
+        float(labels["le"]): value for labels, value in scrape(url, "stt_proxy_session_first_partial_seconds_bucket")
+    }
 
 
 def _quantile(after: dict[float, float], before: dict[float, float], q: float) -> float:

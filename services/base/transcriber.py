@@ -23,6 +23,7 @@ from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import get_suppressed_tokens
 
 from services.common.audio import SAMPLE_RATE
+from services.common.level import raised
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +357,9 @@ class BatchTranscriber:
         if task != "transcribe" and not self.multilingual:
             # An English-only model has no task tokens: it would silently transcribe instead.
             raise ValueError(f"task {task!r} needs a multilingual model")
-        raw = [self.model.feature_extractor(r.samples)[..., :-1] for r in batch]
+        # Quiet chunks raised to -20 dBFS first: in the trimmed window Whisper stopped after a word
+        # or two of them (services/common/level.py says why).
+        raw = [self.model.feature_extractor(raised(r.samples))[..., :-1] for r in batch]
         window = self.window_frames(max(f.shape[-1] for f in raw))
         features = np.ascontiguousarray(np.stack([self._fit(f, window) for f in raw]))
         encoder_output = self.model.encode(features)

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from services.common.level import normalized
+
 SAMPLE_RATE = 16_000
 FRAME = 512  # Silero's window at 16 kHz (32 ms)
 FRAME_MS = FRAME * 1000 / SAMPLE_RATE
@@ -86,17 +88,6 @@ def speech_regions(
         if confident * FRAME_MS >= min_speech_ms:
             out.append({"start_ms": max(0, int(begin * FRAME_MS - pad_ms)), "end_ms": int(end * FRAME_MS + pad_ms)})
     return out
-
-
-def normalized(samples: np.ndarray, target_dbfs: float = -26.0, max_gain_db: float = 30.0) -> np.ndarray:
-    """``samples`` scaled to ``target_dbfs`` RMS, by at most ``max_gain_db``, never past full scale."""
-    x = np.asarray(samples, np.float32)
-    if not x.size:
-        return x
-    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) + 1e-9
-    peak = float(np.abs(x).max()) + 1e-9
-    gain = min(10 ** ((target_dbfs - 20 * np.log10(rms)) / 20), 10 ** (max_gain_db / 20), 0.99 / peak)
-    return (x * gain).astype(np.float32)
 
 
 def tonal_steadiness(samples: np.ndarray) -> float:
