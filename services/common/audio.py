@@ -31,7 +31,7 @@ log = logging.getLogger("stt.audio")
 SAMPLE_RATE = 16_000
 RAW_PCM_TYPES = {"audio/pcm", "audio/l16", "audio/x-raw", "audio/s16le", "audio/raw"}
 ACCEPTED = (
-    "WAV (16/24-bit int or 32-bit float, any rate, mono/stereo), FLAC, MP3, OGG/Opus, WebM, "
+    "WAV (16/24-bit int or 32-bit float, up to 768 kHz, mono/stereo), FLAC, MP3, OGG/Opus, WebM, "
     "or raw 16 kHz s16le mono PCM sent with Content-Type audio/pcm;rate=16000"
 )
 
@@ -68,6 +68,10 @@ EBML_MAGIC = b"\x1a\x45\xdf\xa3"
 # type names them. The others' signature is mandatory; without it their demuxers would only
 # misread the bytes.
 RESYNCING = {"mp3"}
+# The highest sample rate decoded: real audio stops at 384 kHz (DXD 352.8 kHz). Resampling cost
+# grows with the input rate: an 8 KB WAV declaring 453 MHz took FFmpeg's resampler 4.6 s and
+# 536 MB to set up (found by tests/fuzz); just under this limit it takes 0.04 s and a few MB.
+MAX_SAMPLE_RATE = 768_000
 
 
 class AudioError(ApiError):
@@ -263,6 +267,13 @@ def _decode_container(data: bytes, demuxer: str, limits: AudioLimits) -> np.ndar
         total = 0
         try:
             for frame in container.decode(stream):
+                if not 0 < frame.sample_rate <= MAX_SAMPLE_RATE:
+                    raise AudioError(
+                        400,
+                        "wrong_sample_rate",
+                        f"the {name} audio declares a sample rate of {frame.sample_rate} Hz; at most "
+                        f"{MAX_SAMPLE_RATE} Hz is accepted: resample it, or send {ACCEPTED}",
+                    )
                 for out in resampler.resample(frame):
                     piece = out.to_ndarray().mean(axis=0)
                     pieces.append(piece)
@@ -285,7 +296,9 @@ def _decode_container(data: bytes, demuxer: str, limits: AudioLimits) -> np.ndar
     if not pieces:
         return np.zeros(0, dtype=np.float32)
     samples = np.concatenate(pieces).astype(np.float32, copy=False)
-    return np.clip(samples, -1.0, 1.0)
+    # A float WAV can carry NaN and infinities, which FFmpeg passes on (its resampler smears a
+    # NaN over its neighbours) and clipping keeps: replace them, so the samples are in [-1, 1].
+    return np.clip(np.nan_to_num(samples, copy=False, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0)
 
 
 def to_wav_bytes(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:

@@ -113,17 +113,29 @@ def merge_models(answers: Iterable[dict]) -> list[dict]:
 
 
 # A multipart part named "stream" whose value is true: its headers, a blank line, the value.
-_STREAM_PART = re.compile(rb'name="stream"[^\r\n]*\r\n(?:[^\r\n]+\r\n)*\r\n[ \t]*(?:true|1|yes|on)[ \t]*\r\n', re.I)
+_STREAM_NAME = b'name="stream"'
+_TRUE = re.compile(rb"[ \t]*(?:true|1|yes|on)[ \t]*", re.I)
 
 
 def wants_stream(body: bytes) -> bool:
     """Whether a multipart body asks for ``stream=true``, found without parsing the form (the
     proxy passes the body on untouched). A wrong guess costs nothing but buffering: the proxy's
-    streaming path passes a plain answer on whole, and its plain path an event stream whole."""
-    start = body.find(b'name="stream"')
+    streaming path passes a plain answer on whole, and its plain path an event stream whole.
+
+    One pass: every ``name="stream"`` before the blank line that ends its part's headers has the
+    same value after that line, so the value is looked up once per header block (matching from
+    every occurrence took n² time on a body of repeated names: 256 KB, 16 s, tests/fuzz)."""
+    checked_until = -1
+    start = body.find(_STREAM_NAME)
     while start != -1:
-        # not the tail of ``filename="stream"``
-        if (start == 0 or not body[start - 1 : start].isalpha()) and _STREAM_PART.match(body, start):
-            return True
-        start = body.find(b'name="stream"', start + 1)
+        # not the tail of ``filename="stream"``, nor inside a header block already looked at
+        if start > checked_until and (start == 0 or not body[start - 1 : start].isalpha()):
+            headers_end = body.find(b"\r\n\r\n", start)
+            if headers_end == -1:
+                return False
+            value_end = body.find(b"\r\n", headers_end + 4)
+            if value_end != -1 and _TRUE.fullmatch(body, headers_end + 4, value_end):
+                return True
+            checked_until = headers_end
+        start = body.find(_STREAM_NAME, start + 1)
     return False

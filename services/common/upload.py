@@ -33,7 +33,10 @@ class Upload:
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
+    if declared is not None and not (declared.isascii() and declared.isdigit()):
+        # httptools answers this itself; other servers pass it on ("²".isdigit() is true)
+        raise ApiError(400, "bad_content_length", f"Content-Length must be a number of bytes, not {declared[:40]!r}")
+    if declared and int(declared) > max_bytes:
         raise _too_large(int(declared), max_bytes)
     received = bytearray()
     async for piece in request.stream():
