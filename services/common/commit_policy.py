@@ -16,6 +16,8 @@ vote, as whisper_streaming's LocalAgreement-2 does:
   it starts at a clean boundary and stays short;
 - if agreement stalls (a word flips between two spellings), words older than the bound are
   committed anyway (*forced*), so no window exceeds ``max_window_s`` and latency is bounded;
+- a decode whose first new word starts more than ``max_gap_s`` after the last committed word
+  is not agreed on (Whisper skipped the start of the window; agreeing would lose those words);
 - a step the detector calls non-speech after speech ends the utterance: the window is decoded
   once more (it now ends in silence, where Whisper is most sure) and committed whole;
   further silent steps are not decoded at all.
@@ -304,6 +306,7 @@ class PolicyConfig:
     context_s: float = 2.0  # committed audio decoded before the uncommitted part
     trim_after_s: float = 0.0  # trim at committed sentence/segment ends once the window is longer than this
     max_shift_s: float = 1.0  # two hypotheses agree on a word only if they place it this close
+    max_gap_s: float = 3.0  # a decode starting later than this after the last commit is not agreed on
     no_speech_threshold: float = 0.5  # for drop_hallucinations
     min_probability: float = 0.5  # for drop_hallucinations
     sample_rate: int = SAMPLE_RATE
@@ -470,12 +473,17 @@ class CommitPolicy(Transcript):
         # speech, and does so again for the same window: then nothing agrees until the bound.
         # The next window starts elsewhere (without the context, or with it again).
         stopped = not words or words[-1].end < end / self._sr - cfg.step_s
-        self._without_context = stopped and not self._without_context
         # Segment ends are places to trim the window, except the last one: the window's edge cut it.
         closes = {id(seg.words[-1]) for seg in segments[:-1]}
         words = self._past_committed(words)
+        # Whisper also starts an answer seconds into a window that is speech all along, leaving
+        # out what it heard first, and may do so twice in a row; agreeing then loses those words
+        # for good (a dev-set prompt lost 15 words so). Such a decode is shown but not agreed on,
+        # and the next window starts elsewhere, as after an early stop.
+        skipped = bool(words) and words[0].start - max(self._commit_s, self._start / self._sr) > cfg.max_gap_s
+        self._without_context = (stopped or skipped) and not self._without_context
 
-        agreed = _agreed_prefix(self.partial, words, cfg.max_shift_s)
+        agreed = 0 if skipped else _agreed_prefix(self.partial, words, cfg.max_shift_s)
         newly, rest = words[:agreed], words[agreed:]
         if stopped and len(self.partial) - agreed > len(rest):
             rest = self.partial[agreed:]  # an early stop is no evidence against what the decode before heard

@@ -452,3 +452,37 @@ def test_real_client_with_agreement_policy_on_real_speech(stack) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert wer(clip.text, proc.stdout) < 6.0, (proc.stdout, clip.text)
+
+
+@pytest.mark.parametrize("max_gap_s", [3.0, 1e9])
+def test_decodes_that_skip_the_start_of_speech_are_not_agreed_on(max_gap_s: float) -> None:
+    """Whisper can begin two answers in a row seconds into speech (a French dev-set prompt lost
+    "veuillez appuyer sur 1 ... appuyez sur 2" so). Agreeing on them would commit past words
+    never written; with the gap guard they stay partial until a decode covers the gap."""
+    from services.common.commit_policy import Word as PolicyWord
+
+    policy = CommitPolicy(PolicyConfig(max_gap_s=max_gap_s))
+    committed: list[str] = []
+
+    def step(end_s: float, words: list[tuple[float, float, str]]) -> None:
+        policy.advance(round(end_s * SR), True)
+        span = policy.window()
+        assert span is not None
+        update = policy.update([PolicyWord(*w) for w in words], span[0] / SR)
+        committed.extend(norm(w.text) for w in update.committed)
+
+    start = [(0.0, 0.5, " one"), (0.5, 1.0, " two"), (1.0, 1.5, " three")]
+    gap = [(3.0, 3.5, " four"), (4.0, 4.5, " five")]
+    late = [(7.0, 7.5, " eight"), (7.5, 8.0, " nine")]
+    step(3.0, start)
+    step(6.0, start + gap[:1])
+    assert committed == ["one", "two", "three"]
+    step(9.0, late)  # both skip 1.5 … 7.0 s
+    step(12.0, late)
+    if max_gap_s > 100:  # without the guard the two skipping answers agree: four and five are lost
+        assert committed == ["one", "two", "three", "eight", "nine"]
+        return
+    assert committed == ["one", "two", "three"]
+    step(15.0, gap + late)  # the next window hears the gap
+    step(18.0, gap + late)
+    assert committed[:7] == ["one", "two", "three", "four", "five", "eight", "nine"]
