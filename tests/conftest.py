@@ -47,6 +47,17 @@ def nonspeech_clips():
 
 
 @pytest.fixture(scope="session")
+def dev_clips():
+    """The dev split of the dev set by name (corpus/devset.py), built on first use."""
+    from corpus.devset import dev_set
+
+    try:
+        return {c.name: c for c in dev_set("dev")}
+    except Exception as exc:  # offline and never built: nothing to measure
+        pytest.skip(f"dev set unavailable: {exc}")
+
+
+@pytest.fixture(scope="session")
 def librivox(speech_clips):
     """Five read sentences by a LibriVox speaker (a different voice from the Asterisk prompts)."""
     return [c for c in speech_clips if c.name.startswith("librivox")]

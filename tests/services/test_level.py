@@ -46,16 +46,6 @@ def transcriber():
     return BatchTranscriber(model)
 
 
-@pytest.fixture(scope="module")
-def dev_clips():
-    from corpus.devset import dev_set
-
-    try:
-        return {c.name: c for c in dev_set("dev")}
-    except Exception as exc:  # offline and never built: nothing to measure
-        pytest.skip(f"dev set unavailable: {exc}")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "name",

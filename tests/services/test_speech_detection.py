@@ -74,16 +74,6 @@ def detector():
     return SileroDetector()
 
 
-@pytest.fixture(scope="module")
-def dev_clips():
-    from corpus.devset import dev_set
-
-    try:
-        return {c.name: c for c in dev_set("dev")}
-    except Exception as exc:  # offline and never built: nothing to measure
-        pytest.skip(f"dev set unavailable: {exc}")
-
-
 def _chunk(clip, start_s: float) -> np.ndarray:
     return on_the_wire(next(c for s, c in windows(clip.samples()) if abs(s - start_s) < 0.01))
 
