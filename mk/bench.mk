@@ -5,6 +5,8 @@
 #   make bench ARGS=--quick     every goal on smaller samples, without the what-if stack and the peer (~4 min)
 #   make bench ARGS="--device cuda"   base on the GPU (STT_DEVICE=cuda)
 #   make bench-peer             install the peer (WhisperLive) into .cache/peer-venv; `make bench` tries it
+#   make bench-file-live        live chunk latency while a 30-minute file transcribes (~15 min; docs/reliability.md)
+#   make bench-open-loop        constant arrival rates up to 4x capacity: fast 429s or a latency collapse? (~5 min)
 VENV ?= .venv
 PY ?= $(VENV)/bin/python
 PYTHON ?= python3
@@ -15,7 +17,7 @@ ARGS ?=
 PEER_PACKAGES ?= torch==2.14.1 faster-whisper==1.2.0 tokenizers==0.20.3 "numpy<2.5" websockets websocket-client \
   scipy fastapi uvicorn python-multipart prometheus-client soundfile "setuptools>=77"
 
-.PHONY: bench bench-prepare bench-peer
+.PHONY: bench bench-prepare bench-peer bench-file-live bench-open-loop
 
 bench-prepare: models corpus
 
@@ -32,3 +34,9 @@ bench: bench-prepare ## Benchmark everything (~31 min on 2 cores; ARGS=--quick f
 	  $(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) bench-peer PY=$(PY) || \
 	  echo "bench: the peer could not be installed; the results will say why";; esac
 	$(PY) -m bench $(ARGS)
+
+bench-file-live: bench-prepare ## Live latency while a long file transcribes (ARGS="--streams 4 --file-minutes 30")
+	$(PY) -m bench.file_live $(ARGS)
+
+bench-open-loop: bench-prepare ## Open-loop overload test of one base (ARGS=--compare adds the unbounded queue)
+	$(PY) -m bench.open_loop $(ARGS)

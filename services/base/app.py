@@ -10,7 +10,13 @@ One image serves both the CPU and the GPU Deployment; ``STT_DEVICE`` picks. Sett
 - ``STT_COMPUTE_TYPE`` (``auto``: the fastest supported type, timed at start-up), ``STT_CPU_THREADS`` (0 = all cores).
 - ``STT_ENCODER_WINDOW`` (``trimmed``): encode each chunk plus ``STT_ENCODER_PAD_SECONDS`` (8) of
   padding instead of Whisper's full 30 s window (``full``); a 5 s request costs ~3x less.
-- ``STT_BATCH_MAX`` (8), ``STT_BATCH_WINDOW_MS`` (20), ``STT_MAX_QUEUE`` (64): dynamic batching.
+- ``STT_BATCH_MAX`` (8), ``STT_BATCH_WINDOW_MS`` (20), ``STT_MAX_QUEUE`` (64), ``STT_MAX_QUEUE_WAIT_S`` (10):
+  dynamic batching and its admission.
+- ``STT_FILE_BATCH_MAX`` (0: 1 on CPU, ``STT_BATCH_MAX`` on GPU), ``STT_FILE_WINDOWS_IN_FLIGHT`` (0: the
+  file batch max), ``STT_LIVE_DEADLINE_S`` (60): how file windows share the model with live chunks
+  (:mod:`services.base.batcher`).
+- ``STT_HANG_SECONDS`` (30), ``STT_HANG_SECONDS_PER_AUDIO_SECOND`` (2): past this bound a model call
+  counts as hung, and ``/readyz`` and ``/healthz`` answer 503 so the pod is restarted.
 - ``STT_MAX_CHUNK_SECONDS`` (30), ``STT_MAX_FILE_SECONDS`` (3600), ``STT_MAX_UPLOAD_BYTES`` (52428800).
 - ``STT_ALLOWED_ORIGINS`` (empty): web origins besides this service's own allowed to POST here.
 """
@@ -19,10 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import anyio
 import numpy as np
@@ -31,12 +40,13 @@ from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 
 from services.base import metrics
-from services.base.batcher import Batcher
+from services.base.batcher import Batcher, Priority
 from services.base.transcriber import BatchTranscriber, DeviceInfo, Result, load_model
 from services.base.transcriber import Request as Chunk
 from services.common.app import create_app, load_in_background, require_ready
 from services.common.audio import SAMPLE_RATE, AudioLimits, decode_audio
 from services.common.errors import ApiError
+from services.common.limits import DEADLINE_HEADER
 from services.common.metrics import MODEL_LOAD_SECONDS
 from services.common.models import resolve_model
 from services.common.openai_api import (
@@ -64,6 +74,7 @@ FORM_FIELD_CHARS = {"model": 128, "language": 32, "response_format": 32, "temper
 # A proxy or ingress in front must pass server-sent events on at once, not collect them.
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 GRANULARITY_FIELDS = ("timestamp_granularities[]", "timestamp_granularities")
+T = TypeVar("T")
 
 
 class Settings:
@@ -77,6 +88,13 @@ class Settings:
         self.batch_max = env_int("STT_BATCH_MAX", 8, minimum=1)
         self.batch_window_ms = env_float("STT_BATCH_WINDOW_MS", 20.0, minimum=0.0)
         self.max_queue = env_int("STT_MAX_QUEUE", 64, minimum=1)
+        # 0: chosen by device once the model is loaded (Engine.file_batch_max).
+        self.file_batch_max = env_int("STT_FILE_BATCH_MAX", 0, minimum=0)
+        self.file_windows_in_flight = env_int("STT_FILE_WINDOWS_IN_FLIGHT", 0, minimum=0)
+        self.live_deadline_s = env_float("STT_LIVE_DEADLINE_S", 60.0, minimum=0.0)  # 0: none
+        self.hang_seconds = env_float("STT_HANG_SECONDS", 30.0, minimum=1.0)
+        self.hang_seconds_per_audio_second = env_float("STT_HANG_SECONDS_PER_AUDIO_SECOND", 2.0, minimum=0.0)
+        self.max_queue_wait_s = env_float("STT_MAX_QUEUE_WAIT_S", 10.0, minimum=0.1)
         self.chunk_limits = AudioLimits(env_float("STT_MAX_CHUNK_SECONDS", WINDOW, minimum=1.0))
         self.file_limits = AudioLimits(env_float("STT_MAX_FILE_SECONDS", 3600.0, minimum=1.0))
         self.max_upload_bytes = env_int("STT_MAX_UPLOAD_BYTES", 50 * 1024 * 1024, minimum=1024)
@@ -103,8 +121,22 @@ class Engine:
         pad = settings.encoder_pad_seconds if settings.encoder_window == "trimmed" else None
         self.transcriber = BatchTranscriber(model, encoder_pad_seconds=pad)
         self.load_seconds = time.perf_counter() - start
+        # A model call cannot be interrupted, so a live chunk may wait for one whole file call. On
+        # a CPU a call's time grows with every window in it (0.12 CPU-s per audio second whether
+        # 1 or 8 windows: docs/reliability.md), so file windows go one per call; a GPU runs a
+        # batch in little more than one window's time.
+        self.file_batch_max = settings.file_batch_max or (1 if self.device.device == "cpu" else settings.batch_max)
+        self.file_windows_in_flight = settings.file_windows_in_flight or self.file_batch_max
         self.batcher = Batcher(
-            self._run, settings.batch_max, settings.batch_window_ms, settings.max_queue, key=self.transcriber.batch_key
+            self._run,
+            settings.batch_max,
+            settings.batch_window_ms,
+            settings.max_queue,
+            key=self.transcriber.batch_key,
+            file_batch_max=self.file_batch_max,
+            hang_seconds=settings.hang_seconds,
+            hang_seconds_per_audio_second=settings.hang_seconds_per_audio_second,
+            max_wait_s=settings.max_queue_wait_s,
         )
 
     def _run(self, batch: list[Chunk]) -> list[Result]:
@@ -164,6 +196,57 @@ async def lifespan(app: FastAPI):
 app = create_app("base", "Whisper transcription of audio chunks and whole files (faster-whisper).", lifespan)
 
 
+def model_call_hung() -> str | None:
+    """Why the model call running now counts as hung, or None: a ``Readiness.watch`` check, so a
+    hung call makes ``/readyz`` and ``/healthz`` answer 503 (see :meth:`Batcher.hung`)."""
+    engine: Engine | None = getattr(app.state, "engine", None)
+    return engine.batcher.hung() if engine is not None else None
+
+
+app.state.readiness.watch(model_call_hung)
+
+
+def request_deadline(request: Request, default_s: float | None) -> float | None:
+    """The ``time.perf_counter()`` value after which this request's queued work is not worth
+    starting: ``X-Request-Deadline-Ms`` (milliseconds from now) when sent, else ``default_s``
+    (None or 0: no deadline)."""
+    raw = request.headers.get(DEADLINE_HEADER)
+    if raw is None or raw.strip() == "":
+        return time.perf_counter() + default_s if default_s else None
+    try:
+        ms = float(raw)
+    except ValueError:
+        ms = math.nan
+    if not math.isfinite(ms):
+        raise ApiError(400, "bad_deadline", f"X-Request-Deadline-Ms must be a number of milliseconds, not {raw[:40]!r}")
+    return time.perf_counter() + ms / 1000
+
+
+async def wait_for_disconnect(request: Request) -> None:
+    """Return when the client hangs up. Called once the body has been read: the server's next
+    message is then ``http.disconnect``, sent when the connection closes (or the answer is
+    complete, by which time nobody waits for this any more)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``; if the client hangs up first, cancel it, so its chunks still queued are
+    removed unrun (``stt_queue_cancelled_total``), and answer 499 to nobody."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(wait_for_disconnect(request))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise ApiError(499, "client_closed_request", "the client went away; its queued work was cancelled")
+        return task.result()
+    finally:
+        for pending in (task, watcher):
+            pending.cancel()
+
+
 def check_language(language: str | None) -> str | None:
     if language is None or language.strip() == "":
         return None
@@ -194,6 +277,7 @@ async def transcribe_chunk(
     settings: Settings = app.state.settings
     require_ready(app)
     engine: Engine = app.state.engine
+    deadline = request_deadline(request, settings.live_deadline_s)  # from arrival, not after decoding
     lang = check_language(language)
     upload = await read_upload(request, settings.max_upload_bytes)
     samples = await anyio.to_thread.run_sync(decode_audio, upload.data, upload.content_type, settings.chunk_limits)
@@ -202,7 +286,10 @@ async def transcribe_chunk(
     if vad and not await anyio.to_thread.run_sync(has_speech, samples):
         result, batch_size = Result("", lang or "", 0.0, round(samples.size / SAMPLE_RATE, 3)), 0
     else:
-        result, batch_size = await engine.batcher.submit(Chunk(samples, lang, prompt, word_timestamps))
+        chunk = Chunk(samples, lang, prompt, word_timestamps)
+        result, batch_size = await unless_disconnected(
+            request, engine.batcher.submit(chunk, Priority.LIVE, deadline=deadline)
+        )
     return {
         "text": result.text,
         "language": result.language,
@@ -241,6 +328,7 @@ class FileJob:
     response_format: str
     want_words: bool
     task: str
+    deadline: float | None = None  # time.perf_counter() value (X-Request-Deadline-Ms); None: none
 
     @property
     def duration(self) -> float:
@@ -253,6 +341,7 @@ async def read_file_job(request: Request, task: str) -> tuple[FileJob, bool]:
     here, before a byte of the answer is sent, so a streamed answer never starts and then fails
     on a bad field."""
     settings: Settings = app.state.settings
+    deadline = request_deadline(request, None)
     upload = await read_upload(request, settings.max_upload_bytes)
     if upload.fields is None:
         raise ApiError(400, "multipart_required", "send multipart/form-data with the audio in field 'file'")
@@ -282,7 +371,7 @@ async def read_file_job(request: Request, task: str) -> tuple[FileJob, bool]:
     windows = await anyio.to_thread.run_sync(speech_windows, samples)
     # Word timings of a translation would align English words to foreign speech: never asked for.
     want_words = "word" in granularities and task == "transcribe"
-    return FileJob(samples, windows, lang, prompt, response_format, want_words, task), stream
+    return FileJob(samples, windows, lang, prompt, response_format, want_words, task, deadline), stream
 
 
 def shifted(segments: list[dict], offset: float) -> list[dict]:
@@ -303,27 +392,42 @@ async def transcribe_windows(engine: Engine, job: FileJob) -> AsyncIterator[tupl
     every window before it are done (a stream can send it then).
 
     The first window goes alone: it carries the prompt and, with no language given, decides the
-    language of the rest. The rest are submitted together, so the batcher runs them in as few
-    model calls as it can, exactly as a whole-file answer always did. Windows still waiting when
-    the caller stops (an error, or a streaming client that hung up) are cancelled."""
+    language of the rest. It is the file's admission: a full file queue refuses it with 429. The
+    rest are submitted a few at a time (``Engine.file_windows_in_flight``, by default one file
+    batch), as file work that live chunks overtake, and never refused: so a file of any length
+    transcribes on an idle server, and a long one never fills the queue that live chunks and
+    other files need. Windows still waiting when the caller stops (an error, a hang-up) are
+    cancelled, which removes them from the queue unrun."""
     if not job.windows:
         return
+    submit = engine.batcher.submit
     start, end = job.windows[0]
-    first, _ = await engine.batcher.submit(
-        Chunk(job.samples[start:end], job.language, job.prompt, job.want_words, job.task)
+    first, _ = await submit(
+        Chunk(job.samples[start:end], job.language, job.prompt, job.want_words, job.task),
+        Priority.FILE,
+        deadline=job.deadline,
     )
     yield start / SAMPLE_RATE, first
     lang = job.language or first.language
-    rest = [
-        asyncio.ensure_future(engine.batcher.submit(Chunk(job.samples[s:e], lang, None, job.want_words, job.task)))
-        for s, e in job.windows[1:]
-    ]
+    upcoming = iter(job.windows[1:])
+    in_flight: deque[tuple[float, asyncio.Future]] = deque()
+
+    def admit() -> None:
+        while len(in_flight) < engine.file_windows_in_flight and (window := next(upcoming, None)):
+            s, e = window
+            chunk = Chunk(job.samples[s:e], lang, None, job.want_words, job.task)
+            work = submit(chunk, Priority.FILE, deadline=job.deadline, admitted=True)
+            in_flight.append((s / SAMPLE_RATE, asyncio.ensure_future(work)))
+
     try:
-        for (start, _), pending in zip(job.windows[1:], rest, strict=True):
+        admit()
+        while in_flight:
+            offset, pending = in_flight.popleft()
             result, _ = await pending
-            yield start / SAMPLE_RATE, result
+            admit()  # before yielding: the model need not wait for a slow reader
+            yield offset, result
     finally:
-        for pending in rest:
+        for _, pending in in_flight:
             pending.cancel()
 
 
@@ -354,16 +458,19 @@ async def whole_file_answer(engine: Engine, job: FileJob) -> Response | dict:
     return body
 
 
-async def streamed_answer(engine: Engine, job: FileJob) -> StreamingResponse:
+async def streamed_answer(engine: Engine, job: FileJob, request: Request) -> StreamingResponse:
     """``text/event-stream``: one ``transcript.text.delta`` per segment as its window is done, in
     order, then ``transcript.text.done`` with the whole text (the deltas joined).
 
     The first window is decoded before the answer starts, so the usual errors (overloaded, not
     ready, a failed first batch) still come back as an HTTP status; a failure after that ends
-    the stream with an ``error`` event, which OpenAI's SDKs raise as ``APIError``."""
+    the stream with an ``error`` event, which OpenAI's SDKs raise as ``APIError``. A client that
+    hangs up while the first window waits has it removed (:func:`unless_disconnected`); once the
+    stream has begun, Starlette notices a hang-up and cancels the generator, which cancels the
+    windows still queued."""
     results = transcribe_windows(engine, job)
     try:
-        first = await anext(results, None)
+        first = await unless_disconnected(request, anext(results, None))
     except BaseException:
         await results.aclose()
         raise
@@ -399,8 +506,8 @@ async def openai_transcriptions(request: Request):
     engine: Engine = app.state.engine
     job, stream = await read_file_job(request, "transcribe")
     if stream:
-        return await streamed_answer(engine, job)
-    return await whole_file_answer(engine, job)
+        return await streamed_answer(engine, job, request)
+    return await unless_disconnected(request, whole_file_answer(engine, job))
 
 
 @app.post("/v1/audio/translations", tags=["openai"], summary="OpenAI-compatible translation into English")
@@ -419,7 +526,7 @@ async def openai_translations(request: Request):
             "serve a multilingual model (e.g. STT_MODEL=base) for /v1/audio/translations",
         )
     job, _ = await read_file_job(request, "translate")
-    return await whole_file_answer(engine, job)
+    return await unless_disconnected(request, whole_file_answer(engine, job))
 
 
 @app.get("/v1/models", tags=["openai"], summary="OpenAI-compatible list of the loaded model")

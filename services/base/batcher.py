@@ -1,33 +1,98 @@
-"""Dynamic batching: collect chunks that arrive close together into one model call.
+"""Dynamic batching with two priorities, bounded queues, cancellation, deadlines and a hang watch.
 
 Requests wait at most ``window_ms`` for company (only when the model is busy or others are
-queued does a batch grow), then run together, up to ``max_batch``. Queue depth is bounded:
-past ``max_queue`` waiting chunks the service answers 429 with Retry-After instead of
-letting latency grow without bound. The model runs in one dedicated thread, so the event
-loop stays free to accept and answer requests while it works.
+queued does a batch grow), then run together. The model runs in one dedicated thread, so the
+event loop stays free to accept and answer requests while it works.
+
+Why each part exists:
+
+- **Two classes of work.** Live chunks (``/transcribe-chunk``: someone is waiting for the next
+  words) and file windows (the speech windows of ``/v1/audio/transcriptions`` and
+  ``/translations``: a whole file is waiting, so seconds matter less). The batch taker always
+  serves live chunks first, and a live batch never carries file windows: on a CPU a model
+  call's cost grows with every chunk in it, so a file window riding along would delay the live
+  chunks it shares the call with. A model call already running cannot be interrupted, so file
+  batches are kept small (``file_batch_max``): a live chunk that arrives while a file runs waits
+  for at most one short file call.
+- **Live chunks are refused by the wait they would have, not only by count.** A live chunk is
+  refused at once (429, ``Retry-After``) when the live work already queued would make it wait
+  longer than ``max_wait_s``: the queue's batches times the measured length of a recent live
+  call. Sixty-four queued chunks on a CPU are a minute of waiting; a live caller is better told
+  at once to retry (or go to another replica) than answered a minute late, and the proxy's own
+  chunk timeout would give up first anyway. Under overload latency stays bounded and the
+  excess gets fast 429s (``python -m bench.open_loop`` measures it).
+- **Separate queue caps.** Past ``max_queue`` waiting live chunks, a live chunk gets 429 with
+  Retry-After; past ``max_queue`` waiting file windows, a *new* file gets 429. The windows of a
+  file already admitted are never refused (the caller submits only a few at a time, see
+  ``services.base.app.transcribe_windows``), so a long file cannot fail half-way through, and a
+  running file never makes a live chunk wait for a queue slot. Before this, a file's windows all
+  went into one queue of 64: a file of more than 64 speech windows was refused on an idle
+  server, and every live chunk was refused while it ran.
+- **Cancellation.** When a caller stops waiting (it hung up, or its task was cancelled), its
+  queued items are removed at once and never run (``stt_queue_cancelled_total``).
+- **Deadlines.** An item may carry a deadline (a ``time.perf_counter()`` value); when it passes
+  while the item still waits, the item is removed and its caller gets 504 ``deadline_exceeded``
+  (``stt_queue_expired_total``): whoever sent it has already given up, so running it would only
+  delay work someone still waits for.
+- **Hang watch.** A model call that never returns (a hang in C, not a crash) blocks every
+  request of this process and cannot be undone from Python. :meth:`Batcher.hung` says so once a
+  call has run longer than ``hang_seconds`` plus ``hang_seconds_per_audio_second`` for each
+  second of audio in it; the app registers it with ``Readiness.watch``, so ``/readyz`` and ``/healthz``
+  answer 503 and Kubernetes stops routing to the pod and restarts it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
+import math
 import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from services.base.metrics import BATCH_SIZE, QUEUE_DEPTH, QUEUE_WAIT_SECONDS
+from services.base.metrics import (
+    BATCH_CANCELLED,
+    BATCH_EXPIRED,
+    BATCH_REFUSED_WAIT,
+    BATCH_SIZE,
+    QUEUE_DEPTH,
+    QUEUE_DEPTH_BY_PRIORITY,
+    QUEUE_WAIT_SECONDS,
+)
 from services.base.transcriber import Request, Result
+from services.common.audio import SAMPLE_RATE
 from services.common.errors import ApiError
 
 log = logging.getLogger(__name__)
+# Weight of the newest live call in the moving average that estimates a new chunk's wait.
+LIVE_CALL_SMOOTHING = 0.3
 
 
-@dataclass
+class Priority(enum.Enum):
+    """Who waits for a chunk: a live stream (served first) or a whole file."""
+
+    LIVE = "live"
+    FILE = "file"
+
+
+@dataclass(eq=False)
 class _Pending:
     request: Request
     future: asyncio.Future
+    priority: Priority
+    deadline: float | None = None  # time.perf_counter() value; None: no deadline
     enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(frozen=True)
+class _Call:
+    """The model call running now (for the hang watch)."""
+
+    started: float
+    audio_seconds: float
+    chunks: int
 
 
 class Batcher:
@@ -38,17 +103,31 @@ class Batcher:
         window_ms: float = 20.0,
         max_queue: int = 64,
         key: Callable[[Request], Hashable] = lambda request: request.group_key,
+        *,
+        file_batch_max: int | None = None,
+        hang_seconds: float = 30.0,
+        hang_seconds_per_audio_second: float = 2.0,
+        max_wait_s: float | None = None,
     ):
-        """``key``: what the chunks of one batch must share (``BatchTranscriber.batch_key``)."""
+        """``key``: what the chunks of one batch must share (``BatchTranscriber.batch_key``).
+        ``max_batch``: most live chunks per call; ``file_batch_max``: most file windows per call
+        (default ``max_batch``). ``max_queue``: waiting chunks per class before 429.
+        ``max_wait_s``: the longest a new live chunk may expect to wait before 429 (None: no bound)."""
         self.run_batch = run_batch
         self.key = key
         self.max_batch = max_batch
+        self.file_batch_max = file_batch_max or max_batch
         self.window = window_ms / 1000
         self.max_queue = max_queue
-        self._pending: list[_Pending] = []
+        self.hang_seconds = hang_seconds
+        self.hang_seconds_per_audio_second = hang_seconds_per_audio_second
+        self.max_wait_s = max_wait_s
+        self._live_call_s: float | None = None  # moving average of a live model call's wall time
+        self._queues: dict[Priority, list[_Pending]] = {p: [] for p in Priority}
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper")
         self._task: asyncio.Task | None = None
+        self._call: _Call | None = None
         self.last_batch_size = 0
 
     def start(self) -> None:
@@ -58,53 +137,183 @@ class Batcher:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        for item in self._pending:
-            if not item.future.done():
-                item.future.set_exception(ApiError(503, "shutting_down", "the service is shutting down; retry"))
+        for queue in self._queues.values():
+            for item in queue:
+                if not item.future.done():
+                    item.future.set_exception(ApiError(503, "shutting_down", "the service is shutting down; retry"))
+            queue.clear()
+        self._count()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     @property
     def depth(self) -> int:
-        return len(self._pending)
+        """Chunks waiting, of both classes."""
+        return sum(len(q) for q in self._queues.values())
 
-    async def submit(self, request: Request) -> tuple[Result, int]:
-        """Transcribe one chunk; returns its result and the size of the batch it ran in."""
-        if len(self._pending) >= self.max_queue:
+    def depth_of(self, priority: Priority) -> int:
+        return len(self._queues[priority])
+
+    async def submit(
+        self,
+        request: Request,
+        priority: Priority = Priority.LIVE,
+        *,
+        deadline: float | None = None,
+        admitted: bool = False,
+    ) -> tuple[Result, int]:
+        """Transcribe one chunk; returns its result and the size of the batch it ran in.
+
+        ``deadline``: a ``time.perf_counter()`` value past which the chunk is not started (504).
+        ``admitted``: a further window of a file whose first window was accepted; never refused
+        for a full queue (the caller bounds how many it has waiting)."""
+        queue = self._queues[priority]
+        if priority is Priority.LIVE and (wait := self.expected_wait_s()) is not None and wait > self.max_wait_s:
+            BATCH_REFUSED_WAIT.inc()
             raise ApiError(
                 429,
                 "overloaded",
-                f"{len(self._pending)} chunks are already waiting; retry after a moment or add replicas",
+                f"the live chunks already queued here would make this one wait about {wait:.0f} s "
+                f"(bound {self.max_wait_s:g} s); retry shortly or add replicas",
+                headers={"Retry-After": str(max(1, math.ceil(wait - self.max_wait_s)))},
+            )
+        if not admitted and len(queue) >= self.max_queue:
+            what = "live chunks" if priority is Priority.LIVE else "file windows"
+            raise ApiError(
+                429,
+                "overloaded",
+                f"{len(queue)} {what} are already waiting; retry after a moment or add replicas",
                 headers={"Retry-After": "1"},
             )
-        item = _Pending(request, asyncio.get_running_loop().create_future())
-        self._pending.append(item)
-        QUEUE_DEPTH.set(len(self._pending))
+        loop = asyncio.get_running_loop()
+        item = _Pending(request, loop.create_future(), priority, deadline)
+        if deadline is not None and deadline <= item.enqueued:
+            BATCH_EXPIRED.labels(priority.value).inc()
+            raise self._expired_error(item)
+        queue.append(item)
+        self._count()
         self._wakeup.set()
-        return await item.future
+        timer = loop.call_later(deadline - item.enqueued, self._expire, item) if deadline is not None else None
+        try:
+            return await item.future
+        except asyncio.CancelledError:
+            if self._remove(item):  # still queued: it will never run
+                BATCH_CANCELLED.labels(priority.value).inc()
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def expected_wait_s(self) -> float | None:
+        """How long a live chunk submitted now would wait before its model call ends: what is
+        left of the call running now, then the batches of live work ahead of it and its own, at
+        the recent length of a live call.
+        None until a live call has been measured, or when no bound is set."""
+        if self.max_wait_s is None or self._live_call_s is None:
+            return None
+        batches = math.ceil((len(self._queues[Priority.LIVE]) + 1) / self.max_batch)
+        running = self._call
+        left = max(0.0, self._live_call_s - (time.perf_counter() - running.started)) if running else 0.0
+        return left + batches * self._live_call_s
+
+    def hung(self) -> str | None:
+        """Why the model call running now counts as hung, or None (a ``Readiness.watch`` check)."""
+        call = self._call
+        if call is None:
+            return None
+        elapsed = time.perf_counter() - call.started
+        bound = self.hang_seconds + self.hang_seconds_per_audio_second * call.audio_seconds
+        if elapsed <= bound:
+            return None
+        return (
+            f"a model call on {call.audio_seconds:.1f} s of audio ({call.chunks} chunks) has run {elapsed:.0f} s "
+            f"(bound {bound:.0f} s); the process will be restarted"
+        )
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _count(self) -> None:
+        for priority, queue in self._queues.items():
+            QUEUE_DEPTH_BY_PRIORITY.labels(priority.value).set(len(queue))
+        QUEUE_DEPTH.set(self.depth)
+
+    def _remove(self, item: _Pending) -> bool:
+        queue = self._queues[item.priority]
+        for i, other in enumerate(queue):
+            if other is item:
+                del queue[i]
+                self._count()
+                return True
+        return False
+
+    @staticmethod
+    def _expired_error(item: _Pending) -> ApiError:
+        waited = time.perf_counter() - item.enqueued
+        return ApiError(
+            504,
+            "deadline_exceeded",
+            f"the chunk waited {waited:.1f} s and its deadline passed before the model could start it; "
+            "it was not transcribed",
+        )
+
+    def _expire(self, item: _Pending) -> None:
+        """The deadline of ``item`` passed: drop it if it has not started."""
+        if self._remove(item):
+            BATCH_EXPIRED.labels(item.priority.value).inc()
+            if not item.future.done():
+                item.future.set_exception(self._expired_error(item))
+
+    def _drop_dead(self) -> None:
+        """Remove cancelled items and items whose deadline has passed (their timers may not
+        have fired yet when the loop wakes up)."""
+        now = time.perf_counter()
+        for queue in self._queues.values():
+            for item in list(queue):
+                if item.future.cancelled():
+                    self._remove(item)
+                    BATCH_CANCELLED.labels(item.priority.value).inc()
+                elif item.deadline is not None and item.deadline <= now:
+                    self._expire(item)
+
+    def _next(self) -> tuple[list[_Pending], int]:
+        """The queue to serve next and its batch limit: live first, always."""
+        live = self._queues[Priority.LIVE]
+        if live:
+            return live, self.max_batch
+        return self._queues[Priority.FILE], self.file_batch_max
 
     def _take_batch(self) -> list[_Pending]:
-        key = self.key(self._pending[0].request)
-        batch = [p for p in self._pending if self.key(p.request) == key][: self.max_batch]
+        self._drop_dead()
+        queue, limit = self._next()
+        if not queue:
+            return []
+        key = self.key(queue[0].request)
+        batch = [p for p in queue if self.key(p.request) == key][:limit]
         taken = set(map(id, batch))
-        self._pending = [p for p in self._pending if id(p) not in taken]
-        QUEUE_DEPTH.set(len(self._pending))
+        queue[:] = [p for p in queue if id(p) not in taken]
+        self._count()
         return batch
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            while not self._pending:
+            while not self.depth:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             # Give concurrent senders a brief moment to join, unless the batch is already full.
-            deadline = self._pending[0].enqueued + self.window
-            while len(self._pending) < self.max_batch and (delay := deadline - time.perf_counter()) > 0:
+            # Re-checked on every wake-up: a live chunk arriving meanwhile is served first.
+            while True:
+                queue, limit = self._next()
+                if not queue or len(queue) >= limit:
+                    break
+                delay = queue[0].enqueued + self.window - time.perf_counter()
+                if delay <= 0:
+                    break
                 self._wakeup.clear()
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), delay)
                 except TimeoutError:
                     break
-            batch = [p for p in self._take_batch() if not p.future.cancelled()]
+            batch = self._take_batch()
             if not batch:
                 continue
             now = time.perf_counter()
@@ -114,19 +323,36 @@ class Batcher:
             self.last_batch_size = len(batch)
             await self._run(loop, batch)
 
-    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
+    def _call_model(self, requests: list[Request]) -> list[Result]:
+        """Run in the model thread; records the call for :meth:`hung`. A call that never
+        returns leaves its record in place, which is the point."""
+        audio = sum(r.samples.size for r in requests) / SAMPLE_RATE
+        self._call = _Call(time.perf_counter(), audio, len(requests))
         try:
-            results = await loop.run_in_executor(self._executor, self.run_batch, [p.request for p in batch])
+            return self.run_batch(requests)
+        finally:
+            self._call = None
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
+        try:
+            results = await loop.run_in_executor(self._executor, self._call_model, [p.request for p in batch])
         except Exception as exc:  # one bad batch must not kill the loop
             log.exception("batch of %d failed", len(batch))
             if len(batch) > 1:
                 # One bad chunk must not fail its neighbours: run each alone, so only it errs.
                 for item in batch:
-                    await self._run(loop, [item])
+                    if not item.future.done():
+                        await self._run(loop, [item])
                 return
             if not batch[0].future.done():
                 batch[0].future.set_exception(exc)
             return
+        if batch[0].priority is Priority.LIVE:
+            elapsed = time.perf_counter() - started
+            last = self._live_call_s
+            smoothed = elapsed if last is None else last + LIVE_CALL_SMOOTHING * (elapsed - last)
+            self._live_call_s = smoothed
         for item, result in zip(batch, results, strict=True):
             if not item.future.done():
                 item.future.set_result((result, len(batch)))

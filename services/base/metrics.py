@@ -29,3 +29,20 @@ DEVICE_INFO = Gauge(
     ["requested", "device", "compute_type", "model"],
 )
 CUDA_FALLBACK = Gauge("stt_cuda_fallback", "1 when CUDA was requested but the model runs on CPU")
+QUEUE_DEPTH_BY_PRIORITY = Gauge(
+    "stt_queue_depth_by_priority", "Chunks waiting for the model, by class (live chunks, file windows)", ["priority"]
+)
+BATCH_CANCELLED = Counter(
+    "stt_queue_cancelled_total",
+    "Queued chunks removed unrun because their caller went away (hung up or gave up)",
+    ["priority"],
+)
+BATCH_EXPIRED = Counter(
+    "stt_queue_expired_total",
+    "Queued chunks dropped unrun because their deadline passed before their batch started (answered 504)",
+    ["priority"],
+)
+BATCH_REFUSED_WAIT = Counter(
+    "stt_queue_refused_wait_total",
+    "Live chunks refused (429) because the queued live work would have made them wait over STT_MAX_QUEUE_WAIT_S",
+)

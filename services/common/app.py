@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
@@ -26,17 +28,51 @@ from services.common.origin import require_trusted_origin
 log = logging.getLogger(__name__)
 
 
+# The exit status of a process whose models failed to load: Kubernetes restarts it and shows
+# CrashLoopBackOff with the reason in the log, where a live but never-ready pod shows nothing.
+LOAD_FAILED_EXIT = 3
+
+
 class Readiness:
-    """Whether the service can do its job now, and if not, why (shown by /readyz)."""
+    """Whether the service can do its job now, and if not, why (shown by /readyz).
+
+    Besides the state set by loading and shutdown, *watches* report on work in progress: a
+    watch returns None while all is well, or why the process is stuck (a model call that never
+    returns). A stuck process is neither ready (the kubelet stops routing to it within seconds)
+    nor alive (its liveness probe fails, so it is restarted): a hang in C cannot be undone from
+    Python, only by a new process.
+    """
 
     def __init__(self, service: str):
         self.service = service
         self.reason: str | None = "starting"
+        self._watches: list[Callable[[], str | None]] = []
         READY.labels(service).set(0)
+
+    def watch(self, check: Callable[[], str | None]) -> None:
+        """Add a check of work in progress; see the class docstring."""
+        self._watches.append(check)
+
+    @property
+    def stuck(self) -> str | None:
+        """Why the process is stuck, or None."""
+        for check in self._watches:
+            if (reason := check()) is not None:
+                return reason
+        return None
 
     @property
     def ready(self) -> bool:
-        return self.reason is None
+        if self.reason is not None:
+            return False
+        stuck = self.stuck
+        READY.labels(self.service).set(0 if stuck else 1)
+        return stuck is None
+
+    @property
+    def why_not(self) -> str:
+        """The reason the service is not ready (loading, shutting down or stuck)."""
+        return self.reason or self.stuck or "not ready"
 
     def set_ready(self) -> None:
         self.reason = None
@@ -49,17 +85,25 @@ class Readiness:
 
 def load_in_background(app: FastAPI, load: Callable[[], Awaitable[None]]) -> asyncio.Task:
     """Start loading models after the server is listening, so ``/readyz`` can answer 503 while
-    they load (a load that ran inside start-up would leave the port closed instead). A failed
-    load keeps the service unready with the reason, rather than crash-looping the pod."""
+    they load (a load that ran inside start-up would leave the port closed instead).
+
+    A failed load ends the process with :data:`LOAD_FAILED_EXIT`: a pod that stays alive and
+    never ready hides the fault (no restart count, no CrashLoopBackOff), and a retry in a fresh
+    process is what fixes a transient cause such as a volume not yet mounted."""
     readiness: Readiness = app.state.readiness
 
     async def run() -> None:
         try:
             await load()
         except Exception as exc:
-            log.exception("loading failed")
+            log.exception("loading failed; exiting with status %d so the pod is restarted", LOAD_FAILED_EXIT)
             readiness.set_not_ready(f"loading failed: {exc}")
-            return
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            sys.stderr.flush()
+            # Not sys.exit: this runs in a task, where SystemExit would only end the task. Nothing
+            # is in flight (the service was never ready), so there is nothing to drain.
+            os._exit(LOAD_FAILED_EXIT)
         readiness.set_ready()
 
     return asyncio.create_task(run(), name="load-models")
@@ -74,7 +118,7 @@ def require_ready(app: FastAPI) -> None:
         raise ApiError(
             503,
             "not_ready",
-            f"the service is not ready yet ({readiness.reason}); retry shortly",
+            f"the service is not ready yet ({readiness.why_not}); retry shortly",
             headers={"Retry-After": "1"},
         )
 
@@ -101,16 +145,19 @@ def create_app(
     # counter (stt_http_overload_rejections_total).
     app.add_middleware(ConcurrencyLimitMiddleware, service=service, limit=max_concurrency(service))
 
-    @app.get("/healthz", tags=["ops"], summary="The process is alive")
-    async def healthz() -> dict:
-        return {"status": "ok", "service": service, "version": VERSION}
+    @app.get("/healthz", tags=["ops"], summary="The process is alive (503 when stuck: restart it)")
+    async def healthz() -> JSONResponse:
+        stuck = app.state.readiness.stuck
+        if stuck is not None:
+            return JSONResponse(error_body("stuck", stuck), status_code=503)
+        return JSONResponse({"status": "ok", "service": service, "version": VERSION})
 
-    @app.get("/readyz", tags=["ops"], summary="The service can take traffic (model loaded)")
+    @app.get("/readyz", tags=["ops"], summary="The service can take traffic (model loaded, not stuck)")
     async def readyz() -> JSONResponse:
         readiness: Readiness = app.state.readiness
         if readiness.ready:
             return JSONResponse({"status": "ready", "service": service})
-        return JSONResponse(error_body("not_ready", readiness.reason or "not ready"), status_code=503)
+        return JSONResponse(error_body("not_ready", readiness.why_not), status_code=503)
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)
     async def metrics():

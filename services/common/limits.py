@@ -22,6 +22,11 @@ from services.common.errors import error_body
 from services.common.metrics import HTTP_OVERLOAD_REJECTIONS
 from services.common.settings import env_int
 
+# How long the caller will still wait, in milliseconds from when the request arrives: the proxy
+# sends its chunk timeout, and the base service drops work still queued when it passes (504),
+# so a chunk its client sends again is never computed twice.
+DEADLINE_HEADER = "X-Request-Deadline-Ms"
+
 # Per service, when STT_MAX_CONCURRENCY is unset.
 # - base: 64, the same depth as its chunk queue (STT_MAX_QUEUE); past that the batcher refuses
 #   chunks anyway, so this cap only adds a bound on what the batcher never sees (uploads still

@@ -292,6 +292,36 @@ def test_readyz_is_503_until_the_model_is_loaded(tmp_path, librivox) -> None:
     assert seen_503 and seen_200
 
 
+@pytest.mark.parametrize(
+    ("app", "env"),
+    [
+        ("services.base.app:app", {"STT_MODEL": "/nonexistent/whisper-model"}),
+        ("services.tiny.app:app", {"STT_TINY_MODEL": "/nonexistent/whisper-model"}),
+    ],
+    ids=["base", "tiny"],
+)
+def test_a_model_that_fails_to_load_ends_the_process(app: str, env: dict[str, str]) -> None:
+    """Kubernetes can only show (and back off) a crash loop if the process ends: a pod that
+    stays alive and never ready looks healthy to every restart counter."""
+    from services.common.app import LOAD_FAILED_EXIT
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", app, "--port", str(port), "--no-access-log"],
+        env={**__import__("os").environ, "STT_LOG_FORMAT": "text", **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        out, _ = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        pytest.fail(f"{app} kept running after its model failed to load:\n{out.decode()[-2000:]}")
+    assert proc.returncode == LOAD_FAILED_EXIT, out.decode()[-2000:]
+    assert b"loading failed" in out
+
+
 def test_metrics_count_what_happened(stack: Stack, librivox) -> None:
     httpx.post(f"{stack.proxy_url}/transcribe", content=wav_bytes(librivox[2].path), headers=WAV, timeout=60)
     proxy = httpx.get(f"{stack.proxy_url}/metrics").text

@@ -1,0 +1,417 @@
+"""The base service under load: live chunks before file windows, a file admitted a few windows
+at a time, queued work removed when its caller goes away or its deadline passes.
+
+The model is a fake (``FakeModel``) that can be held mid-call on a ``threading.Event``: a real
+model call cannot be interrupted either, which is what makes these orderings matter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+import time
+import wave
+from collections.abc import AsyncIterator, Callable
+from types import SimpleNamespace
+
+import httpx
+import numpy as np
+import pytest
+
+from services.base import app as base
+from services.base.batcher import Batcher, Priority
+from services.base.metrics import BATCH_CANCELLED, BATCH_EXPIRED
+from services.base.transcriber import Request, Result
+from services.common.audio import SAMPLE_RATE
+from services.common.errors import ApiError
+
+
+class FakeModel:
+    """``run_batch`` that records each call's chunks (by sample count) and, while ``gate`` is
+    clear, blocks inside its calls from the ``hold_from``-th on, like a long model call."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.hold_from = 1
+        self.in_call = threading.Event()
+
+    def __call__(self, batch: list[Request]) -> list[Result]:
+        self.calls.append([r.samples.size for r in batch])
+        if len(self.calls) >= self.hold_from:
+            self.in_call.set()
+            self.gate.wait(10)
+        self.in_call.clear()
+        results = []
+        for r in batch:
+            seconds = r.samples.size / SAMPLE_RATE
+            segment = {"start": 0.0, "end": round(seconds, 3), "text": f" {r.samples.size}"}
+            results.append(Result(str(r.samples.size), r.language or "en", 1.0, seconds, [segment]))
+        return results
+
+    async def held(self) -> None:
+        """Wait until a call is running (and held at the gate)."""
+        for _ in range(1000):
+            if self.in_call.is_set():
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError("the model was never called")
+
+    @property
+    def sizes(self) -> list[int]:
+        return [n for call in self.calls for n in call]
+
+
+def chunk(samples: int, language: str | None = "en") -> Request:
+    return Request(np.zeros(samples, np.float32), language)
+
+
+def counter(metric, priority: Priority) -> float:
+    return metric.labels(priority.value)._value.get()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    end = time.perf_counter() + timeout
+    while not condition():
+        if time.perf_counter() > end:
+            raise AssertionError("condition never became true")
+        await asyncio.sleep(0.005)
+
+
+# --- the batcher alone ------------------------------------------------------------------------
+
+
+async def test_a_live_chunk_submitted_after_file_windows_runs_before_them() -> None:
+    model = FakeModel()
+    batcher = Batcher(model, max_batch=8, window_ms=0, file_batch_max=1)
+    batcher.start()
+    try:
+        model.gate.clear()
+        first = asyncio.create_task(batcher.submit(chunk(100), Priority.FILE))
+        await model.held()  # the file's first window holds the model
+        files = [asyncio.create_task(batcher.submit(chunk(101 + i), Priority.FILE, admitted=True)) for i in range(3)]
+        await asyncio.sleep(0.01)
+        live = asyncio.create_task(batcher.submit(chunk(200), Priority.LIVE))
+        await asyncio.sleep(0.01)
+        model.gate.set()
+        await asyncio.gather(first, live, *files)
+        # live went next, in a call of its own; the file windows went one per call after it
+        assert model.calls == [[100], [200], [101], [102], [103]]
+    finally:
+        model.gate.set()
+        await batcher.stop()
+
+
+async def test_live_chunks_batch_together_but_never_with_file_windows() -> None:
+    model = FakeModel()
+    batcher = Batcher(model, max_batch=8, window_ms=0, file_batch_max=2)
+    batcher.start()
+    try:
+        model.gate.clear()
+        blocker = asyncio.create_task(batcher.submit(chunk(1)))
+        await model.held()
+        files = [asyncio.create_task(batcher.submit(chunk(100 + i), Priority.FILE)) for i in range(3)]
+        lives = [asyncio.create_task(batcher.submit(chunk(200 + i))) for i in range(3)]
+        await asyncio.sleep(0.01)
+        model.gate.set()
+        await asyncio.gather(blocker, *files, *lives)
+        assert model.calls == [[1], [200, 201, 202], [100, 101], [102]]
+    finally:
+        model.gate.set()
+        await batcher.stop()
+
+
+async def test_file_windows_do_not_take_the_queue_slots_of_live_chunks() -> None:
+    model = FakeModel()
+    batcher = Batcher(model, max_batch=1, window_ms=0, max_queue=2)
+    batcher.start()
+    try:
+        model.gate.clear()
+        blocker = asyncio.create_task(batcher.submit(chunk(1)))
+        await model.held()
+        # A file already admitted goes on past the cap; a new file is refused at the cap.
+        files = [asyncio.create_task(batcher.submit(chunk(100), Priority.FILE, admitted=True)) for _ in range(5)]
+        await asyncio.sleep(0)
+        with pytest.raises(ApiError) as refused:
+            await batcher.submit(chunk(100), Priority.FILE)
+        assert refused.value.status == 429
+        assert "file windows" in refused.value.message
+        lives = [asyncio.create_task(batcher.submit(chunk(200))) for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(ApiError) as refused:  # the live cap still protects the live queue
+            await batcher.submit(chunk(200))
+        assert refused.value.status == 429
+        assert "live chunks" in refused.value.message
+        model.gate.set()
+        await asyncio.gather(blocker, *files, *lives)
+    finally:
+        model.gate.set()
+        await batcher.stop()
+
+
+async def test_a_live_chunk_that_would_wait_too_long_is_refused_at_once() -> None:
+    """With a bound on the expected wait, the queue's length in seconds (not in chunks) decides:
+    an overloaded service answers the excess 429 at once instead of a minute later."""
+    model = FakeModel()
+    batcher = Batcher(model, max_batch=2, window_ms=0, max_queue=64, max_wait_s=1.0)
+    batcher.start()
+    try:
+        model.gate.clear()
+        timed = asyncio.create_task(batcher.submit(chunk(1)))  # the first live call: 0.4 s
+        await model.held()
+        await asyncio.sleep(0.4)
+        model.gate.set()
+        await timed
+        assert batcher.expected_wait_s() == pytest.approx(0.4, abs=0.15)
+        model.gate.clear()
+        blocker = asyncio.create_task(batcher.submit(chunk(2)))
+        await model.held()
+        # The running call has about 0.4 s left; two queued chunks make the next batch (0.8 s in
+        # all), a third would wait for a second batch (about 1.2 s): over the bound.
+        queued = [asyncio.create_task(batcher.submit(chunk(10 + i))) for i in range(2)]
+        await asyncio.sleep(0.01)
+        assert batcher.depth == 2
+        started = time.perf_counter()
+        with pytest.raises(ApiError) as refused:
+            await batcher.submit(chunk(99))
+        assert time.perf_counter() - started < 0.1
+        assert refused.value.status == 429 and int(refused.value.headers["Retry-After"]) >= 1
+        assert "wait about" in refused.value.message
+        # file windows are not bounded by the live wait
+        file_window = asyncio.create_task(batcher.submit(chunk(500), Priority.FILE))
+        model.gate.set()
+        await asyncio.gather(blocker, file_window, *queued)
+        assert 99 not in model.sizes
+    finally:
+        model.gate.set()
+        await batcher.stop()
+
+
+async def test_a_cancelled_caller_s_queued_chunk_is_removed_and_never_run() -> None:
+    model = FakeModel()
+    batcher = Batcher(model, max_batch=8, window_ms=0)
+    batcher.start()
+    try:
+        model.gate.clear()
+        blocker = asyncio.create_task(batcher.submit(chunk(1)))
+        await model.held()
+        before = counter(BATCH_CANCELLED, Priority.FILE)
+        gone = asyncio.create_task(batcher.submit(chunk(300), Priority.FILE))
+        await asyncio.sleep(0.01)
+        assert batcher.depth == 1
+        gone.cancel()
+        await asyncio.gather(gone, return_exceptions=True)
+        assert batcher.depth == 0  # removed at once, not only skipped when its turn comes
+        assert counter(BATCH_CANCELLED, Priority.FILE) == before + 1
+        model.gate.set()
+        await blocker
+        await batcher.submit(chunk(2))  # the loop goes on
+        assert 300 not in model.sizes
+    finally:
+        model.gate.set()
+        await batcher.stop()
+
+
+async def test_a_chunk_whose_deadline_passes_in_the_queue_is_not_run_and_gets_504() -> None:
+    model = FakeModel()
+    batcher = Batcher(model, max_batch=8, window_ms=0)
+    batcher.start()
+    try:
+        model.gate.clear()
+        blocker = asyncio.create_task(batcher.submit(chunk(1)))
+        await model.held()
+        before = counter(BATCH_EXPIRED, Priority.LIVE)
+        started = time.perf_counter()
+        with pytest.raises(ApiError) as expired:
+            await batcher.submit(chunk(400), deadline=time.perf_counter() + 0.1)
+        # answered at its deadline, while the model is still busy: the caller is not kept waiting
+        assert time.perf_counter() - started < 2
+        assert expired.value.status == 504
+        assert expired.value.code == "deadline_exceeded"
+        assert counter(BATCH_EXPIRED, Priority.LIVE) == before + 1
+        with pytest.raises(ApiError) as already:  # a deadline already past is never queued
+            await batcher.submit(chunk(401), deadline=time.perf_counter() - 1)
+        assert already.value.status == 504
+        model.gate.set()
+        await blocker
+        fine, _ = await batcher.submit(chunk(402), deadline=time.perf_counter() + 30)
+        assert fine.text == "402"
+        assert 400 not in model.sizes and 401 not in model.sizes
+    finally:
+        model.gate.set()
+        await batcher.stop()
+
+
+# --- through the app, with the fake model -----------------------------------------------------
+
+
+def wav_bytes(seconds: float) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(np.zeros(int(seconds * SAMPLE_RATE), np.int16).tobytes())
+    return buf.getvalue()
+
+
+class FakeEngine:
+    model_name = "fake"
+
+    def __init__(self, batcher: Batcher, file_windows_in_flight: int):
+        self.batcher = batcher
+        self.file_windows_in_flight = file_windows_in_flight
+        self.transcriber = SimpleNamespace(multilingual=True)
+
+    def describe(self) -> dict:
+        return {"model": self.model_name, "device": "cpu"}
+
+
+@pytest.fixture
+async def served(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[SimpleNamespace]:
+    """The real base app with a fake engine: ``max_queue`` 4, file windows 2 per call and 4 in
+    flight per file; ``speech_windows`` cuts a file into 1 s windows (no detector needed)."""
+    monkeypatch.setattr(
+        base,
+        "speech_windows",
+        lambda samples: [(s, s + SAMPLE_RATE) for s in range(0, samples.size - SAMPLE_RATE + 1, SAMPLE_RATE)],
+    )
+    model = FakeModel()
+    batcher = Batcher(model, max_batch=4, window_ms=0, max_queue=4, file_batch_max=2)
+    state = base.app.state
+    saved = {name: getattr(state, name, None) for name in ("settings", "engine")}
+    state.settings = base.Settings()
+    state.engine = FakeEngine(batcher, file_windows_in_flight=4)
+    state.readiness.set_ready()
+    batcher.start()
+    transport = httpx.ASGITransport(app=base.app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://base") as client:
+            yield SimpleNamespace(client=client, model=model, batcher=batcher)
+    finally:
+        model.gate.set()
+        await batcher.stop()
+        state.readiness.set_not_ready("starting")
+        for name, value in saved.items():
+            setattr(state, name, value)
+
+
+async def post_file(client: httpx.AsyncClient, seconds: float, **headers: str) -> httpx.Response:
+    return await client.post(
+        "/v1/audio/transcriptions",
+        files={"file": ("long.wav", wav_bytes(seconds), "audio/wav")},
+        data={"response_format": "verbose_json"},
+        headers=headers,
+        timeout=30,
+    )
+
+
+async def post_chunk(client: httpx.AsyncClient, seconds: float = 1.0, **headers: str) -> httpx.Response:
+    return await client.post(
+        "/transcribe-chunk",
+        content=wav_bytes(seconds),
+        headers={"content-type": "audio/wav", **headers},
+        timeout=30,
+    )
+
+
+async def test_a_file_with_more_windows_than_the_queue_holds_transcribes_on_an_idle_server(served) -> None:
+    answer = await post_file(served.client, 40)  # 40 windows, ten times the queue of 4
+    assert answer.status_code == 200, answer.text
+    starts = [s["start"] for s in answer.json()["segments"]]
+    assert starts == [float(i) for i in range(40)]  # every window, in order
+    assert max(len(call) for call in served.model.calls) <= 2  # file batches stay small
+
+
+async def test_live_chunks_are_not_refused_while_a_long_file_runs(served) -> None:
+    served.model.hold_from = 2  # the file's first window passes; its next call holds the model
+    served.model.gate.clear()
+    file = asyncio.create_task(post_file(served.client, 40))
+    await served.model.held()
+    await until(lambda: served.batcher.depth_of(Priority.FILE) == 2)  # 2 running, 2 waiting
+    chunks = [asyncio.create_task(post_chunk(served.client)) for _ in range(4)]  # the whole live cap
+    await until(lambda: served.batcher.depth_of(Priority.LIVE) == 4)
+    served.model.gate.set()
+    answers = await asyncio.gather(*chunks)
+    assert [a.status_code for a in answers] == [200] * 4
+    assert (await file).status_code == 200
+    # the live chunks (batched: 4 in one call) ran right after the file call that held the model
+    live_call = next(i for i, call in enumerate(served.model.calls) if len(call) == 4)
+    assert live_call == 2
+
+
+async def test_a_live_chunk_past_its_deadline_header_gets_504_and_is_not_run(served) -> None:
+    served.model.gate.clear()
+    blocker = asyncio.create_task(post_chunk(served.client, 2.0))
+    await served.model.held()
+    answer = await post_chunk(served.client, 1.0, **{"X-Request-Deadline-Ms": "100"})
+    assert answer.status_code == 504
+    assert answer.json()["error"]["code"] == "deadline_exceeded"
+    served.model.gate.set()
+    assert (await blocker).status_code == 200
+    assert served.model.sizes == [2 * SAMPLE_RATE]
+    bad = await post_chunk(served.client, 1.0, **{"X-Request-Deadline-Ms": "soon"})
+    assert bad.status_code == 400
+
+
+def asgi_call(path: str, headers: list[tuple[bytes, bytes]], body: bytes, hang_up: asyncio.Event):
+    """Call the app the way a server does, with a client that sends ``body`` and then hangs up
+    when ``hang_up`` is set; returns the coroutine and the list the answer's messages go to."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"base"), (b"content-length", str(len(body)).encode()), *headers],
+        "client": ("127.0.0.1", 1234),
+        "server": ("base", 80),
+    }
+    sent: list[dict] = []
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict:
+        if messages:
+            return messages.pop(0)
+        await hang_up.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    return base.app(scope, receive, send), sent
+
+
+@pytest.mark.parametrize("endpoint", ["/transcribe-chunk", "/v1/audio/transcriptions", "stream"])
+async def test_a_client_that_hangs_up_has_its_queued_work_removed_unrun(served, endpoint: str) -> None:
+    if endpoint == "/transcribe-chunk":
+        body, content_type, priority = wav_bytes(3.0), b"audio/wav", Priority.LIVE
+    else:  # a whole-file answer, or a stream=true one whose first window waits before it starts
+        form = {"model": "x", "stream": "true" if endpoint == "stream" else "false"}
+        files = {"file": ("f.wav", wav_bytes(6.0), "audio/wav")}
+        built = httpx.Request("POST", "http://base/", files=files, data=form)
+        body, content_type, priority = built.read(), built.headers["content-type"].encode(), Priority.FILE
+        endpoint = "/v1/audio/transcriptions"
+    served.model.gate.clear()
+    blocker = asyncio.create_task(post_chunk(served.client, 2.0))
+    await served.model.held()
+    before = counter(BATCH_CANCELLED, priority)
+    hang_up = asyncio.Event()
+    call, sent = asgi_call(endpoint, [(b"content-type", content_type)], body, hang_up)
+    task = asyncio.create_task(call)
+    await until(lambda: served.batcher.depth_of(priority) == 1)
+    hang_up.set()
+    await asyncio.wait_for(task, 5)  # without the disconnect watch this waits for the model
+    assert served.batcher.depth == 0
+    assert counter(BATCH_CANCELLED, priority) == before + 1
+    assert sent[0]["status"] == 499
+    served.model.gate.set()
+    assert (await blocker).status_code == 200
+    await asyncio.sleep(0.05)
+    assert served.model.sizes == [2 * SAMPLE_RATE]  # only the blocker ever ran
