@@ -3,10 +3,17 @@
 Errors are sorted into the two kinds the dispatcher cares about: :class:`RetryableError`
 (connection refused or reset, timeouts, 5xx, 429: the chunk is kept and sent again) and
 :class:`PermanentError` (any other 4xx: retrying the same bytes cannot help).
+
+A proxy with API keys on (docs/api.md, "API keys") wants ``Authorization: Bearer <key>``: the
+key is ``api_key`` or, when that is not given, the ``STT_API_KEY`` environment variable (so a
+key never has to be typed on a command line, where ``ps`` and shell history would keep it). A
+missing or wrong key is a 401, a :class:`PermanentError`; a key over its rate is a 429
+``rate_limited``, a :class:`RetryableError` with the server's ``Retry-After``.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import httpx
@@ -63,8 +70,21 @@ def _raise_for(response: httpx.Response) -> None:
     raise PermanentError(message)
 
 
+def auth_headers(api_key: str | None = None) -> dict[str, str]:
+    """``Authorization: Bearer`` with ``api_key``, else ``STT_API_KEY``; none when neither is set.
+    Sent on every request and on the WebSocket upgrade (:mod:`client.ws_transport`)."""
+    key = api_key if api_key is not None else os.environ.get("STT_API_KEY", "").strip()
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def parse_result(body: dict, offset: float) -> ChunkResult:
-    """Flatten segments into words with absolute times (``offset`` = where the audio sent began)."""
+    """Flatten segments into words with absolute times (``offset`` = where the audio sent began).
+
+    A 200 that carries neither ``text`` nor ``segments`` is not a transcription (a proxy or
+    gateway answering for the service): it raises, and the dispatcher counts the chunk as
+    dropped (``malformed_answer``) instead of taking it for silence."""
+    if not isinstance(body, dict) or ("text" not in body and "segments" not in body):
+        raise ValueError(f"a 200 answer without 'text' or 'segments': {str(body)[:200]!r}")
     segments = Segment.parse(body.get("segments") or [], offset)
     words = [w for seg in segments for w in seg.words]
     return ChunkResult(words, body.get("text", ""), body.get("language"), body.get("backend"), segments)
@@ -83,10 +103,12 @@ class SttApi:
         timeout_s: float = 180.0,
         detect_timeout_s: float = 5.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.detect_timeout_s = detect_timeout_s
-        self._client = httpx.AsyncClient(base_url=self.url, timeout=timeout_s, transport=transport)
+        headers = auth_headers(api_key)
+        self._client = httpx.AsyncClient(base_url=self.url, timeout=timeout_s, transport=transport, headers=headers)
 
     async def aclose(self) -> None:
         await self._client.aclose()

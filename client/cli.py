@@ -16,8 +16,9 @@ from pathlib import Path
 from client import output
 from client.api import SttApi
 from client.display import Display
-from client.pipeline import POLICIES, Pipeline, Settings
+from client.pipeline import POLICIES, Pipeline, RecoveredRun, Recovery, Settings
 from client.sources import MicSource, Source, SourceError, StdinSource, file_source, list_devices
+from client.spill import LeftoverRun, default_spill_root, find_leftovers
 from client.stats import Stats
 from client.stitcher import join_words
 from client.ws_transport import WsFatalError, WsSettings, WsTransport, stream_url
@@ -117,10 +118,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="chunks held in memory while the service is unreachable before spilling to disk (default 64); "
         "ws: audio not yet acknowledged, in memory up to this many --step seconds, then in a file",
     )
-    p.add_argument("--spill-dir", type=Path, help="directory for spilled chunks (default: the system temp dir)")
+    p.add_argument(
+        "--spill-dir",
+        type=Path,
+        help=f"directory for spilled chunks, one run-* directory per run (default {default_spill_root()}, "
+        "$XDG_STATE_HOME respected): kept until each chunk is answered, so a killed run's chunks can be "
+        "replayed by the next one; ws: its unnamed overflow file",
+    )
+    p.add_argument(
+        "--recover",
+        choices=("first", "off", "only"),
+        default="first",
+        help="chunks a killed run left in --spill-dir: 'first' transcribes them before capturing (their text "
+        "goes to stderr, marked recovered); 'off' leaves them for a later run; 'only' transcribes them, "
+        "prints their text on stdout and exits (default first)",
+    )
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     p.add_argument("--quiet", action="store_true", help="no live view on stderr")
     return p
+
+
+def source_label(args: argparse.Namespace) -> str:
+    """What the run records with its spilled chunks, for the run that may replay them."""
+    if args.file:
+        return f"file {args.file}"
+    if args.stdin:
+        return "stdin"
+    return f"microphone {args.device or 'default'}"
 
 
 def make_source(args: argparse.Namespace) -> Source:
@@ -154,29 +178,58 @@ def http_settings(args: argparse.Namespace) -> Settings:
         concurrency=max(1, args.concurrency),
         max_in_memory=args.max_held,
         spill_dir=args.spill_dir,
+        source_label=source_label(args),
         policy=args.policy,
         step_s=args.step,
         window_s=args.window,
     )
 
 
+def report_recovered(runs: list[RecoveredRun], stream) -> None:
+    """The text of interrupted runs, each under a line that says it is recovered and from what."""
+    for r in runs:
+        stream.write(
+            f"-- recovered from an interrupted run ({r.run.describe()}): {r.transcribed} of {r.chunks} chunks "
+            f"transcribed, {r.dropped} dropped, {r.left} left on disk\n"
+        )
+        if r.words:
+            span = f"{r.words[0].start:.1f}-{r.words[-1].end:.1f} s"
+            stream.write(f"[recovered {span}] {r.text}\n")
+    stream.flush()
+
+
+def failures(stats: Stats) -> str:
+    """What the exit status 1 is about, from the counters (empty when nothing is missing)."""
+    if stats.chunks_dropped:
+        return (
+            f"{stats.chunks_dropped} chunks are missing from the transcript ({stats.drop_summary()}; "
+            f"last error: {stats.last_error})"
+        )
+    return ""
+
+
 async def run(args: argparse.Namespace) -> int:
-    source = make_source(args)
+    leftovers: list[LeftoverRun] = []
+    if args.recover != "off":
+        try:
+            leftovers = find_leftovers(args.spill_dir or default_spill_root())
+        except OSError as exc:  # an unreadable spill dir must not stop capture
+            print(f"stt-client: cannot look for chunks left by an interrupted run: {exc}", file=sys.stderr)
+        if not leftovers and args.recover == "only":
+            print("stt-client: no chunks left by an interrupted run to recover", file=sys.stderr)
+    # With chunks to replay first the source is opened after them: a microphone would overflow meanwhile.
+    source = make_source(args) if not leftovers and args.recover != "only" else None
     stats = Stats()
     if args.metrics_port:
         from client.metrics import serve
 
         serve(stats, args.metrics_port)
-    display = Display(stats, total_s=source.duration_s, live=source.live, quiet=args.quiet)
+    display = Display(
+        stats, total_s=source.duration_s if source else None, live=source.live if source else True, quiet=args.quiet
+    )
     api: SttApi | None = None
-    runner: Pipeline | WsTransport
-    if args.transport == "ws":
-        runner = WsTransport(source, args.url, ws_settings(args), stats, display)
-        finishing = "sending the rest and waiting for the last words"
-    else:
-        api = SttApi(args.url[0])
-        runner = Pipeline(source, api, http_settings(args), stats, display)
-        finishing = "finishing the chunks in flight"
+    runner: Pipeline | WsTransport | Recovery | None = None
+    finishing = "finishing the recovered chunks in flight"
     loop = asyncio.get_running_loop()
     interrupts = 0
     tasks: set[asyncio.Task] = set()  # keep a reference: the loop holds tasks only weakly
@@ -184,7 +237,13 @@ async def run(args: argparse.Namespace) -> int:
     def on_interrupt() -> None:
         nonlocal interrupts
         interrupts += 1
-        if interrupts == 1:
+        if isinstance(runner, Recovery):  # the chunks stay on disk: nothing is lost by stopping now
+            display.stream.write("\n-- stopping: the recovered chunks not yet answered stay on disk\n")
+            interrupts = max(interrupts, 2)
+            runner.stop()
+        elif runner is None:  # between replay and capture: acted on once the runner exists
+            pass
+        elif interrupts == 1:
             display.stream.write(f"\n-- stopping: {finishing} (Ctrl-C again to give up on them)\n")
             runner.stop()
         else:
@@ -195,8 +254,29 @@ async def run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, on_interrupt)
     failure = ""
     words = None
+    recovered: list[RecoveredRun] = []
     try:
-        words = await runner.run()
+        if leftovers:
+            api = SttApi(args.url[0])  # the proxy's /transcribe, whichever transport the live stream uses
+            recovery = runner = Recovery(api, http_settings(args), stats, display, runs=leftovers)
+            recovered = await recovery.run()
+            runner = None
+        if recovered or args.recover == "only":
+            report_recovered(recovered, sys.stdout if args.recover == "only" else display.stream)
+        if args.recover != "only" and interrupts < 2:
+            if source is None:
+                source = make_source(args)
+                display.begin(total_s=source.duration_s, live=source.live)
+            if args.transport == "ws":
+                runner = WsTransport(source, args.url, ws_settings(args), stats, display)
+                finishing = "sending the rest and waiting for the last words"
+            else:
+                api = api or SttApi(args.url[0])
+                runner = Pipeline(source, api, http_settings(args), stats, display)
+                finishing = "finishing the chunks in flight"
+            if interrupts:  # Ctrl-C came while the runner was being made
+                runner.stop()
+            words = await runner.run()
     except WsFatalError as exc:
         failure = f"the service refused the stream: {exc}"
     finally:
@@ -205,15 +285,27 @@ async def run(args: argparse.Namespace) -> int:
         if api is not None:
             await api.aclose()
         display.close()
-    words = words if words else runner.committed
-    if args.output:
-        output.write(args.output, words)
-    sys.stdout.write(join_words(words) + "\n")
-    sys.stdout.flush()
+    if source is not None:
+        words = words if words else (runner.committed if runner is not None else [])
+        if args.output:
+            output.write(args.output, words)
+        sys.stdout.write(join_words(words) + "\n")
+        sys.stdout.flush()
     if isinstance(runner, WsTransport) and not failure and runner.gave_up and runner.unacknowledged_s > 0:
         failure = f"the last {runner.unacknowledged_s:.1f} s of audio were not transcribed ({stats.last_error})"
-    if stats.chunks_dropped:
-        failure = f"{stats.chunks_dropped} chunks were refused by the service and are missing ({stats.last_error})"
+    failure = failures(stats) or failure
+    if stats.chunks_left_on_disk:
+        where = args.spill_dir or default_spill_root()
+        print(
+            f"stt-client: {stats.chunks_left_on_disk} chunks were not answered and wait in {where}; "
+            "the next run transcribes them first (--recover)",
+            file=sys.stderr,
+        )
+    if stats.spill_failures:
+        print(
+            f"stt-client: {stats.spill_failures} chunks could not be written to disk and were held in memory",
+            file=sys.stderr,
+        )
     if failure:
         print(f"stt-client: {failure}", file=sys.stderr)
         return 1

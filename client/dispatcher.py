@@ -5,25 +5,33 @@ timeouts, 5xx and 429 are retried forever with capped exponential backoff: a liv
 should survive a backend restart, and "forever" is bounded by the user pressing Ctrl-C
 twice. Chunks waiting their turn sit in a :class:`~client.spill.ChunkStore` (memory, then
 disk). Workers finish out of order; :meth:`Dispatcher.results` hands them back in order.
+
+Every chunk ends transcribed or counted as dropped with a reason (:meth:`Stats.drop`): a 4xx
+(``refused``), a 200 whose body is not a transcription (``malformed_answer``), a spill file
+that cannot be read back (``damaged_spill``), any other exception (``error``, logged with its
+traceback), Ctrl-C twice (``aborted``). A worker never dies on a chunk: it records the drop and
+takes the next one. A spilled chunk's file is deleted only once its outcome is known.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-from client.api import ChunkResult, PermanentError, RetryableError
+from client.api import ChunkResult, PermanentError, RetryableError, Word
 from client.chunker import SAMPLE_RATE, Chunk
 from client.spill import ChunkStore
-from client.stats import Stats
+from client.stats import ABORTED, DAMAGED_SPILL, ERROR, MALFORMED_ANSWER, REFUSED, Stats
 from services.common.commit_policy import CommitPolicy, Update
 
 log = logging.getLogger(__name__)
@@ -67,6 +75,7 @@ class Outcome:
     request_s: float = 0.0  # round trip of the answered /transcribe request (for latency measurements)
     window: tuple[float, float] | None = None  # agreement: the stream time decoded for this step
     update: Update | None = None  # agreement: what the commit policy made of the answer
+    dropped: str = ""  # the reason it was given up on (client.stats), empty when it was not
 
     @property
     def audio_start(self) -> float:
@@ -89,7 +98,13 @@ class Dispatcher:
         resend_empty: bool = True,
         context_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        store: ChunkStore | None = None,
+        spill_meta: dict[str, Any] | None = None,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
+        """``store``: chunks to work through instead of a new store (a previous run's, replayed);
+        ``spill_meta``: what ``run.json`` says about this run (the source); ``warn``: where the
+        one warning about a failing spill goes (the live view; default the log)."""
         self.api = api
         self.stats = stats
         self.detector = detector
@@ -99,31 +114,79 @@ class Dispatcher:
         self.resend_empty = resend_empty
         self.context_s = context_s
         self.clock = clock
-        self.store = ChunkStore(max_in_memory, spill_dir)
+        self.warn = warn or log.warning
+        self._spill_failing = False
+        self.store = store or ChunkStore(
+            max_in_memory, spill_dir, run_meta=spill_meta, on_spill_failure=self._on_spill_failure
+        )
+        self._in_flight: dict[int, Chunk] = {}
+        self._aborted = False
         self._done: dict[int, Outcome] = {}
         self._done_changed = asyncio.Condition()
         self._workers = [asyncio.create_task(self._work(), name=f"dispatch-{i}") for i in range(concurrency)]
-        self._next = 0
-        self._submitted = 0
+        for task in self._workers:
+            task.add_done_callback(self._worker_ended)
+        # Chunk indices in the order they were queued: results come back in this order (0, 1, 2, ...
+        # for a live stream; a replayed run's chunks may have gaps where chunks were not on disk).
+        self._order: deque[int] = deque(c.index for c in self.store.held)
 
     async def submit(self, chunk: Chunk) -> None:
         """Queue a chunk; returns at once (spilling to disk if memory is full)."""
-        self._submitted += 1
+        if self._aborted:  # captured after the second Ctrl-C: nobody will send it
+            self.stats.drop(ABORTED)
+            return
+        self._order.append(chunk.index)
+        written = self.store.spill_writes
         await self.store.put(chunk)
+        if self.store.spill_writes > written:
+            self._spill_failing = False  # writing works again: warn anew if it fails again
         self._update_held()
+
+    def _on_spill_failure(self, exc: OSError) -> None:
+        """A chunk could not be written to disk (full, read-only): it stays in memory. One
+        warning per episode, not one per chunk; Stats.spill_failures counts them all."""
+        self.stats.spill_failures += 1
+        if not self._spill_failing:
+            self._spill_failing = True
+            self.warn(
+                f"cannot spill held chunks to disk ({exc}); keeping them in memory, capture goes on "
+                f"(spill dir {self.store.run.root})"
+            )
 
     async def close(self) -> None:
         """No more chunks will come; workers exit once everything queued is answered."""
         await self.store.close()
 
     async def abort(self) -> None:
-        """Stop now (second Ctrl-C): in-flight and held chunks are abandoned."""
+        """Stop now (second Ctrl-C): in-flight and held chunks are abandoned. Those in memory are
+        counted as dropped (``aborted``); those on disk stay there for the next run to replay."""
+        self._aborted = True
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
-        self.store.cleanup()
+        abandoned = [*self._in_flight.values(), *self.store.held]
+        self._in_flight.clear()
+        for chunk in abandoned:
+            path = chunk.meta.get("spilled")
+            if path is not None and path.exists():
+                self.stats.chunks_left_on_disk += 1
+            else:
+                self.stats.drop(ABORTED)
+        self._release()
         async with self._done_changed:
             self._done_changed.notify_all()
+
+    def _worker_ended(self, task: asyncio.Task) -> None:
+        """A worker never ends by an exception (each chunk's is caught); should one all the same,
+        say so loudly rather than let the chunks it would have taken wait in silence."""
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            self.stats.last_error = f"worker {task.get_name()} died: {type(exc).__name__}: {exc}"
+            log.error("%s", self.stats.last_error, exc_info=exc)
+
+    def _release(self) -> None:
+        self.store.release()
+        self._update_held()
 
     def _update_held(self) -> None:
         self.stats.chunks_held = len(self.store)
@@ -134,13 +197,17 @@ class Dispatcher:
         while True:
             async with self._done_changed:
                 await self._done_changed.wait_for(
-                    lambda: self._next in self._done or all(t.done() for t in self._workers)
+                    lambda: (self._order and self._order[0] in self._done) or all(t.done() for t in self._workers)
                 )
-                outcome = self._done.pop(self._next, None)
+                outcome = self._done.pop(self._order[0], None) if self._order else None
             if outcome is None:
-                self.store.cleanup()
+                if self._order and not self._aborted:  # only after a worker died (a bug): count, not lose
+                    for _ in self._order:
+                        self.stats.drop(ERROR)
+                    self._order.clear()
+                self._release()
                 return
-            self._next += 1
+            self._order.popleft()
             yield outcome
 
     async def _work(self) -> None:
@@ -150,13 +217,37 @@ class Dispatcher:
                 self._update_held()
                 if chunk is None:
                     return
-                outcome = await self._process(chunk)
+                self._in_flight[chunk.index] = chunk
+                outcome = await self._settle(chunk)
+                self._in_flight.pop(chunk.index, None)
+                self.store.done(chunk)  # the answer is here (or it is counted): its file can go
                 async with self._done_changed:
                     self._done[chunk.index] = outcome
                     self._done_changed.notify_all()
         finally:
             async with self._done_changed:
                 self._done_changed.notify_all()
+
+    async def _settle(self, chunk: Chunk) -> Outcome:
+        """The chunk's outcome, whatever happens: an exception drops this chunk, not the worker."""
+        damaged = chunk.meta.get("damaged")
+        if damaged:
+            log.warning(
+                "chunk %d at %.1f s: its spill file is damaged and is skipped (%s)", chunk.index, chunk.start, damaged
+            )
+            return self._dropped(chunk, DAMAGED_SPILL, damaged)
+        try:
+            return await self._process(chunk)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("chunk %d at %.1f s failed and is lost", chunk.index, chunk.start)
+            return self._dropped(chunk, ERROR, f"{type(exc).__name__}: {exc}")
+
+    def _dropped(self, chunk: Chunk, reason: str, error: str) -> Outcome:
+        self.stats.drop(reason)
+        self.stats.last_error = f"{reason}: {error}"
+        return Outcome(chunk, None, error=error, dropped=reason)
 
     async def _is_speech(self, chunk: Chunk) -> bool:
         if not self.detector:
@@ -200,14 +291,34 @@ class Dispatcher:
                 attempt += 1
                 continue
             except PermanentError as exc:
-                self.stats.chunks_dropped += 1
-                self.stats.last_error = str(exc)
                 log.error("chunk %d at %.1f s was refused and is lost: %s", chunk.index, chunk.start, exc)
-                return Outcome(chunk, None, error=str(exc))
+                return self._dropped(chunk, REFUSED, str(exc))
+            except Exception as exc:  # the answer came (a 200) but could not be read
+                log.error("chunk %d at %.1f s: unreadable answer, chunk lost: %r", chunk.index, chunk.start, exc)
+                return self._dropped(chunk, MALFORMED_ANSWER, f"{type(exc).__name__}: {exc}")
+            problem = malformed(result)
+            if problem:
+                log.error("chunk %d at %.1f s: malformed answer, chunk lost: %s", chunk.index, chunk.start, problem)
+                return self._dropped(chunk, MALFORMED_ANSWER, problem)
             self.stats.chunks_sent += 1
             self.stats.audio_sent_s += samples.size / SAMPLE_RATE
             self.stats.backend_down = False
             return Outcome(chunk, result, offset=offset, request_s=time.perf_counter() - began)
+
+
+def malformed(result: object) -> str:
+    """What is wrong with an answer the stitcher cannot use (empty when nothing): not a
+    ChunkResult, words that are not words or have times that are not finite."""
+    if not isinstance(result, ChunkResult):
+        return f"not a transcription: {type(result).__name__}"
+    if not isinstance(result.words, list) or not isinstance(result.text, str):
+        return "words or text of the wrong type"
+    for w in result.words:
+        if not isinstance(w, Word) or not isinstance(w.text, str):
+            return f"not a word: {w!r}"
+        if not (math.isfinite(w.start) and math.isfinite(w.end)) or w.end < w.start:
+            return f"word with impossible times: {w!r}"
+    return ""
 
 
 class AgreementDispatcher(Dispatcher):
@@ -233,6 +344,9 @@ class AgreementDispatcher(Dispatcher):
         have = self._audio_start + self._audio.size
         if not self._audio.size:
             self._audio_start, have = first, first
+        elif first > have:  # a step was lost (damaged spill file): silence keeps the times true
+            self._audio = np.concatenate([self._audio, np.zeros(first - have, np.float32)])
+            have = first
         new = chunk.samples[max(0, have - first) :]
         self._audio = np.concatenate([self._audio, new.astype(np.float32, copy=False)])
         return self._audio_start + self._audio.size
@@ -255,11 +369,16 @@ class AgreementDispatcher(Dispatcher):
         start, end = span
         offset = start / SAMPLE_RATE
         samples = self._audio[start - self._audio_start : end - self._audio_start]
-        outcome = await self._transcribe(chunk, samples, offset)
-        outcome.speech, outcome.window = speech, (offset, end / SAMPLE_RATE)
-        if outcome.result is None:  # refused: the next step's window covers this audio again
-            self.policy.cancel()
-        else:
-            outcome.update = self.policy.update(outcome.result.segments, offset)
-        self._trim()
+        try:
+            outcome = await self._transcribe(chunk, samples, offset)
+            outcome.speech, outcome.window = speech, (offset, end / SAMPLE_RATE)
+            if outcome.result is None:  # refused: the next step's window covers this audio again
+                self.policy.cancel()
+            else:
+                outcome.update = self.policy.update(outcome.result.segments, offset)
+        except Exception:
+            self.policy.cancel()  # the window will not be answered; the next one covers it
+            raise
+        finally:
+            self._trim()
         return outcome

@@ -89,6 +89,11 @@ class Display:
         self._last_plain_status = ""
         self._last_plain_at = 0.0
 
+    def begin(self, total_s: float | None, live: bool) -> None:
+        """The source is open (after a replay of an interrupted run's chunks): show it from now on."""
+        self.total_s, self.live = total_s, live
+        self._began = self.clock()
+
     def width(self) -> int:
         return max(40, shutil.get_terminal_size((100, 20)).columns - 1)
 
@@ -123,8 +128,12 @@ class Display:
             parts.append(f"{s.chunks_spilled} on disk")
         if s.overruns:
             parts.append(f"OVERRUNS {s.overruns}")
+        if s.spill_failures:
+            parts.append(f"not spilled (disk) {s.spill_failures}")
         if s.chunks_dropped:
-            parts.append(f"DROPPED {s.chunks_dropped}")
+            parts.append(
+                f"DROPPED {s.chunks_dropped} ({s.drop_summary()})" if s.drop_reasons else f"DROPPED {s.chunks_dropped}"
+            )
         return " | ".join(parts)
 
     def summary(self) -> str:
@@ -134,16 +143,27 @@ class Display:
         if not self.live:
             done, elapsed = self.done_s(), self.elapsed_s()
             rate = f"{done:.1f} s of audio in {elapsed:.1f} s ({speed(done, elapsed):.1f}x real time), "
+        extra = ""
+        if s.chunks_recovered:
+            extra += f", {s.chunks_recovered} recovered from an interrupted run"
+        if s.chunks_left_on_disk:
+            extra += f", {s.chunks_left_on_disk} left on disk"
+        if s.spill_failures:
+            extra += f", {s.spill_failures} not spilled (disk)"
         if s.sessions or s.reconnects:
             audio = rate or f"{s.audio_captured_s:.1f} s of audio, "
+            dropped = f", {s.chunks_dropped} chunks dropped ({s.drop_summary()})" if s.chunks_dropped else ""
             return (
                 f"-- done: {audio}{s.sessions} sessions, {s.reconnects} reconnects, "
-                f"{s.audio_sent_s:.1f} s sent, {s.overruns} overruns"
+                f"{s.audio_sent_s:.1f} s sent, {s.overruns} overruns{dropped}{extra}"
             )
+        dropped = (
+            f"{s.chunks_dropped} dropped ({s.drop_summary()})" if s.drop_reasons else f"{s.chunks_dropped} dropped"
+        )
         return (
             f"-- done: {rate}{s.chunks_captured} chunks, {s.chunks_sent} transcribed, "
             f"{s.chunks_nonspeech} without speech, {s.chunks_retried} retries, "
-            f"{s.chunks_dropped} dropped, {s.overruns} overruns"
+            f"{dropped}, {s.overruns} overruns{extra}"
         )
 
     def commit(self, words: list[Word]) -> None:

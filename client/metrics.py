@@ -22,6 +22,8 @@ COUNTERS = {
     "stt_client_chunks_nonspeech": ("chunks_nonspeech", "Chunks skipped because the detector heard no speech"),
     "stt_client_capture_overruns": ("overruns", "Audio blocks lost because capture fell behind"),
     "stt_client_reconnects": ("reconnects", "--transport ws: streaming sessions lost and tried again"),
+    "stt_client_spill_failures": ("spill_failures", "Chunks kept in memory because writing them to disk failed"),
+    "stt_client_chunks_recovered": ("chunks_recovered", "Chunks of an interrupted run replayed from the spill dir"),
 }
 
 
@@ -34,6 +36,12 @@ class StatsCollector(Collector):
             family = CounterMetricFamily(name, doc)
             family.add_metric([], getattr(self.stats, attr))
             yield family
+        reasons = CounterMetricFamily(
+            "stt_client_chunks_dropped_by_reason", "Chunks given up on, by reason", labels=["reason"]
+        )
+        for reason, count in sorted(self.stats.drop_reasons.items()):
+            reasons.add_metric([reason], count)
+        yield reasons
         yield GaugeMetricFamily(
             "stt_client_lag_seconds", "Seconds from capturing audio to having its words", value=self.stats.lag_s
         )

@@ -9,14 +9,18 @@ Two tasks run side by side: the producer reads the source and cuts chunks (never
 the network, so capture cannot be held up by a slow or dead service), and the consumer takes
 answers in order and stitches them. :meth:`Pipeline.stop` is the first Ctrl-C (stop reading,
 finish what is in flight); :meth:`Pipeline.abort` is the second (give up on the rest).
+
+:class:`Recovery` runs before any of that: chunks an interrupted run left in the spill
+directory are transcribed first and their text handed back marked as recovered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from client.api import Word
@@ -24,11 +28,14 @@ from client.chunker import Chunk, Chunker
 from client.dispatcher import AgreementDispatcher, Backoff, Dispatcher, Outcome, Transcriber
 from client.display import Display
 from client.sources import Source, level_dbfs
-from client.stats import Stats
+from client.spill import ChunkStore, LeftoverRun, default_spill_root, find_leftovers
+from client.stats import DAMAGED_SPILL, Stats
 from client.stitcher import Stitcher, join_words
 from services.common.commit_policy import CommitPolicy, PolicyConfig
 
 POLICIES = ("stitch", "agreement")
+
+log = logging.getLogger(__name__)
 
 PROMPT_CHARS = 200  # as whisper_streaming: enough context to keep style and names, short enough not to dominate
 
@@ -44,7 +51,8 @@ class Settings:
     context_s: float = 2.0  # audio before each chunk sent with it as left context (docs/client.md)
     concurrency: int = 2
     max_in_memory: int = 64
-    spill_dir: Path | None = None
+    spill_dir: Path | None = None  # root of the per-run spill directories (None: default_spill_root())
+    source_label: str = ""  # what is being transcribed, recorded with spilled chunks for a later replay
     backoff: Backoff | None = None
     policy: str = "stitch"  # or "agreement" (docs/client.md, "Agreement policy")
     step_s: float = PolicyConfig.step_s  # agreement: new audio per decode
@@ -55,6 +63,16 @@ class Settings:
         return PolicyConfig(
             step_s=self.step_s, max_window_s=self.window_s, context_s=self.context_s, trim_after_s=self.trim_after_s
         )
+
+    def spill_meta(self) -> dict:
+        """What ``run.json`` records, so that a later run knows what its chunks were."""
+        return {
+            "source": self.source_label,
+            "policy": self.policy,
+            "chunk_s": self.step_s if self.policy == "agreement" else self.chunk_s,
+            "overlap_s": 0.0 if self.policy == "agreement" else self.overlap_s,
+            "language": self.language,
+        }
 
 
 class Pipeline:
@@ -115,8 +133,15 @@ class Pipeline:
         if self.dispatcher is not None:
             await self.dispatcher.abort()
 
+    def _warn(self, text: str) -> None:
+        if self.display:
+            self.display.note(text)
+        else:
+            log.warning("%s", text)
+
     async def run(self) -> list[Word]:
         s = self.settings
+        common = {"spill_meta": s.spill_meta(), "warn": self._warn}
         if self.policy:
             self.dispatcher = AgreementDispatcher(
                 self.api,
@@ -128,6 +153,7 @@ class Pipeline:
                 spill_dir=s.spill_dir,
                 backoff=s.backoff,
                 clock=self.clock,
+                **common,
             )
         else:
             self.dispatcher = Dispatcher(
@@ -143,6 +169,7 @@ class Pipeline:
                 resend_empty=s.resend_empty,
                 context_s=s.context_s,
                 clock=self.clock,
+                **common,
             )
         producer = asyncio.create_task(self._produce(), name="produce")
         refresher = asyncio.create_task(self._refresh(), name="refresh") if self.display else None
@@ -208,3 +235,138 @@ class Pipeline:
         while True:
             self.display.refresh()
             await asyncio.sleep(0.2)
+
+
+@dataclass
+class RecoveredRun:
+    """What became of one interrupted run's spilled chunks."""
+
+    run: LeftoverRun
+    words: list[Word] = field(default_factory=list)
+    chunks: int = 0  # chunks on disk when found
+    transcribed: int = 0
+    dropped: int = 0  # damaged files, or refused/malformed answers
+    left: int = 0  # still on disk (this recovery was stopped): the next run tries again
+
+    @property
+    def text(self) -> str:
+        return join_words(self.words)
+
+
+class Recovery:
+    """Transcribe, oldest first, the chunks that runs killed before their answer came left in
+    the spill directory (:func:`client.spill.find_leftovers`), before this run captures audio.
+
+    Each run's chunks go through a :class:`Dispatcher` (same retries; a file is deleted once
+    answered) and a :class:`Stitcher` of their own: they are a separate stream, with gaps where
+    chunks were held in memory when the run died. A damaged file is counted as dropped
+    (``damaged_spill``), never loaded. :meth:`stop` (Ctrl-C) leaves what is unanswered on disk.
+    """
+
+    def __init__(
+        self,
+        api: Transcriber,
+        settings: Settings | None = None,
+        stats: Stats | None = None,
+        display: Display | None = None,
+        root: Path | None = None,
+        runs: list[LeftoverRun] | None = None,
+    ) -> None:
+        """``runs``: already found (and locked) by :func:`client.spill.find_leftovers`; None: look in ``root``."""
+        self.api = api
+        self.settings = settings or Settings()
+        self.stats = stats or Stats()
+        self.display = display
+        self.root = root if root is not None else (self.settings.spill_dir or default_spill_root())
+        self.recovered: list[RecoveredRun] = []
+        self._runs = runs
+        self._dispatcher: Dispatcher | None = None
+        self._stopping = False
+        self._tasks: set[asyncio.Task] = set()
+
+    @property
+    def committed(self) -> list[Word]:
+        """Nothing of the live stream: recovered words are reported apart (see ``recovered``)."""
+        return []
+
+    def stop(self) -> None:
+        """Ctrl-C: stop now; unanswered chunks stay on disk for the next run."""
+        self._stopping = True
+        if self._dispatcher is not None:
+            self._tasks.add(asyncio.get_running_loop().create_task(self._dispatcher.abort()))
+
+    async def abort(self) -> None:
+        self._stopping = True
+        if self._dispatcher is not None:
+            await self._dispatcher.abort()
+
+    async def run(self) -> list[RecoveredRun]:
+        runs = self._runs
+        if runs is None:
+            try:
+                runs = await asyncio.to_thread(find_leftovers, self.root)
+            except OSError as exc:
+                log.warning("cannot look for spilled chunks in %s: %s", self.root, exc)
+                return []
+        # The live view shows an outage during replay as it would during capture.
+        refresher = asyncio.create_task(self._refresh(), name="recover-refresh") if self.display and runs else None
+        try:
+            for i, run in enumerate(runs):
+                if self._stopping:
+                    for later in runs[i:]:
+                        later.release()
+                    break
+                self.recovered.append(await self._recover(run))
+        finally:
+            if refresher:
+                refresher.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        return self.recovered
+
+    async def _refresh(self) -> None:
+        assert self.display is not None
+        while True:
+            self.display.refresh()
+            await asyncio.sleep(0.2)
+
+    async def _recover(self, run: LeftoverRun) -> RecoveredRun:
+        s = self.settings
+        out = RecoveredRun(run, chunks=len(run.chunks) + len(run.damaged))
+        for name in run.damaged:
+            log.warning("spill file %s/%s is incomplete (killed while writing?) and was removed", run.path, name)
+            self.stats.drop(DAMAGED_SPILL)
+            out.dropped += 1
+        if self.display:
+            self.display.note(
+                f"recovering {len(run.chunks)} chunks (~{run.audio_s:.0f} s of audio) left on disk by an "
+                f"interrupted run ({run.describe()})"
+            )
+        store = ChunkStore(0, self.root)  # only adopted chunks: it never writes
+        await store.adopt(run.chunks)
+        self._dispatcher = dispatcher = Dispatcher(
+            self.api,
+            self.stats,
+            concurrency=s.concurrency,
+            detector=s.detector,
+            language=s.language or run.meta.get("language"),
+            backoff=s.backoff,
+            resend_empty=s.resend_empty,
+            context_s=s.context_s,
+            store=store,
+        )
+        stitcher = Stitcher()
+        try:
+            async for outcome in dispatcher.results():
+                self.stats.chunks_recovered += 1
+                if outcome.dropped:
+                    out.dropped += 1
+                elif outcome.result is not None:
+                    out.transcribed += 1
+                words = outcome.result.words if outcome.result else None
+                stitcher.add(outcome.audio_start, outcome.chunk.end, words)
+        finally:
+            self._dispatcher = None
+            out.left = run.release()
+        stitcher.finish()
+        out.words = list(stitcher.committed)
+        return out

@@ -17,7 +17,9 @@ when the connection does (a proxy pod killed, a network error, close 1011/1013/1
 - capture never waits on the network: a producer task appends the source's blocks to the log,
   and a sender task per connection sends from it. The log holds ``max_in_memory_s`` in memory,
   then appends to a file (``--spill-dir``), as the HTTP path spills chunks past ``--max-held``;
-  nothing is ever dropped;
+  nothing is ever dropped. The file is unnamed (deleted by the OS when the client exits) and
+  its bytes are released only after the server acknowledges them; a write that fails (disk
+  full) keeps the block in memory instead, with one warning, and capture goes on;
 - at most ``max_ahead_s`` of audio is sent beyond the last acknowledged ``keep_from_sample``
   (the proxy ends a session with 1013 past ``STT_SESSION_MAX_BUFFER_S``, 120 s): after a long
   outage the backlog goes out as fast as the session works it off, not all at once. While the
@@ -52,7 +54,7 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from client.api import Word
+from client.api import Word, auth_headers
 from client.dispatcher import Backoff
 from client.display import Display
 from client.sources import Source, level_dbfs
@@ -148,9 +150,18 @@ class AudioLog:
     is needed. Disk I/O is synchronous: a few KB per 100 ms block, never a network wait.
     """
 
-    def __init__(self, max_in_memory: int, spill_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        max_in_memory: int,
+        spill_dir: Path | None = None,
+        on_spill_failure: Callable[[OSError], None] | None = None,
+    ) -> None:
+        """``on_spill_failure``: told each time a block could not be written (it stays in memory)."""
         self.max_in_memory = max_in_memory
         self.spill_dir = spill_dir
+        self.on_spill_failure = on_spill_failure
+        self.spill_failures = 0
+        self.spill_writes = 0
         self.start = 0
         self.end = 0
         self.in_memory = 0
@@ -170,20 +181,34 @@ class AudioLog:
         samples = np.ascontiguousarray(samples, dtype=np.int16)
         if not samples.size:
             return
-        if self.in_memory + samples.size <= self.max_in_memory:
+        if self.in_memory + samples.size > self.max_in_memory and self._spill(samples):
+            self._pieces.append(_Piece(self.end, samples.size, None, self._file_end))
+            self._file_end += samples.nbytes
+        else:
             self._pieces.append(_Piece(self.end, samples.size, samples))
             self.in_memory += samples.size
-        else:
+        self.end += samples.size
+
+    def _spill(self, samples: np.ndarray) -> bool:
+        """Write the block at the end of the spill file; False (the block stays in memory) when
+        that fails: a full disk must not stop capture. A partial write is overwritten next time,
+        since only ``_file_end`` says where the file's good bytes end."""
+        try:
             if self._file is None:
                 if self.spill_dir is not None:
                     self.spill_dir.mkdir(parents=True, exist_ok=True)
                 # Lives as long as the log (closed in close()); unnamed, so nothing is left behind.
                 self._file = tempfile.TemporaryFile(prefix="stt-client-ws-", suffix=".pcm", dir=self.spill_dir)  # noqa: SIM115
             self._file.seek(self._file_end)
-            self._file.write(samples.tobytes())
-            self._pieces.append(_Piece(self.end, samples.size, None, self._file_end))
-            self._file_end += samples.nbytes
-        self.end += samples.size
+            _write_all(self._file, samples.tobytes())
+            self._file.flush()
+        except OSError as exc:
+            self.spill_failures += 1
+            if self.on_spill_failure is not None:
+                self.on_spill_failure(exc)
+            return False
+        self.spill_writes += 1
+        return True
 
     def read(self, begin: int, stop: int) -> np.ndarray:
         """Samples ``begin`` … ``stop``; they must not have been released."""
@@ -229,6 +254,11 @@ class AudioLog:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _write_all(file: Any, data: bytes) -> None:
+    """Write every byte (tests replace this to simulate a full disk)."""
+    file.write(data)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,7 +311,8 @@ class WsTransport:
         self.display = display
         self.clock = clock
         s = self.settings
-        self.audio = AudioLog(round(s.max_in_memory_s * SAMPLE_RATE), s.spill_dir)
+        self.audio = AudioLog(round(s.max_in_memory_s * SAMPLE_RATE), s.spill_dir, self._on_spill_failure)
+        self._spill_failing = False
         self.committed: list[Word] = []
         self.partial: list[Word] = []
         self.sessions: list[SessionRecord] = []
@@ -367,7 +398,10 @@ class WsTransport:
                 if block.offset > self.audio.end:  # a gap the source did not fill: keep times true
                     self.audio.append(np.zeros(block.offset - self.audio.end, np.int16))
                 pcm = np.clip(np.round(block.samples * 32767.0), -32768, 32767).astype(np.int16)
+                written = self.audio.spill_writes
                 self.audio.append(pcm)
+                if self.audio.spill_writes > written:
+                    self._spill_failing = False  # the disk takes writes again: warn anew next time
                 self._arrivals_end.append(self.audio.end)
                 self._arrivals_at.append(self.clock())
                 self.stats.audio_captured_s = self.audio.end / SAMPLE_RATE
@@ -444,6 +478,7 @@ class WsTransport:
                 close_timeout=5,
                 max_size=4 * 1024 * 1024,
                 compression=None,  # PCM does not deflate well and costs CPU on both sides
+                additional_headers=auth_headers(),  # STT_API_KEY, as for the HTTP transport
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
@@ -646,6 +681,13 @@ class WsTransport:
     def _update_held(self) -> None:
         self.stats.audio_held_s = len(self.audio) / SAMPLE_RATE
         self.stats.audio_spilled_s = self.audio.spilled / SAMPLE_RATE
+
+    def _on_spill_failure(self, exc: OSError) -> None:
+        """Audio that could not go to disk stays in memory; one warning per episode, all counted."""
+        self.stats.spill_failures += 1
+        if not self._spill_failing:
+            self._spill_failing = True
+            self._note(f"cannot spill held audio to disk ({exc}); keeping it in memory, capture goes on")
 
     def _note(self, text: str) -> None:
         if self.display:

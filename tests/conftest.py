@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +14,11 @@ import pytest
 from services.local_stack import Stack, free_ports
 
 ADMIN_TOKEN = "test-admin-token"
+# stt-client replays chunks that a killed run left in $XDG_STATE_HOME/stt-client/spill: every
+# client the tests start (in process or as a subprocess) gets a fresh, empty state directory,
+# so no test replays another's leftovers, nor the leftovers of the person running the tests.
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="stt-tests-state-")
+atexit.register(shutil.rmtree, os.environ["XDG_STATE_HOME"], True)
 
 
 @pytest.fixture(scope="session")

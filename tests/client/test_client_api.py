@@ -90,3 +90,11 @@ def test_word_times_are_shifted_to_absolute_time() -> None:
 def test_segments_without_word_times_still_give_words() -> None:
     result = parse_result({"segments": [{"start": 1.0, "end": 2.0, "text": " a b"}]}, 10.0)
     assert [(w.start, w.end, w.text) for w in result.words] == [(11.0, 11.5, " a"), (11.5, 12.0, " b")]
+
+
+@pytest.mark.parametrize("body", [{}, {"detail": "ok"}, ["not", "an", "object"]])
+def test_a_200_that_is_not_a_transcription_is_refused_not_taken_for_silence(body) -> None:
+    """A gateway's 200 (or a wrong service's) carries neither text nor segments: reading it as
+    an empty transcript would lose the chunk's words without a trace."""
+    with pytest.raises(ValueError, match="without 'text' or 'segments'"):
+        parse_result(body, 0.0)

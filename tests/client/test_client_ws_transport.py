@@ -10,9 +10,12 @@ hint, or go quiet. The real proxy is exercised in ``test_client_ws.py``.
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import itertools
 import json
+import logging
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,6 +244,28 @@ def test_audio_log_keeps_everything_until_released_and_spills_past_memory(tmp_pa
     assert log._file_end == 0  # nothing on disk needed any more: the file was emptied
     assert np.array_equal(log.read(16_000, 17_600), PCM[16_000:17_600])
     log.close()
+
+
+class FullDisk(io.BytesIO):
+    """A spill file on a disk with no space left."""
+
+    def write(self, data) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+async def test_a_full_disk_keeps_the_audio_in_memory_with_one_warning(monkeypatch, caplog) -> None:
+    """Capture goes on when the spill file cannot be written: the audio stays in memory (and is
+    sent as usual), every failed block is counted, and the person is told once, not per block."""
+    monkeypatch.setattr(tempfile, "TemporaryFile", lambda *args, **kwargs: FullDisk())
+    t = WsTransport(ArraySource(AUDIO[: SR * 3]), ["http://127.0.0.1:1"], settings(max_in_memory_s=0.5), Stats())
+    with caplog.at_level(logging.WARNING, logger="client.ws_transport"):
+        await t._produce()
+    assert t.audio.end == SR * 3 and t.audio.spilled == 0
+    assert np.array_equal(t.audio.read(0, SR * 3), PCM[: SR * 3])  # every sample kept, in memory
+    assert t.stats.spill_failures == t.audio.spill_failures >= 20  # 2.5 s of 0.1 s blocks
+    warnings = [r for r in caplog.records if "cannot spill" in r.getMessage()]
+    assert len(warnings) == 1 and "No space left" in warnings[0].getMessage()
+    t.audio.close()
 
 
 def test_stream_url_accepts_the_http_urls_both_transports_take() -> None:
