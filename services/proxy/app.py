@@ -11,12 +11,17 @@ goes to the detector. ``/gpu-toggle`` changes the mode and needs the admin token
   makes the ``SttConfig`` resource the source of truth.
 - ``STT_ADMIN_TOKEN`` or ``STT_ADMIN_TOKEN_FILE``: bearer token for ``/gpu-toggle`` (unset: disabled).
 - ``STT_HEALTH_INTERVAL_S`` (2), ``STT_CONNECT_TIMEOUT_S`` (2), ``STT_UPSTREAM_TIMEOUT_S`` (300),
-  ``STT_MAX_UPLOAD_BYTES`` (52428800).
+  ``STT_CHUNK_TIMEOUT_S`` (60), ``STT_DETECT_TIMEOUT_S`` (2), ``STT_MAX_UPLOAD_BYTES`` (52428800).
 - ``STT_MAX_SESSIONS`` (64): streaming sessions one replica holds; ``STT_SESSION_MAX_FRAME_BYTES``
   (262144), ``STT_SESSION_IDLE_TIMEOUT_S`` (60), ``STT_SESSION_MAX_BUFFER_S`` (120): see
   ``services.proxy.stream_ws`` and docs/api.md ("Streaming sessions").
 - ``STT_ALLOWED_ORIGINS`` (empty): web origins besides this service's own allowed to POST here
   (``/transcribe``, ``/detect``, ``/v1/audio/*``, ``/gpu-toggle``); see ``services.common.origin``.
+- ``STT_API_KEYS_FILE`` / ``STT_API_KEY_HASHES`` (unset: no keys), ``STT_API_KEY_RATE`` (10),
+  ``STT_API_KEY_BURST`` (20): optional API keys on every transcription endpoint, HTTP and
+  WebSocket, with a rate limit per key; see ``services.proxy.api_keys``.
+- ``STT_PUBLIC_DOCS`` (true): serve ``/docs``, ``/redoc`` and ``/openapi.json`` (the chart sets
+  false: the API description is not published on the public port).
 """
 
 from __future__ import annotations
@@ -28,16 +33,17 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 
 from services.common.app import create_app
 from services.common.audio import check_declared_type, parse_content_type
 from services.common.errors import ApiError
 from services.common.openai_api import wants_stream
-from services.common.settings import env_choice, env_float, env_int, env_origins, env_str
+from services.common.settings import env_bool, env_choice, env_float, env_int, env_origins, env_str
 from services.common.upload import read_body
 from services.proxy import metrics, openai_relay
+from services.proxy.api_keys import ApiKeyGuard, install_log_redaction, require_api_key
 from services.proxy.backends import Backend, HealthChecker, choose
 from services.proxy.page import router as page_router
 from services.proxy.realtime import router as realtime_router
@@ -48,6 +54,13 @@ from services.proxy.stream_ws import router as stream_router
 from services.proxy.upstream import Upstream, Upstreams
 
 log = logging.getLogger("stt.proxy")
+# Upstream waits for one chunk and one detection. Twice the chunk wait (the wanted side, then
+# the other) is under stt-client's 180 s per chunk, and the detection wait under its 5 s, so the
+# proxy always answers first and a client never resends a chunk that is still being computed.
+CHUNK_TIMEOUT_S = 60.0
+# The longest wait for a backend's answer to a whole file; the chart's drain outlasts it.
+UPSTREAM_TIMEOUT_S = 300.0
+DETECT_TIMEOUT_S = 2.0
 
 
 class Settings:
@@ -65,7 +78,11 @@ class Settings:
         self.admin_token = "" if self.admin_token == "-" else self.admin_token
         self.health_interval = env_float("STT_HEALTH_INTERVAL_S", 2.0, minimum=0.1)
         self.connect_timeout = env_float("STT_CONNECT_TIMEOUT_S", 2.0, minimum=0.1)
-        self.upstream_timeout = env_float("STT_UPSTREAM_TIMEOUT_S", 300.0, minimum=1.0)
+        self.upstream_timeout = env_float("STT_UPSTREAM_TIMEOUT_S", UPSTREAM_TIMEOUT_S, minimum=1.0)
+        # Shorter than the client's wait per chunk (180 s) even with the other side tried after
+        # it, so a chunk is answered (or refused) before the client gives up and sends it again.
+        self.chunk_timeout = env_float("STT_CHUNK_TIMEOUT_S", CHUNK_TIMEOUT_S, minimum=1.0)
+        self.detect_timeout = env_float("STT_DETECT_TIMEOUT_S", DETECT_TIMEOUT_S, minimum=0.5)
         self.max_upload_bytes = env_int("STT_MAX_UPLOAD_BYTES", 50 * 1024 * 1024, minimum=1024)
         self.allowed_origins = env_origins("STT_ALLOWED_ORIGINS")
         self.sessions = SessionSettings(
@@ -85,11 +102,16 @@ async def lifespan(app: FastAPI):
     app.state.detector = Backend("detector", settings.detector_url)
     # aiohttp rather than httpx on this hot path: measured ~1 ms less per proxied request.
     timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout, sock_read=settings.upstream_timeout)
-    connector = aiohttp.TCPConnector(limit=256, keepalive_timeout=30)
+    # No pool limit: the proxy's own admission (STT_MAX_CONCURRENCY requests, STT_MAX_SESSIONS
+    # sessions, each answered 429 or 1013 past its cap) already bounds the connections, and a
+    # pool wait would be silent and count against the connect timeout, so a busy proxy would
+    # look like an unreachable backend.
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
     app.state.client = aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False)
     app.state.health = HealthChecker(
         app.state.client, [app.state.cpu, app.state.gpu, app.state.detector], settings.health_interval
     )
+    app.state.api_keys = ApiKeyGuard.from_env()
     store: RoutingStore = make_store(settings.source, settings.mode)
     app.state.routing = store
     app.state.session_settings = settings.sessions
@@ -97,7 +119,13 @@ async def lifespan(app: FastAPI):
     app.state.sessions = set()
     metrics.SESSION_MAX_LAG_SECONDS.set_function(lambda: max((s.lag_s for s in app.state.sessions), default=0.0))
     app.state.upstreams = Upstreams(
-        app.state.client, app.state.cpu, app.state.gpu, app.state.detector, lambda: store.mode
+        app.state.client,
+        app.state.cpu,
+        app.state.gpu,
+        app.state.detector,
+        lambda: store.mode,
+        chunk_timeout_s=settings.chunk_timeout,
+        detect_timeout_s=settings.detect_timeout,
     )
     await store.start()
     await app.state.health.check_all()
@@ -111,6 +139,23 @@ async def lifespan(app: FastAPI):
 
 
 app = create_app("proxy", "Single entry point: routes speech to the CPU or GPU Whisper backend.", lifespan)
+install_log_redaction()  # before the first WebSocket line uvicorn logs with its query string
+# Routes that spend backend time (or name its models, which OpenAI's SDK asks for with the key):
+# an API key when keys are configured (services/proxy/api_keys.py). /healthz, /readyz, the page
+# and /gpu-status stay open; /gpu-toggle has the admin token.
+KEYED = [Depends(require_api_key)]
+
+
+def _hide_docs(app: FastAPI) -> None:
+    """Drop the API description routes FastAPI added at construction (``STT_PUBLIC_DOCS=false``):
+    on a public port they tell anyone every route and parameter."""
+    hidden = {app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url}
+    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in hidden]
+    app.openapi_url = app.docs_url = app.redoc_url = app.swagger_ui_oauth2_redirect_url = None
+
+
+if not env_bool("STT_PUBLIC_DOCS", True):
+    _hide_docs(app)
 app.include_router(stream_router, tags=["streaming"])
 app.include_router(realtime_router, tags=["streaming"])
 app.include_router(page_router)  # the browser page at / (services/proxy/page.py)
@@ -145,7 +190,7 @@ def _served_headers(backend: Backend, reason: str | None, response: Upstream) ->
     return headers
 
 
-@app.post("/transcribe", tags=["transcribe"], summary="Transcribe a chunk on the routed backend")
+@app.post("/transcribe", tags=["transcribe"], summary="Transcribe a chunk on the routed backend", dependencies=KEYED)
 async def transcribe(request: Request) -> Response:
     """Same body and query as the backend's ``/transcribe-chunk``; adds ``backend`` to the answer."""
     response, backend, reason = await _route_and_call(request, "/transcribe-chunk", "/transcribe")
@@ -158,7 +203,9 @@ async def transcribe(request: Request) -> Response:
     return Response(body, response.status, _served_headers(backend, reason, response), response.content_type)
 
 
-@app.post("/v1/audio/transcriptions", tags=["openai"], summary="OpenAI-compatible, on the routed backend")
+@app.post(
+    "/v1/audio/transcriptions", tags=["openai"], summary="OpenAI-compatible, on the routed backend", dependencies=KEYED
+)
 async def openai_transcriptions(request: Request) -> Response:
     """``stream=true`` answers are passed on event by event (:mod:`services.proxy.openai_relay`)."""
     settings: Settings = app.state.settings
@@ -172,23 +219,28 @@ async def openai_transcriptions(request: Request) -> Response:
     return Response(response.body, response.status, _served_headers(backend, reason, response), response.content_type)
 
 
-@app.post("/v1/audio/translations", tags=["openai"], summary="OpenAI-compatible translation, on the routed backend")
+@app.post(
+    "/v1/audio/translations",
+    tags=["openai"],
+    summary="OpenAI-compatible translation, on the routed backend",
+    dependencies=KEYED,
+)
 async def openai_translations(request: Request) -> Response:
     response, backend, reason = await _route_and_call(request, "/v1/audio/translations", "/v1/audio/translations")
     return Response(response.body, response.status, _served_headers(backend, reason, response), response.content_type)
 
 
-@app.get("/v1/models", tags=["openai"], summary="Models of the ready backends (OpenAI list)")
+@app.get("/v1/models", tags=["openai"], summary="Models of the ready backends (OpenAI list)", dependencies=KEYED)
 async def openai_models() -> dict:
     return await openai_relay.list_models(app.state.upstreams)
 
 
-@app.get("/v1/models/{model_id:path}", tags=["openai"], summary="One model of /v1/models")
+@app.get("/v1/models/{model_id:path}", tags=["openai"], summary="One model of /v1/models", dependencies=KEYED)
 async def openai_model(model_id: str) -> dict:
     return await openai_relay.get_model(app.state.upstreams, model_id)
 
 
-@app.post("/detect", tags=["detect"], summary="Speech detection (passed to the detector service)")
+@app.post("/detect", tags=["detect"], summary="Speech detection (passed to the detector service)", dependencies=KEYED)
 async def detect(request: Request) -> Response:
     settings: Settings = app.state.settings
     _check_audio_type(request)

@@ -20,7 +20,7 @@ for _backend in ("cpu", "gpu"):
     for _mode in ("cpu", "gpu", "auto"):
         ROUTED.labels(_backend, _mode)
 for _backend in ("cpu", "gpu", "detector"):
-    for _kind in ("connect", "timeout"):
+    for _kind in ("connect", "timeout", "dropped", "busy_429", "busy_503"):
         UPSTREAM_ERRORS.labels(_backend, _kind)
 for _result in ("ok", "unauthenticated", "forbidden", "bad_request", "disabled", "error"):
     ADMIN_ACTIONS.labels("gpu-toggle", _result)
@@ -52,5 +52,14 @@ for _protocol in ("native", "openai-realtime"):
     SESSIONS_ACTIVE.labels(_protocol)
     for _outcome in ("finished", "disconnected", "error", "too_far_behind"):
         SESSIONS.labels(_protocol, _outcome)
-for _reason in ("session_cap", "origin", "bad_request"):
+for _reason in ("session_cap", "origin", "bad_request", "api_key", "rate_limited"):
     SESSIONS_REFUSED.labels(_reason)
+
+# API keys (services/proxy/api_keys.py): labelled by the key's configured *name*, never the key.
+AUTH_REFUSALS = Counter(
+    "stt_proxy_auth_refusals_total", "Requests and sessions refused for their API key, by reason", ["reason"]
+)
+RATE_LIMITED = Counter("stt_proxy_rate_limited_total", "Requests and sessions over their API key's rate", ["key"])
+API_KEY_REQUESTS = Counter("stt_proxy_api_key_requests_total", "Requests and sessions let in, by API key name", ["key"])
+for _reason in ("missing", "invalid"):
+    AUTH_REFUSALS.labels(_reason)

@@ -4,7 +4,10 @@ The page (``index.html``, ``app.js``, the AudioWorklet ``pcm-worklet.js``, ``sty
 captures the microphone, resamples it to 16 kHz in an AudioWorklet and streams it over the
 native WebSocket (``/v1/stream``, :mod:`services.proxy.stream_ws`) from the same origin, so the
 WebSocket's Origin check accepts it with no ``STT_ALLOWED_ORIGINS`` entry. There is no build
-step and nothing is loaded from another site.
+step and nothing is loaded from another site. The page itself is served without an API key (it
+holds nothing secret); when the proxy has keys on, the key typed into the page is kept in the
+tab's ``sessionStorage`` and offered as the WebSocket subprotocol
+``openai-insecure-api-key.<key>`` (:mod:`services.proxy.api_keys`).
 
 Only the files in that folder with a known type are served (a fixed table, so no path from the
 request ever reaches the file system), each with:

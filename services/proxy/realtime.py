@@ -756,6 +756,12 @@ def _cap_event(message: str, retry_after_s: float) -> dict:
     return error_event("server_error", "session_cap", message)
 
 
+def _key_event(code: str, message: str, retry_after_s: float | None) -> dict:
+    """A refused API key or rate, typed as OpenAI types them (its SDKs key on ``error.type``)."""
+    kind = "rate_limit_error" if retry_after_s is not None else "invalid_request_error"
+    return error_event(kind, code, message)
+
+
 # ---------------------------------------------------------------------------------------------
 # The endpoint
 
@@ -770,7 +776,7 @@ async def realtime(
     app = websocket.app
     settings: SessionSettings = app.state.session_settings
     gate: SessionGate = app.state.session_gate
-    if not await gate.admit(websocket, PROTOCOL, app.state.settings.allowed_origins, _cap_event):
+    if not await gate.admit(websocket, PROTOCOL, app.state.settings.allowed_origins, _cap_event, _key_event):
         return
     sender = EventSender(websocket, settings.max_queued_events)
     outcome = "error"
@@ -786,7 +792,10 @@ async def realtime(
             await sender.close()
             await _close(websocket, CLOSE_POLICY, "only intent=transcription is served")
             return
-        beta = "realtime=v1" in websocket.headers.get("openai-beta", "").lower()
+        # Browser clients cannot set the header; they offer the subprotocol openai-beta.realtime-v1.
+        beta = "realtime=v1" in websocket.headers.get("openai-beta", "").lower() or (
+            "openai-beta.realtime-v1" in (websocket.scope.get("subprotocols") or [])
+        )
         adapter = RealtimeTranscription(
             ProxyBackend(app.state.upstreams),
             sender.emit,

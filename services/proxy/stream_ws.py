@@ -7,8 +7,8 @@ sent as one JSON text frame (fields in docs/api.md, "Streaming sessions"). Sessi
 are query parameters, because a browser cannot set headers on a WebSocket.
 
 The pieces shared with the OpenAI Realtime endpoint (:mod:`services.proxy.realtime`): the
-session cap and the Origin check (:class:`SessionGate`), and the event sender that refuses to
-buffer without bound for a client that stops reading (:class:`EventSender`).
+session cap, the Origin check and the API key check (:class:`SessionGate`), and the event sender
+that refuses to buffer without bound for a client that stops reading (:class:`EventSender`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from starlette.websockets import WebSocketState
 
 from services.common.origin import origin_allowed
 from services.proxy import metrics
+from services.proxy.api_keys import ApiKeyGuard, RefusedError, choose_subprotocol, offered_subprotocols, presented_key
 from services.proxy.sessions import Limits, ProxyBackend, SessionOptions, StreamSession, TooFarBehindError
 
 log = logging.getLogger("stt.proxy.stream")
@@ -34,7 +35,7 @@ router = APIRouter()
 # WebSocket close codes (RFC 6455 §7.4.1).
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008  # refused: origin, or a client that does not read its events
+CLOSE_POLICY = 1008  # refused: origin, API key, or a client that does not read its events
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
 CLOSE_TRY_AGAIN = 1013  # session cap reached, or the session fell too far behind: retry later
@@ -64,17 +65,29 @@ class SessionGate:
         protocol: str,
         allowed_origins: tuple[str, ...],
         cap_event: Callable[[str, float], dict] | None = None,
+        key_event: Callable[[str, str, float | None], dict] | None = None,
+        key_in_query: bool = False,
     ) -> bool:
         """Accept the socket; if it may not have a session, say why in an error event and
         close it (accepted first: a browser sees only a close code and reason, never an HTTP
-        status on a refused upgrade). ``cap_event(message, retry_after_s)`` shapes that event
-        for a protocol other than the native one."""
+        status on a refused upgrade). ``cap_event(message, retry_after_s)`` and
+        ``key_event(code, message, retry_after_s)`` shape those events for a protocol other than
+        the native one. With API keys on, the key (header, subprotocol, or with ``key_in_query``
+        the ``api_key`` query parameter) is checked before the session cap and before any
+        audio is read: a missing or wrong one closes with 1008, one over its rate with 1013."""
         origin = websocket.headers.get("origin")
         if origin is not None and not origin_allowed(origin, websocket, allowed_origins):
             metrics.SESSIONS_REFUSED.labels("origin").inc()
             await websocket.close(CLOSE_POLICY, "origin not allowed: see STT_ALLOWED_ORIGINS")
             return False
-        await websocket.accept()
+        await websocket.accept(subprotocol=choose_subprotocol(offered_subprotocols(websocket)))
+        guard: ApiKeyGuard | None = getattr(websocket.app.state, "api_keys", None)
+        if guard is not None and guard.enabled:
+            try:
+                guard.check(presented_key(websocket, allow_query=key_in_query))
+            except RefusedError as refused:
+                await self._refuse(websocket, refused, key_event or _key_event)
+                return False
         if self.open >= self.settings.max_sessions:
             metrics.SESSIONS_REFUSED.labels("session_cap").inc()
             message = (
@@ -88,6 +101,23 @@ class SessionGate:
         self.open += 1
         metrics.SESSIONS_ACTIVE.labels(protocol).inc()
         return True
+
+    async def _refuse(
+        self, websocket: WebSocket, refused: RefusedError, key_event: Callable[[str, str, float | None], dict]
+    ) -> None:
+        """An ``error`` event saying what to send, then the close: 1008 for the key, 1013 for the rate."""
+        rate_limited = refused.retry_after_s is not None
+        metrics.SESSIONS_REFUSED.labels("rate_limited" if rate_limited else "api_key").inc()
+        log.info("session refused: %s", refused.reason)
+        event = key_event(refused.code, refused.message, refused.retry_after_s)
+        with contextlib.suppress(Exception):
+            await websocket.send_text(json.dumps(event))
+        if rate_limited:
+            await _close(websocket, CLOSE_TRY_AGAIN, f"rate limited; retry in {refused.retry_after_s} s")
+        else:
+            await _close(
+                websocket, CLOSE_POLICY, "missing API key" if refused.reason == "missing" else "invalid API key"
+            )
 
     def release(self, protocol: str) -> None:
         self.open -= 1
@@ -153,6 +183,14 @@ def _cap_event(message: str, retry_after_s: float) -> dict:
     }
 
 
+def _key_event(code: str, message: str, retry_after_s: float | None) -> dict:
+    """A refused key (``missing_api_key``, ``invalid_api_key``) or rate (``rate_limited``)."""
+    event = error_event(code, message, retryable=retry_after_s is not None)
+    if retry_after_s is not None:
+        event["retry_after_s"] = retry_after_s
+    return event
+
+
 def error_event(code: str, message: str, retryable: bool) -> dict:
     """The native protocol's ``error`` event."""
     return {"type": "error", "code": code, "message": message, "retryable": retryable}
@@ -173,7 +211,7 @@ async def stream(
     app = websocket.app
     settings: SessionSettings = app.state.session_settings
     gate: SessionGate = app.state.session_gate
-    if not await gate.admit(websocket, "native", app.state.settings.allowed_origins):
+    if not await gate.admit(websocket, "native", app.state.settings.allowed_origins, key_in_query=True):
         return
     sender = EventSender(websocket, settings.max_queued_events)
     outcome = "error"

@@ -14,6 +14,7 @@ from typing import TypeVar
 import aiohttp
 
 from services.common.errors import ApiError
+from services.common.limits import DEADLINE_HEADER
 from services.proxy import metrics
 from services.proxy.backends import Backend, Route, choose
 from services.proxy.routing import Mode
@@ -35,6 +36,36 @@ CONNECT_ERRORS = (aiohttp.ClientConnectionError,)
 T = TypeVar("T")
 # Backend headers worth passing to the caller (backpressure hints).
 PASSED_HEADERS = ("retry-after",)
+# Answers that mean "not now, here": the other side is tried when it is ready.
+BUSY_STATUSES = (429, 503)
+# Paths whose callers wait with a short timeout of their own (the client's 180 s per chunk,
+# 5 s per detection): the proxy's wait for them is bounded by ``chunk_timeout_s``.
+CHUNK_PATHS = ("/transcribe-chunk",)
+
+
+async def _resend_if_dropped(send: Callable[[Backend], Awaitable[T]], backend: Backend) -> T:
+    """``send``, and once more if the connection drops before an answer.
+
+    A backend pod that begins to drain (a rollout, a scale-down) closes its idle kept-alive
+    connections; a request that the pool put on one at that moment never reached the service.
+    The second try gets a fresh connection, which the Service sends to a pod that is staying.
+    """
+    try:
+        return await send(backend)
+    except aiohttp.ServerDisconnectedError:
+        metrics.UPSTREAM_ERRORS.labels(backend.name, "dropped").inc()
+        return await send(backend)
+
+
+def _with_read_timeout(base: aiohttp.ClientTimeout, sock_read: float) -> aiohttp.ClientTimeout:
+    """``base`` with another read timeout (a request's timeout replaces the session's whole)."""
+    return aiohttp.ClientTimeout(
+        total=base.total,
+        connect=base.connect,
+        sock_read=sock_read,
+        sock_connect=base.sock_connect,
+        ceil_threshold=base.ceil_threshold,
+    )
 
 
 class Upstreams:
@@ -47,10 +78,31 @@ class Upstreams:
         gpu: Backend,
         detector: Backend,
         mode: Callable[[], Mode],
+        chunk_timeout_s: float | None = None,
+        detect_timeout_s: float | None = None,
     ) -> None:
+        """``chunk_timeout_s`` bounds the wait for one chunk's answer, ``detect_timeout_s`` for a
+        detection; None keeps the session's read timeout (the one whole files get)."""
         self.client = client
         self.cpu, self.gpu, self.detector = cpu, gpu, detector
         self._mode = mode
+        self._timeouts: dict[str, aiohttp.ClientTimeout] = {}
+        self._headers: dict[str, dict[str, str]] = {}
+        if chunk_timeout_s is not None:
+            # The backend drops a chunk still queued when the proxy stops waiting for it, so a
+            # chunk the client sends again is never computed twice (services/base/batcher.py).
+            deadline = {DEADLINE_HEADER: str(int(chunk_timeout_s * 1000))}
+            self._headers.update(dict.fromkeys(CHUNK_PATHS, deadline))
+            self._timeouts.update(dict.fromkeys(CHUNK_PATHS, _with_read_timeout(client.timeout, chunk_timeout_s)))
+        if detect_timeout_s is not None:
+            self._timeouts["/detect"] = _with_read_timeout(client.timeout, detect_timeout_s)
+
+    def _post(self, backend: Backend, path: str, body: bytes, content_type: str, query: str):
+        url = f"{backend.url}{path}" + (f"?{query}" if query else "")
+        timeout = self._timeouts.get(path)
+        extra = {"timeout": timeout} if timeout is not None else {}
+        headers = {"content-type": content_type, **self._headers.get(path, {})}
+        return self.client.post(url, data=body, headers=headers, **extra)
 
     @property
     def mode(self) -> Mode:
@@ -62,10 +114,9 @@ class Upstreams:
     async def call(
         self, backend: Backend, path: str, body: bytes, content_type: str, query: str, route: str
     ) -> Upstream:
-        url = f"{backend.url}{path}" + (f"?{query}" if query else "")
         start = time.perf_counter()
         try:
-            async with self.client.post(url, data=body, headers={"content-type": content_type}) as response:
+            async with self._post(backend, path, body, content_type, query) as response:
                 payload = await response.read()
                 passed = {k: response.headers[k] for k in PASSED_HEADERS if k in response.headers}
                 return Upstream(response.status, payload, response.headers.get("content-type", ""), passed)
@@ -75,13 +126,14 @@ class Upstreams:
     async def routed(
         self, path: str, body: bytes, content_type: str, query: str, route_label: str
     ) -> tuple[Upstream, Backend, str | None]:
-        """Send to the backend the routing mode picks; on a connection failure try the other.
+        """Send to the backend the routing mode picks; when it cannot be reached, is busy or
+        times out, to the other side (see :meth:`_with_fallback`).
 
         Returns the answer, the backend that gave it, and why it is not the one the mode
-        wanted (None when it is). A read timeout is never resent: the backend may be working.
+        wanted (None when it is).
         """
-        return await self._first_that_connects(
-            lambda backend: self.call(backend, path, body, content_type, query, route_label)
+        return await self._with_fallback(
+            lambda backend: self.call(backend, path, body, content_type, query, route_label), lambda _: None
         )
 
     async def open_stream(
@@ -90,46 +142,75 @@ class Upstreams:
         """Like :meth:`routed`, but hand back the backend's response as soon as its headers
         arrive, body unread, so a server-sent event stream can be passed on as it comes.
 
-        Same routing, fallback, metrics and errors as :meth:`routed`: only a failure to connect
-        is retried on the other backend (nothing was sent back yet), a timeout before the headers
-        is a 504. ``stt_proxy_upstream_seconds`` counts up to the headers (a stream lasts as long
+        Same routing, fallback, metrics and errors as :meth:`routed` (a busy answer is
+        released unread before the other side is tried).
+        ``stt_proxy_upstream_seconds`` counts up to the headers (a stream lasts as long
         as its audio). The caller owns the response: it must ``release()`` or ``close()`` it.
         """
 
         async def send(backend: Backend) -> aiohttp.ClientResponse:
-            url = f"{backend.url}{path}" + (f"?{query}" if query else "")
             start = time.perf_counter()
             try:
-                return await self.client.post(url, data=body, headers={"content-type": content_type})
+                return await self._post(backend, path, body, content_type, query)
             finally:
                 metrics.UPSTREAM_SECONDS.labels(backend.name, route_label).observe(time.perf_counter() - start)
 
-        return await self._first_that_connects(send)
+        return await self._with_fallback(send, lambda response: response.release())
 
-    async def _first_that_connects(self, send: Callable[[Backend], Awaitable[T]]) -> tuple[T, Backend, str | None]:
-        """``send`` to the backend the routing mode picks; on a connection failure, to the other.
+    async def _with_fallback(
+        self, send: Callable[[Backend], Awaitable[T]], discard: Callable[[T], None]
+    ) -> tuple[T, Backend, str | None]:
+        """``send`` to the backend the routing mode picks, else to the other side.
+
+        The other side is tried when the first cannot be reached (nothing was sent), and, when
+        the other side is ready, also when the first answers 429 or 503 (it did no work) or
+        does not answer within its timeout (it is stuck, or far behind: the chunk timeout is
+        shorter than the client's, so the client is still waiting for this answer rather than
+        sending the chunk again). Without a ready other side the busy answer is passed on, with
+        its ``Retry-After``, and a timeout is a 504.
+
+        An aiohttp connect timeout is a connection failure, not a read timeout: the connector
+        has no pool limit (the proxy's own admission caps connections), so it can only mean
+        that the backend did not accept the connection in time.
 
         Returns the answer, the backend that gave it, and why it is not the one the mode
-        wanted (None when it is). A read timeout is never resent: the backend may be working.
+        wanted (None when it is).
         """
         mode = self.mode
         route = choose(mode, self.cpu, self.gpu)
         reason = route.fallback_reason
         for index, backend in enumerate(route.order):
+            other = next((b for b in route.order[index + 1 :] if b.ready), None)
             try:
-                response = await send(backend)
+                response = await _resend_if_dropped(send, backend)
+            except aiohttp.ConnectionTimeoutError:
+                metrics.UPSTREAM_ERRORS.labels(backend.name, "connect").inc()
+                backend.mark(False, "connect timeout during a request")
+                if index + 1 < len(route.order):
+                    reason = f"{backend.name} backend unreachable"
+                continue
             except (aiohttp.SocketTimeoutError, TimeoutError):
                 metrics.UPSTREAM_ERRORS.labels(backend.name, "timeout").inc()
+                if other is not None:
+                    reason = f"{backend.name} backend timed out"
+                    continue
                 raise ApiError(
                     504,
                     "backend_timeout",
                     f"the {backend.name} backend did not answer in time; retry or send less audio",
+                    headers={"Retry-After": "2"},
                 ) from None
             except CONNECT_ERRORS as exc:
                 metrics.UPSTREAM_ERRORS.labels(backend.name, "connect").inc()
                 backend.mark(False, f"{type(exc).__name__} during a request")
                 if index + 1 < len(route.order):
                     reason = f"{backend.name} backend unreachable"
+                continue
+            status = getattr(response, "status", 200)
+            if status in BUSY_STATUSES and other is not None:
+                metrics.UPSTREAM_ERRORS.labels(backend.name, f"busy_{status}").inc()
+                discard(response)
+                reason = f"{backend.name} backend busy ({status})"
                 continue
             metrics.ROUTED.labels(backend.name, mode.value).inc()
             if backend.name == route.wanted:

@@ -6,6 +6,7 @@ uninstall. The tests share one release and run in file order."""
 from __future__ import annotations
 
 import base64
+import json
 import re
 import subprocess
 import sys
@@ -485,6 +486,141 @@ def test_prometheus_fills_every_dashboard_panel_and_alert(
             pf.stop()
     failed = [r for r in results if not r.ok]
     assert not failed, report(failed)
+
+
+def connects(kube: Kube, pod: str, service_env: str) -> str | None:
+    """Open a TCP connection from inside ``pod`` to a Service (by its environment variables);
+    None when it connects, else why not."""
+    code = (
+        "import os, socket\n"
+        "try:\n"
+        f"    socket.create_connection((os.environ['{service_env}_SERVICE_HOST'],"
+        f" int(os.environ['{service_env}_SERVICE_PORT'])), 3).close()\n"
+        "except OSError as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
+    out = kube.kubectl("exec", pod, "--", "python", "-c", code).stdout.strip()
+    return out or None
+
+
+def test_backends_reach_nothing(kube: Kube, installed) -> None:
+    """The backends run FFmpeg on untrusted bytes: their NetworkPolicy gives them no egress, so
+    a base pod cannot reach even the API server. The chart's own ingress policy is the canary:
+    tiny may not reach base-cpu either, and where it can, the CNI enforces no policy at all."""
+
+    def running(component: str) -> str:
+        pods = [p for p in kube.pods(component) if not p["metadata"].get("deletionTimestamp")]
+        return pods[0]["metadata"]["name"]
+
+    if connects(kube, running("tiny"), f"{RELEASE.upper()}_BASE_CPU") is None:
+        pytest.skip(
+            "this cluster's CNI does not enforce NetworkPolicy (tiny reached base-cpu, which only the proxy may)"
+        )
+    refused = connects(kube, running("base-cpu"), "KUBERNETES")
+    assert refused is not None, "a base pod reached the API server: backends must have no egress"
+
+
+def load_pod(kube: Kube, clip, workers: int) -> str:
+    """A pod of the proxy's image running tests/e2e/rollout_load.py against the proxy Service."""
+    from pathlib import Path
+
+    script = Path(__file__).with_name("rollout_load.py")
+    kube.kubectl("delete", "pod,configmap", "-l", "stt-e2e=load", "--wait=true", check=False)
+    kube.kubectl(
+        "create",
+        "configmap",
+        "stt-e2e-load",
+        f"--from-file=rollout_load.py={script}",
+        f"--from-file=clip.wav={clip.path}",
+    )
+    kube.kubectl("label", "configmap", "stt-e2e-load", "stt-e2e=load")
+    image = kube.json("get", "deployment", f"{RELEASE}-proxy")["spec"]["template"]["spec"]["containers"][0]["image"]
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "stt-e2e-load", "labels": {"stt-e2e": "load"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001},
+            "containers": [
+                {
+                    "name": "load",
+                    "image": image,
+                    "imagePullPolicy": "Never",
+                    "command": ["python", "/load/rollout_load.py", str(workers)],
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "readOnlyRootFilesystem": True,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                    "volumeMounts": [{"name": "load", "mountPath": "/load"}, {"name": "tmp", "mountPath": "/tmp"}],
+                }
+            ],
+            "volumes": [
+                {"name": "load", "configMap": {"name": "stt-e2e-load"}},
+                {"name": "tmp", "emptyDir": {}},
+            ],
+        },
+    }
+    kube.kubectl("apply", "-f", "-", input=json.dumps(pod))
+    wait_for("the load pod running", lambda: kube.json("get", "pod", "stt-e2e-load")["status"]["phase"] == "Running")
+    return "stt-e2e-load"
+
+
+def test_rolling_restart_of_every_deployment_under_load_fails_no_request(kube: Kube, installed, clip) -> None:
+    """Steady live-style load (detect, then transcribe) from inside the cluster while every
+    Deployment is restarted at once: preStop, draining and the proxy's fallback and resend must
+    add up to zero failed requests. Busy answers (429/503 with Retry-After) are retried by the
+    load, as by any client; they are counted, not failed."""
+    kube.kubectl("patch", "sttconfig", RELEASE, "--type", "merge", "-p", '{"spec": {"routing": "cpu"}}')
+    wait_for("proxies routing cpu", lambda: proxy_modes(kube) == {"cpu"}, timeout=30)
+    pod = load_pod(kube, clip, workers=2)
+    try:
+        time.sleep(5)  # the load is flowing before the first pod goes
+        start = time.monotonic()
+        names = [
+            d["metadata"]["name"]
+            for d in kube.json("get", "deployments", "-l", f"app.kubernetes.io/instance={RELEASE}")["items"]
+        ]
+        assert {f"{RELEASE}-proxy", f"{RELEASE}-base-cpu", f"{RELEASE}-tiny"} <= set(names), names
+        kube.kubectl("rollout", "restart", *(f"deployment/{n}" for n in names))
+        for name in names:
+            kube.kubectl("rollout", "status", f"deployment/{name}", "--timeout=300s")
+        record("rollout_restart_every_deployment_under_load_s", time.monotonic() - start)
+        # Until every old pod is gone (each drains after its preStop), the load keeps going.
+        wait_for(
+            "the old pods gone",
+            lambda: (
+                not [
+                    p
+                    for p in kube.json("get", "pods", "-l", f"app.kubernetes.io/instance={RELEASE}")["items"]
+                    if p["metadata"].get("deletionTimestamp")
+                ]
+            ),
+            timeout=360,
+            interval=1,
+        )
+        time.sleep(3)
+    finally:
+        kube.kubectl("exec", pod, "--", "python", "-c", "open('/tmp/stop', 'w').close()", check=False)
+    wait_for(
+        "the load pod finished",
+        lambda: kube.json("get", "pod", pod)["status"]["phase"] in ("Succeeded", "Failed"),
+        timeout=200,
+        interval=1,
+    )
+    log = kube.kubectl("logs", pod).stdout.splitlines()
+    kube.kubectl("delete", "pod,configmap", "-l", "stt-e2e=load", "--wait=false", check=False)
+    assert log and log[-1] == "DONE", log[-5:]
+    results = [json.loads(line) for line in log[:-1]]
+    failed = [r for r in results if not r["ok"]]
+    transcribed = [r for r in results if r["ok"] and r["path"].startswith("transcribe")]
+    retried = sum(r["attempts"] > 1 for r in results)
+    print(f"ROLLOUT requests {len(results)}, retried after 429/503 {retried}, failed {len(failed)}", flush=True)
+    assert not failed, failed[:5]
+    assert len(transcribed) >= 10, f"only {len(transcribed)} transcriptions during the rollout: no real load"
+    for r in transcribed:
+        assert_heard(clip, r["text"])
 
 
 def test_upgrade_rollback_uninstall_leave_nothing_behind(kube: Kube, installed, chart) -> None:

@@ -222,7 +222,8 @@ def test_network_policy_lets_only_the_proxy_reach_backends(helm: str) -> None:
     for component in ("tiny", "base-cpu", "base-gpu"):
         np = find(docs, "NetworkPolicy", f"stt-{component}")
         assert np["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == component
-        assert np["spec"]["policyTypes"] == ["Ingress"]
+        # They run FFmpeg on untrusted bytes: no egress at all (an empty list denies all).
+        assert np["spec"]["policyTypes"] == ["Ingress", "Egress"] and np["spec"]["egress"] == []
         peers = [p for rule in np["spec"]["ingress"] for p in rule["from"]]
         assert len(peers) == 2
         proxy_peer, prom_peer = peers
@@ -240,6 +241,27 @@ def test_network_policy_lets_only_the_proxy_reach_backends(helm: str) -> None:
     assert not [
         d for d in render(helm, "1.33.0", "--set", "networkPolicy.enabled=false") if d["kind"] == "NetworkPolicy"
     ]
+
+
+def test_pods_drain_before_they_stop(helm: str) -> None:
+    """A deleted pod keeps serving while endpoints forget it, then finishes its requests: the
+    kubelet's grace period must outlast both, or a rollout kills answers half-way."""
+    for args, (pre, drain) in (
+        ((), (5, 300)),
+        (("--set", "shutdown.preStopSeconds=2", "--set", "shutdown.drainSeconds=40"), (2, 40)),
+    ):
+        deps = deployments(render(helm, "1.33.0", *args))
+        for name in ("stt-tiny", "stt-base-cpu", "stt-base-gpu", "stt-proxy"):
+            spec = deps[name]["spec"]["template"]["spec"]
+            c = spec["containers"][0]
+            assert c["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", str(pre)], name
+            assert env_of(deps[name])["UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN"] == str(drain), name
+            assert spec["terminationGracePeriodSeconds"] > pre + drain, name
+    from services.proxy.app import UPSTREAM_TIMEOUT_S
+
+    proxy = deployments(render(helm))["stt-proxy"]
+    longest = float(env_of(proxy).get("STT_UPSTREAM_TIMEOUT_S") or UPSTREAM_TIMEOUT_S)
+    assert longest <= 300, "the default drain must outlast the longest request the proxy waits for"
 
 
 def test_admin_token_secret(helm: str) -> None:

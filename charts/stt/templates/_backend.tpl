@@ -70,7 +70,7 @@ spec:
       {{- with $v.affinity }}
       affinity: {{- toYaml . | nindent 8 }}
       {{- end }}
-      terminationGracePeriodSeconds: 30
+      terminationGracePeriodSeconds: {{ include "stt.gracePeriod" $root }}
       containers:
         - name: {{ .container }}
           image: {{ include "stt.image" (dict "root" $root "name" .image) }}
@@ -79,10 +79,12 @@ spec:
             - {name: http, containerPort: {{ .port }}, protocol: TCP}
           env:
             {{- toYaml .env | nindent 12 }}
+            {{- include "stt.drainEnv" $root | nindent 12 }}
             {{- with $v.extraEnv }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
           {{- include "stt.probes" . | nindent 10 }}
+          {{- include "stt.lifecycle" $root | nindent 10 }}
           resources:
             {{- $res := deepCopy $v.resources }}
             {{- if .gpu }}

@@ -108,3 +108,21 @@ livenessProbe:
   timeoutSeconds: 5
   failureThreshold: 3
 {{- end -}}
+
+{{/* Graceful shutdown, for every service pod: on deletion the pod keeps serving for
+preStopSeconds (endpoints and the proxy's health checks stop sending it work meanwhile), then
+uvicorn stops accepting and finishes what it has for up to drainSeconds; the grace period
+covers both, so the kubelet never kills a request that was still being answered. */}}
+{{- define "stt.gracePeriod" -}}
+{{- add .Values.shutdown.preStopSeconds .Values.shutdown.drainSeconds 5 -}}
+{{- end -}}
+
+{{- define "stt.lifecycle" -}}
+lifecycle:
+  preStop:
+    exec: {command: ["sleep", {{ .Values.shutdown.preStopSeconds | quote }}]}
+{{- end -}}
+
+{{- define "stt.drainEnv" -}}
+- {name: UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN, value: {{ .Values.shutdown.drainSeconds | quote }}}
+{{- end -}}

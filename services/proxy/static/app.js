@@ -7,6 +7,11 @@
 // transcript.committed (append-only, words with times), session.lag, error, session.ended, then
 // close code 1000.
 //
+// API key: when the server has keys on (docs/api.md, "API keys"), the key typed into the page is
+// offered as the WebSocket subprotocol "openai-insecure-api-key.<key>" (a browser cannot set
+// headers on a WebSocket) beside "stt", the one the server answers with. It is kept in
+// sessionStorage only: gone when the tab closes.
+//
 // Several recordings in a row make one transcript: each session's word times are moved by the
 // audio sent in the sessions before it, so the .srt file runs on one clock. "Clear" starts over.
 
@@ -18,12 +23,15 @@ const SRT_MAX_CHARS = 84; // two lines of 42
 const QUEUE_MAX_FRAMES = 300; // 30 s of audio held while the socket opens
 const END_TIMEOUT_MS = 180000; // wait this long for session.ended after Stop
 const LANGUAGE_KEY = "stt.language";
+const API_KEY_KEY = "stt.apiKey";
+const KEY_SUBPROTOCOL = "openai-insecure-api-key.";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
   start: $("start"),
   stop: $("stop"),
   language: $("language"),
+  apiKey: $("api-key"),
   level: $("level"),
   status: $("status"),
   error: $("error"),
@@ -202,7 +210,7 @@ function micError(error) {
 
 const CLOSE_REASONS = {
   1001: "The server closed the session (no audio for too long, or the server is shutting down).",
-  1008: "The server refused this page: it accepts streams only from its own origin or one listed in STT_ALLOWED_ORIGINS.",
+  1008: "The server refused this page: its origin is not allowed (STT_ALLOWED_ORIGINS), or the API key is missing or wrong.",
   1009: "The server refused an audio frame as too large.",
   1011: "The server hit an internal error and closed the session.",
   1013: "The server is busy (too many sessions, or it fell too far behind): try again in a few seconds.",
@@ -221,9 +229,21 @@ function streamUrl(language) {
   return `${scheme}//${location.host}/v1/stream${query ? "?" + query : ""}`;
 }
 
+// The subprotocols a session offers: none without a key (as before keys existed), else "stt"
+// (accepted by the server) and the key.
+function subprotocols(apiKey) {
+  return apiKey ? ["stt", KEY_SUBPROTOCOL + apiKey] : [];
+}
+
+const KEY_ERRORS = {
+  missing_api_key: "This server needs an API key: enter it in the API key field and press Start again.",
+  invalid_api_key: "The server refused the API key: check it and press Start again.",
+};
+
 class Session {
-  constructor(language) {
+  constructor(language, apiKey) {
     this.language = language;
+    this.apiKey = apiKey;
     this.queue = [];
     this.samplesSent = 0;
     this.ended = null; // the session.ended event
@@ -272,7 +292,12 @@ class Session {
   connect() {
     const url = streamUrl(this.language);
     setStatus("connecting", `Connecting to ${url}…`);
-    this.socket = new WebSocket(url);
+    try {
+      this.socket = new WebSocket(url, subprotocols(this.apiKey));
+    } catch (error) {
+      // A subprotocol may hold only token characters: letters, digits and !#$%&'*+-.^_`|~
+      throw new Error(`The API key cannot be sent from a browser (${error.message}).`);
+    }
     this.socket.binaryType = "arraybuffer";
     this.socket.onopen = () => {
       this.opened = true;
@@ -413,6 +438,7 @@ class Session {
       // The server says why in an error event just before it closes (session cap, too far behind, idle).
       const recent = this.lastError && performance.now() - this.lastErrorAt < 2000;
       if (this.lastError && (recent || !this.lastError.retryable)) message = this.lastError.message;
+      if (this.lastError && KEY_ERRORS[this.lastError.code]) message = KEY_ERRORS[this.lastError.code];
       if (this.timedOut) message = "The server did not finish the session in time; the transcript so far is kept.";
       if (!message) {
         message = this.opened
@@ -435,6 +461,7 @@ class Session {
     ui.start.disabled = false;
     ui.stop.disabled = true;
     ui.language.disabled = false;
+    ui.apiKey.disabled = false;
     ui.clear.disabled = !transcript.text;
   }
 }
@@ -444,8 +471,9 @@ async function start() {
   hideError();
   ui.start.disabled = true;
   ui.language.disabled = true;
+  ui.apiKey.disabled = true;
   ui.clear.disabled = true;
-  session = new Session(ui.language.value);
+  session = new Session(ui.language.value, ui.apiKey.value.trim());
   ui.stop.disabled = false;
   try {
     await session.start();
@@ -471,6 +499,8 @@ function init() {
   const saved = localStorage.getItem(LANGUAGE_KEY);
   if (saved !== null && [...ui.language.options].some((o) => o.value === saved)) ui.language.value = saved;
   ui.language.addEventListener("change", () => localStorage.setItem(LANGUAGE_KEY, ui.language.value));
+  ui.apiKey.value = sessionStorage.getItem(API_KEY_KEY) || "";
+  ui.apiKey.addEventListener("change", () => sessionStorage.setItem(API_KEY_KEY, ui.apiKey.value.trim()));
   ui.start.addEventListener("click", start);
   ui.stop.addEventListener("click", stop);
   ui.clear.addEventListener("click", clearTranscript);
