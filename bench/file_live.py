@@ -26,6 +26,7 @@ import av
 import httpx
 import numpy as np
 
+from bench.open_loop import post
 from corpus import long_recording
 from services.common.audio import SAMPLE_RATE, to_wav_bytes
 from services.local_stack import Stack, free_port
@@ -86,13 +87,7 @@ async def live_stream(client: httpx.AsyncClient, chunks: list[bytes], stop: asyn
     """One chunk every CHUNK_S seconds, on schedule, whether or not the last was answered."""
 
     async def one(body: bytes) -> None:
-        start = time.perf_counter()
-        try:
-            r = await client.post("/transcribe-chunk", content=body, headers={"content-type": "audio/wav"}, timeout=180)
-            status: int | str = r.status_code
-        except httpx.HTTPError as exc:
-            status = type(exc).__name__
-        phase.add(status, time.perf_counter() - start)
+        phase.add(*await post(client, body))
 
     began, sent, pending = time.perf_counter(), 0, []
     while not stop.is_set():

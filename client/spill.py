@@ -182,16 +182,21 @@ class SpillRun:
     def release(self) -> int:
         """End of the run: remove the directory if no chunk is left in it, else leave the chunks
         for the next run to replay. Returns how many were left."""
-        left = 0
-        if self.path is not None:
-            with contextlib.suppress(OSError):
-                left = len(_chunk_files(self.path))
-                if not left:
-                    shutil.rmtree(self.path, ignore_errors=True)
+        left = _remove_if_empty(self.path) if self.path is not None else 0
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
         return left
+
+
+def _remove_if_empty(path: Path) -> int:
+    """Remove a run directory that holds no chunk; returns how many chunks it holds."""
+    left = 0
+    with contextlib.suppress(OSError):
+        left = len(_chunk_files(path))
+        if not left:
+            shutil.rmtree(path, ignore_errors=True)
+    return left
 
 
 def _write_json_atomic(path: Path, value: dict[str, Any]) -> None:
@@ -344,11 +349,7 @@ class LeftoverRun:
 
     def release(self) -> int:
         """Done with it: remove the directory if no chunk is left, unlock. Returns chunks left."""
-        left = 0
-        with contextlib.suppress(OSError):
-            left = len(_chunk_files(self.path))
-            if not left:
-                shutil.rmtree(self.path, ignore_errors=True)
+        left = _remove_if_empty(self.path)
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None

@@ -12,19 +12,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.k8s.tools import CHART, find_tool
+from tests.k8s.tools import CHART
 
 # Objects whose schema comes from a CRD (ours or the Prometheus operator's): not in
 # kubernetes-validate's built-in schemas. The SttConfig is checked against our CRD below.
 CRD_KINDS = {"SttConfig", "ServiceMonitor", "PrometheusRule"}
-
-
-@pytest.fixture(scope="module")
-def helm() -> str:
-    path = find_tool("helm")
-    if path is None:
-        pytest.fail("helm not found and could not be fetched (hack/cluster/build-binaries.sh --tools-only)")
-    return str(path)
 
 
 @functools.cache

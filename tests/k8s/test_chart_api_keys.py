@@ -15,18 +15,10 @@ import pytest
 import yaml
 
 from services.proxy.api_keys import parse_file
-from tests.k8s.tools import CHART, find_tool
+from tests.k8s.tools import CHART
 
 WEB, BATCH = "sk-web-key-0123456789", "sk-batch-key-9876543210"
 MOUNT = "/var/run/stt/api-keys"
-
-
-@pytest.fixture(scope="module")
-def helm() -> str:
-    path = find_tool("helm")
-    if path is None:
-        pytest.fail("helm not found and could not be fetched (hack/cluster/build-binaries.sh --tools-only)")
-    return str(path)
 
 
 def render(helm: str, *args: str) -> list[dict]:
