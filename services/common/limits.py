@@ -28,9 +28,10 @@ from services.common.settings import env_int
 DEADLINE_HEADER = "X-Request-Deadline-Ms"
 
 # Per service, when STT_MAX_CONCURRENCY is unset.
-# - base: 64, the same depth as its chunk queue (STT_MAX_QUEUE); past that the batcher refuses
-#   chunks anyway, so this cap only adds a bound on what the batcher never sees (uploads still
-#   arriving, whole files decoding) and on the uploads held in memory.
+# - base: 64, the depth of its live-chunk queue (STT_MAX_QUEUE; file windows have their own);
+#   past that the batcher refuses chunks anyway, so this cap only adds a bound on what the
+#   batcher never sees (uploads still arriving, whole files decoding) and on the uploads held in
+#   memory.
 # - tiny: 64; a detection takes milliseconds, so 64 waiting is already a backlog of seconds.
 # - proxy: 256; its requests mostly wait on the network for several backends (CPU and GPU, each
 #   with several replicas), so it holds more of them at the same cost per request.
