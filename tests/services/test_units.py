@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from services.base.batcher import Batcher
 from services.base.transcriber import Request, Result
 from services.common.errors import ApiError
-from services.common.models import KNOWN_MODELS, ModelError, verify
+from services.common.models import KNOWN_MODELS, ModelError, provision, verify
 from services.proxy.backends import Backend, choose
 from services.proxy.routing import Mode
 from services.tiny.detectors import speech_regions
@@ -174,7 +175,7 @@ async def test_batcher_refuses_past_queue_limit_and_survives_failures() -> None:
 
 
 def test_verify_refuses_a_tampered_model(tmp_path) -> None:
-    for name in ("model.bin", "config.json", "tokenizer.json"):
+    for name in KNOWN_MODELS["base"].sha256:
         (tmp_path / name).write_bytes(b"not the real weights")
     with pytest.raises(ModelError, match="sha256"):
         verify("base", tmp_path)
@@ -182,6 +183,23 @@ def test_verify_refuses_a_tampered_model(tmp_path) -> None:
     with pytest.raises(ModelError, match=r"lacks tokenizer\.json"):
         verify("base", tmp_path)
     assert set(KNOWN_MODELS) >= {"base", "tiny.en"}
+
+
+def test_verify_checks_every_file_not_only_the_weights(tmp_path) -> None:
+    """The tokenizer and config decide what the weights mean: a changed one, or a file that is
+    not part of the model, is refused even when model.bin is right."""
+    real = provision("tiny.en")
+    model = tmp_path / "tiny.en"
+    shutil.copytree(real, model, ignore=shutil.ignore_patterns(".verified"))
+    verify("tiny.en", model)  # the real files pass (and leave a marker)
+    tokenizer = model / "tokenizer.json"
+    tokenizer.write_text(tokenizer.read_text().replace('"the"', '"teh"', 1))
+    with pytest.raises(ModelError, match=r"sha256 of tokenizer\.json"):
+        verify("tiny.en", model)
+    shutil.copy(real / "tokenizer.json", tokenizer)
+    (model / "preprocessor_config.json").write_text("{}")
+    with pytest.raises(ModelError, match=r"not part of it: preprocessor_config\.json"):
+        verify("tiny.en", model)
 
 
 def test_speech_regions_need_minimum_duration() -> None:
