@@ -72,6 +72,13 @@ RESYNCING = {"mp3"}
 # grows with the input rate: an 8 KB WAV declaring 453 MHz took FFmpeg's resampler 4.6 s and
 # 536 MB to set up (found by tests/fuzz); just under this limit it takes 0.04 s and a few MB.
 MAX_SAMPLE_RATE = 768_000
+# Channels kept apart and averaged by us (see _decode_container); more are mixed down to mono by
+# FFmpeg's resampler before they reach numpy: PyAV's to_ndarray() of a planar frame with 8 or
+# more channels reads past the frame's data pointers and crashes the process (SIGSEGV, PyAV
+# 18.1; an 8-channel PCM WAV was enough, found by tests/fuzz on a fresh machine).
+MAX_AVERAGED_CHANNELS = 2
+# More channels than any real recording (7.1.4 immersive audio has 12): refused.
+MAX_CHANNELS = 16
 
 
 class AudioError(ApiError):
@@ -240,6 +247,21 @@ def _check_wav_complete(data: bytes) -> None:
     raise AudioError(400, "truncated_audio", "the WAV file has no complete 'data' chunk; send the whole file")
 
 
+def _resampler_for(channels: int, name: str) -> av.AudioResampler:
+    """To 16 kHz planar float. Mono and stereo keep their channels, which we average: FFmpeg's
+    stereo-to-mono downmix adds them at 1/sqrt(2) each, which makes loud stereo clip. Wider
+    audio is mixed down to mono by FFmpeg (see MAX_AVERAGED_CHANNELS)."""
+    if not 0 < channels <= MAX_CHANNELS:
+        raise AudioError(
+            400,
+            "too_many_channels",
+            f"the {name} audio has {channels} channels; 1 to {MAX_CHANNELS} are accepted: "
+            f"mix it down to mono or stereo, or send {ACCEPTED}",
+        )
+    layout = None if channels <= MAX_AVERAGED_CHANNELS else "mono"
+    return av.AudioResampler(format="fltp", layout=layout, rate=SAMPLE_RATE)
+
+
 def _decode_container(data: bytes, demuxer: str, limits: AudioLimits) -> np.ndarray:
     """Decode with exactly one accepted demuxer, FFmpeg barred from any file, socket or URL.
 
@@ -258,9 +280,9 @@ def _decode_container(data: bytes, demuxer: str, limits: AudioLimits) -> np.ndar
         if not container.streams.audio:
             raise AudioError(415, "not_audio", f"the {name} file has no audio stream; send {ACCEPTED}")
         stream = container.streams.audio[0]
-        # Keep the channels and average them ourselves: FFmpeg's stereo->mono downmix adds the
-        # channels at 1/sqrt(2) each, which makes loud stereo clip.
-        resampler = av.AudioResampler(format="fltp", rate=SAMPLE_RATE)
+        # Set up at the first frame, which says how many channels there really are.
+        resampler: av.AudioResampler | None = None
+        channels = 0
         # Stop decoding past the limit: a tiny compressed file can expand to hours of samples.
         budget = int(limits.max_seconds * SAMPLE_RATE) + SAMPLE_RATE
         pieces: list[np.ndarray] = []
@@ -274,13 +296,25 @@ def _decode_container(data: bytes, demuxer: str, limits: AudioLimits) -> np.ndar
                         f"the {name} audio declares a sample rate of {frame.sample_rate} Hz; at most "
                         f"{MAX_SAMPLE_RATE} Hz is accepted: resample it, or send {ACCEPTED}",
                     )
+                if resampler is None:
+                    channels = len(frame.layout.channels)
+                    resampler = _resampler_for(channels, name)
+                elif channels <= MAX_AVERAGED_CHANNELS < len(frame.layout.channels):
+                    # The stream began mono or stereo and this frame is wider: the resampler
+                    # would pass its channels on to to_ndarray() (see MAX_AVERAGED_CHANNELS).
+                    raise AudioError(
+                        400,
+                        "inconsistent_channels",
+                        f"the {name} stream began with {channels} channels and holds a frame with "
+                        f"{len(frame.layout.channels)}; send {ACCEPTED}",
+                    )
                 for out in resampler.resample(frame):
                     piece = out.to_ndarray().mean(axis=0)
                     pieces.append(piece)
                     total += piece.size
                 if total > budget:
                     limits.check_duration(total / SAMPLE_RATE)
-            for out in resampler.resample(None):
+            for out in resampler.resample(None) if resampler is not None else ():
                 pieces.append(out.to_ndarray().mean(axis=0))
         except (av.FFmpegError, OSError, ValueError) as exc:
             log.debug("decoding %s stopped: %s", demuxer, exc)

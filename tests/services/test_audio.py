@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import sys
 
 import av
 import numpy as np
@@ -116,3 +118,35 @@ def test_to_wav_bytes_round_trips() -> None:
     samples = tone(0.25)
     back = decode_audio(to_wav_bytes(samples), "audio/wav", LIMITS)
     assert np.allclose(back, samples, atol=1e-3)
+
+
+def decode_in_child(data: bytes) -> str:
+    """``decode_audio`` in a child process: what it printed (``ok <size> <peak>`` or ``refused
+    <status> <code>``), or the test fails with how the child died. A crash in FFmpeg or PyAV
+    then fails one test instead of ending the test run."""
+    code = (
+        "import sys, numpy as np\n"
+        "from services.common.audio import AudioError, AudioLimits, decode_audio\n"
+        "try:\n"
+        "    s = decode_audio(sys.stdin.buffer.read(), 'audio/wav', AudioLimits(30))\n"
+        "    print('ok', s.size, float(np.abs(s).max()))\n"
+        "except AudioError as e:\n"
+        "    print('refused', e.status, e.code)\n"
+    )
+    child = subprocess.run([sys.executable, "-c", code], input=data, capture_output=True, timeout=60)
+    assert child.returncode == 0, f"the decoder died (exit {child.returncode}): {child.stderr.decode()[-500:]}"
+    return child.stdout.decode().strip()
+
+
+@pytest.mark.parametrize("channels", [3, 6, 8, 12, 16])
+def test_many_channels_decode_to_mono_without_crashing_the_process(channels: int) -> None:
+    """PyAV's to_ndarray() of a planar frame with 8 or more channels read past the frame and
+    killed the process (SIGSEGV; found by tests/fuzz on a fresh machine)."""
+    outcome, size, peak = decode_in_child(wav(tone(1.0, 48_000), 48_000, channels)).split()
+    assert outcome == "ok"
+    assert abs(int(size) - RATE) <= 200
+    assert 0.1 < float(peak) <= 1.0  # the tone comes through, mixed down
+
+
+def test_more_channels_than_any_recording_are_refused() -> None:
+    assert decode_in_child(wav(tone(0.1), RATE, 17)) == "refused 400 too_many_channels"
