@@ -13,6 +13,7 @@ import threading
 import time
 import wave
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from types import SimpleNamespace
 
 import httpx
@@ -83,11 +84,22 @@ async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
 # --- the batcher alone ------------------------------------------------------------------------
 
 
-async def test_a_live_chunk_submitted_after_file_windows_runs_before_them() -> None:
+@asynccontextmanager
+async def running(**settings) -> AsyncIterator[tuple[FakeModel, Batcher]]:
+    """A started Batcher over a FakeModel; the model is released and the batcher stopped after,
+    whatever the test did to the gate."""
     model = FakeModel()
-    batcher = Batcher(model, max_batch=8, window_ms=0, file_batch_max=1)
+    batcher = Batcher(model, **settings)
     batcher.start()
     try:
+        yield model, batcher
+    finally:
+        model.gate.set()
+        await batcher.stop()
+
+
+async def test_a_live_chunk_submitted_after_file_windows_runs_before_them() -> None:
+    async with running(max_batch=8, window_ms=0, file_batch_max=1) as (model, batcher):
         model.gate.clear()
         first = asyncio.create_task(batcher.submit(chunk(100), Priority.FILE))
         await model.held()  # the file's first window holds the model
@@ -99,16 +111,10 @@ async def test_a_live_chunk_submitted_after_file_windows_runs_before_them() -> N
         await asyncio.gather(first, live, *files)
         # live went next, in a call of its own; the file windows went one per call after it
         assert model.calls == [[100], [200], [101], [102], [103]]
-    finally:
-        model.gate.set()
-        await batcher.stop()
 
 
 async def test_live_chunks_batch_together_but_never_with_file_windows() -> None:
-    model = FakeModel()
-    batcher = Batcher(model, max_batch=8, window_ms=0, file_batch_max=2)
-    batcher.start()
-    try:
+    async with running(max_batch=8, window_ms=0, file_batch_max=2) as (model, batcher):
         model.gate.clear()
         blocker = asyncio.create_task(batcher.submit(chunk(1)))
         await model.held()
@@ -118,16 +124,10 @@ async def test_live_chunks_batch_together_but_never_with_file_windows() -> None:
         model.gate.set()
         await asyncio.gather(blocker, *files, *lives)
         assert model.calls == [[1], [200, 201, 202], [100, 101], [102]]
-    finally:
-        model.gate.set()
-        await batcher.stop()
 
 
 async def test_file_windows_do_not_take_the_queue_slots_of_live_chunks() -> None:
-    model = FakeModel()
-    batcher = Batcher(model, max_batch=1, window_ms=0, max_queue=2)
-    batcher.start()
-    try:
+    async with running(max_batch=1, window_ms=0, max_queue=2) as (model, batcher):
         model.gate.clear()
         blocker = asyncio.create_task(batcher.submit(chunk(1)))
         await model.held()
@@ -146,18 +146,12 @@ async def test_file_windows_do_not_take_the_queue_slots_of_live_chunks() -> None
         assert "live chunks" in refused.value.message
         model.gate.set()
         await asyncio.gather(blocker, *files, *lives)
-    finally:
-        model.gate.set()
-        await batcher.stop()
 
 
 async def test_a_live_chunk_that_would_wait_too_long_is_refused_at_once() -> None:
     """With a bound on the expected wait, the queue's length in seconds (not in chunks) decides:
     an overloaded service answers the excess 429 at once instead of a minute later."""
-    model = FakeModel()
-    batcher = Batcher(model, max_batch=2, window_ms=0, max_queue=64, max_wait_s=1.0)
-    batcher.start()
-    try:
+    async with running(max_batch=2, window_ms=0, max_queue=64, max_wait_s=1.0) as (model, batcher):
         model.gate.clear()
         timed = asyncio.create_task(batcher.submit(chunk(1)))  # the first live call: 0.4 s
         await model.held()
@@ -184,16 +178,10 @@ async def test_a_live_chunk_that_would_wait_too_long_is_refused_at_once() -> Non
         model.gate.set()
         await asyncio.gather(blocker, file_window, *queued)
         assert 99 not in model.sizes
-    finally:
-        model.gate.set()
-        await batcher.stop()
 
 
 async def test_a_cancelled_caller_s_queued_chunk_is_removed_and_never_run() -> None:
-    model = FakeModel()
-    batcher = Batcher(model, max_batch=8, window_ms=0)
-    batcher.start()
-    try:
+    async with running(max_batch=8, window_ms=0) as (model, batcher):
         model.gate.clear()
         blocker = asyncio.create_task(batcher.submit(chunk(1)))
         await model.held()
@@ -209,16 +197,10 @@ async def test_a_cancelled_caller_s_queued_chunk_is_removed_and_never_run() -> N
         await blocker
         await batcher.submit(chunk(2))  # the loop goes on
         assert 300 not in model.sizes
-    finally:
-        model.gate.set()
-        await batcher.stop()
 
 
 async def test_a_chunk_whose_deadline_passes_in_the_queue_is_not_run_and_gets_504() -> None:
-    model = FakeModel()
-    batcher = Batcher(model, max_batch=8, window_ms=0)
-    batcher.start()
-    try:
+    async with running(max_batch=8, window_ms=0) as (model, batcher):
         model.gate.clear()
         blocker = asyncio.create_task(batcher.submit(chunk(1)))
         await model.held()
@@ -239,9 +221,6 @@ async def test_a_chunk_whose_deadline_passes_in_the_queue_is_not_run_and_gets_50
         fine, _ = await batcher.submit(chunk(402), deadline=time.perf_counter() + 30)
         assert fine.text == "402"
         assert 400 not in model.sizes and 401 not in model.sizes
-    finally:
-        model.gate.set()
-        await batcher.stop()
 
 
 # --- through the app, with the fake model -----------------------------------------------------
