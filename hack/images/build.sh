@@ -67,7 +67,9 @@ DEBS="python3,python3-venv"
 BASE_TAR="$STT_K8S_CACHE/rootfs-bookworm-minbase.tar"
 rootfs_tarball "$BASE_TAR" "$DEBS"
 
-# ---- 2. wheels for the project and its runtime dependencies (built on the host, same CPython 3.11 ABI)
+# ---- 2. wheels for the project (built on the host) and its runtime dependencies: exactly the
+# pins of requirements.lock (`make lock`), each file checked against the lock's sha256; wheels
+# only, for the host's CPython 3.11, the same ABI as the image's python3
 SRC="$OUT/src"
 rm -rf "$SRC"; mkdir -p "$SRC"
 (cd "$REPO" && git ls-files -co --exclude-standard -z | grep -zv -E '^(\.venv|bench/results|corpus/.*\.(wav|flac|mp3|ogg))' \
@@ -76,13 +78,14 @@ rm -rf "$SRC"; mkdir -p "$SRC"
 [ -f "$SRC/README.md" ] || echo "# stt-platform" > "$SRC/README.md"
 WHEELS="$STT_K8S_CACHE/wheels"
 rm -rf "$OUT/proj"; mkdir -p "$OUT/proj" "$WHEELS"
-log "building the project wheel and collecting runtime wheels"
+LOCK="$REPO/requirements.lock"
+[ -f "$LOCK" ] || die "no $LOCK: run 'make lock'"
+log "building the project wheel and downloading the locked runtime wheels"
 PIPLOG="$OUT/pip.log"
 "$PY" -m pip wheel -q --no-deps -w "$OUT/proj" "$SRC" >"$PIPLOG" 2>&1 || { cat "$PIPLOG" >&2; die "project wheel failed"; }
 PROJ_WHL=$(ls "$OUT/proj"/*.whl)
-"$PY" -m pip wheel -q -w "$WHEELS" --find-links "$OUT/proj" "$PROJ_WHL" >>"$PIPLOG" 2>&1 \
-  || { grep -v '^WARNING: Location' "$PIPLOG" >&2; die "collecting wheels failed"; }
-rm -f "$WHEELS/$(basename "$PROJ_WHL")"
+"$PY" -m pip download -q --require-hashes --only-binary :all: -d "$WHEELS" -r "$LOCK" >>"$PIPLOG" 2>&1 \
+  || { grep -v '^WARNING: Location' "$PIPLOG" >&2; die "downloading the locked wheels failed"; }
 
 # ---- 3. the shared base layer: rootfs + user 10001 + /opt/stt/venv
 ROOT="$OUT/rootfs"
@@ -90,12 +93,16 @@ rm -rf "$ROOT"; mkdir -p "$ROOT"
 tar --numeric-owner -C "$ROOT" -xf "$BASE_TAR"
 mkdir -p "$ROOT/tmp/wheels"
 cp "$WHEELS"/*.whl "$PROJ_WHL" "$ROOT/tmp/wheels/"
-log "installing the project into /opt/stt/venv"
+cp "$LOCK" "$ROOT/tmp/requirements.lock"
+log "installing the locked dependencies, then the project, into /opt/stt/venv"
 # a clean environment: none of the host's PIP_* settings leak into the image build
 inroot() { env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 chroot "$ROOT" "$@"; }
 inroot /usr/bin/python3 -m venv /opt/stt/venv
-inroot /opt/stt/venv/bin/pip install -q --no-index --no-compile --no-cache-dir --disable-pip-version-check \
-  --find-links /tmp/wheels "/tmp/wheels/$(basename "$PROJ_WHL")"
+# the wheel cache may hold other versions too: --require-hashes takes only the locked files
+PIPI=(/opt/stt/venv/bin/pip install -q --no-index --no-compile --no-cache-dir --disable-pip-version-check)
+inroot "${PIPI[@]}" --find-links /tmp/wheels --require-hashes -r /tmp/requirements.lock
+inroot "${PIPI[@]}" --no-deps "/tmp/wheels/$(basename "$PROJ_WHL")"
+inroot /opt/stt/venv/bin/pip check >/dev/null || { inroot /opt/stt/venv/bin/pip check >&2; die "pip check failed in the image"; }
 inroot /opt/stt/venv/bin/pip uninstall -q -y pip setuptools >/dev/null 2>&1 || true
 grep -q '^stt:' "$ROOT/etc/group" || echo 'stt:x:10001:' >> "$ROOT/etc/group"
 grep -q '^stt:' "$ROOT/etc/passwd" || echo 'stt:x:10001:10001:stt:/tmp:/usr/sbin/nologin' >> "$ROOT/etc/passwd"
