@@ -3,6 +3,14 @@
 Every write is conditional (read, compare, patch only on a difference) so that a resync or a
 resumed operator causes no rollouts and no needless writes. The ServiceAccount in the chart
 grants exactly these verbs (see ``charts/stt/templates/rbac.yaml``).
+
+Every call is bounded: ``STT_K8S_TIMEOUT_S`` (default 5) is the whole request's timeout
+(connect + send + answer), and a client makes at most one retry, so one call gives up after
+about ``2 x STT_K8S_TIMEOUT_S``. Without it, the kubernetes client waits forever on an API
+server (or a connection through a dead node) that never answers, and the handler or the status
+resync that made the call hangs with it. 5 s because each call reads or patches one object,
+which a healthy API server answers in milliseconds and a loaded one (priority-and-fairness
+queueing) in a few seconds; a call that gives up is retried by the next resync or by kopf.
 """
 
 from __future__ import annotations
@@ -12,12 +20,20 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from controller import GROUP, PLURAL, VERSION
+from services.common.settings import env_float
 
 log = logging.getLogger("stt.controller")
+
+TIMEOUT_S = env_float("STT_K8S_TIMEOUT_S", 5.0, minimum=0.1)
+# One retry: a pooled keep-alive connection that the API server closed while idle fails at once
+# and deserves a second try; more retries of a call that timed out only multiply the wait
+# (urllib3's default, 3, made a GET to a silent server take 4 x the timeout).
+RETRIES = 1
 
 
 @dataclass(frozen=True)
@@ -38,15 +54,46 @@ def load_config() -> None:
         config.load_kube_config()
 
 
+# What a failed call raises: an answer with an error status, or no usable answer (timeout, refused).
+API_ERRORS = (ApiException, urllib3.exceptions.HTTPError)
+
+
+def describe_error(exc: BaseException, timeout_s: float | None = TIMEOUT_S) -> str:
+    """One line for the status and the log: ``HTTP 403 Forbidden``, ``timed out after 5s``."""
+    if isinstance(exc, ApiException):
+        return f"HTTP {exc.status} {exc.reason}"
+    reason = getattr(exc, "reason", None) or exc  # MaxRetryError wraps the last try's error
+    if isinstance(reason, urllib3.exceptions.TimeoutError):
+        return f"timed out after {timeout_s:g}s" if timeout_s else "timed out"
+    return f"no answer ({type(reason).__name__})"
+
+
+def make_api_client(configuration: client.Configuration | None = None) -> client.ApiClient:
+    """An ApiClient for ``configuration`` (default: what :func:`load_config` loaded) with ``RETRIES``."""
+    configuration = configuration or client.Configuration.get_default_copy()
+    configuration.retries = RETRIES
+    return client.ApiClient(configuration)
+
+
 class Cluster:
-    def __init__(self, api_client: client.ApiClient | None = None):
-        self.api = api_client or client.ApiClient()
+    """The operator's API calls, each bounded by ``timeout_s`` (``None``: unbounded, for tests only)."""
+
+    def __init__(self, api_client: client.ApiClient | None = None, timeout_s: float | None = TIMEOUT_S):
+        self.api = api_client or make_api_client()
+        self.timeout_s = timeout_s
         self.apps = client.AppsV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
 
+    def serves(self, group: str, version: str, plural: str) -> bool:
+        """Whether the API serves ``plural`` in ``group/version`` (discovery; needs no RBAC)."""
+        resources = self.custom.get_api_resources(group, version, _request_timeout=self.timeout_s)
+        return any(r.name == plural for r in resources.resources or [])
+
     def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            raw = self.apps.read_namespaced_deployment(name, namespace, _preload_content=False)
+            raw = self.apps.read_namespaced_deployment(
+                name, namespace, _preload_content=False, _request_timeout=self.timeout_s
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -61,7 +108,9 @@ class Cluster:
             return False
         if current.get("spec", {}).get("replicas") == replicas:
             return False
-        self.apps.patch_namespaced_deployment(name, namespace, {"spec": {"replicas": replicas}}, _preload_content=False)
+        self.apps.patch_namespaced_deployment(
+            name, namespace, {"spec": {"replicas": replicas}}, _preload_content=False, _request_timeout=self.timeout_s
+        )
         log.info("scaled deployment %s/%s to %d", namespace, name, replicas)
         return True
 
@@ -81,13 +130,17 @@ class Cluster:
         env = [e for e in container_spec(current, container).get("env") or [] if e.get("name") != key]
         env.append({"name": key, "value": value})
         patch = {"spec": {"template": {"spec": {"containers": [{"name": container, "env": env}]}}}}
-        self.apps.patch_namespaced_deployment(name, namespace, patch, _preload_content=False)
+        self.apps.patch_namespaced_deployment(
+            name, namespace, patch, _preload_content=False, _request_timeout=self.timeout_s
+        )
         log.info("set %s=%s on deployment %s/%s (rolling)", key, value, namespace, name)
         return True
 
     def read_config(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            return self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, _request_timeout=self.timeout_s
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -95,7 +148,14 @@ class Cluster:
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _preload_content=False
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"status": status},
+            _preload_content=False,
+            _request_timeout=self.timeout_s,
         )
 
 

@@ -10,6 +10,14 @@ Run: ``kopf run --standalone --namespace NS -m controller.operator --liveness ht
 - ``STT_CONTROLLER_METRICS_PORT`` (8080; 0 = off): Prometheus ``/metrics``.
 - ``STT_STATUS_RESYNC_S`` (15): status is refreshed on every Deployment event; this periodic
   refresh is the backstop for a missed event.
+- ``STT_K8S_TIMEOUT_S`` (5): the timeout of every API call, the operator's own
+  (:mod:`controller.kube`) and kopf's (``settings.networking``); see :mod:`controller.kube`.
+
+Liveness (``--liveness``, ``/healthz``): kopf answers it from the probe handlers, and
+:func:`resync_alive` fails it (HTTP 500) once the status resync has finished no attempt for
+:func:`controller.state.resync_stale_after_s` (180 s by default), so the kubelet restarts an
+operator whose resync is stuck; a resync that keeps failing on API errors stays alive (see
+:class:`controller.state.ResyncHeartbeat`).
 
 What it does on create/update/resume of the spec: scale the GPU Deployment (``gpuReplicas``
 while routing is ``gpu``/``auto``, ``gpuIdleReplicas`` while ``cpu``), scale the CPU Deployment,
@@ -36,8 +44,18 @@ from prometheus_client import start_http_server
 
 from controller import GROUP, PLURAL, VERSION
 from controller import metrics as m
-from controller.kube import Cluster, Names, container_env, load_config, ready_replicas
-from controller.state import Observed, Spec, compute_status
+from controller.kube import (
+    API_ERRORS,
+    RETRIES,
+    TIMEOUT_S,
+    Cluster,
+    Names,
+    container_env,
+    describe_error,
+    load_config,
+    ready_replicas,
+)
+from controller.state import Observed, ResyncHeartbeat, Spec, compute_status, resync_stale_after_s
 
 log = logging.getLogger("stt.controller")
 
@@ -58,7 +76,6 @@ _applied: dict[tuple[str, str], int] = {}  # metadata.generation last applied, p
 # Status is written from kopf's handler threads and the resync loop: one writer at a time, so a
 # refresh that read an older status can never overwrite a newer one.
 _status_lock = threading.Lock()
-_resync_task: asyncio.Task | None = None
 
 
 def cluster() -> Cluster:
@@ -128,9 +145,8 @@ def reconcile(c: Cluster, namespace: str, spec: Spec) -> list[str]:
     return changed
 
 
-@kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    global _resync_task
+def configure(settings: kopf.OperatorSettings) -> None:
+    """kopf's settings for this operator (a function of its own so that a test can check them)."""
     # Progress and diff-base live in annotations: the status belongs to this operator's own fields.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -145,12 +161,24 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.scanning.disabled = True
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    # kopf's own calls (progress annotations, Events, discovery) get the same bound as ours
+    # instead of aiohttp's 5 minutes; a watch's connect uses connect_timeout too, and its
+    # stream is bounded by the two watching timeouts above.
+    settings.networking.request_timeout = TIMEOUT_S
+    settings.networking.connect_timeout = TIMEOUT_S
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    configure(settings)
     if METRICS_PORT:
         start_http_server(METRICS_PORT)
         log.info("metrics on :%d/metrics", METRICS_PORT)
     await asyncio.to_thread(cluster)
     await asyncio.to_thread(wait_for_crd)
-    _resync_task = asyncio.create_task(_resync_loop())
+    # kopf serves /healthz only once the start-up handlers are done: the clock starts here.
+    memo.resync = ResyncHeartbeat(resync_stale_after_s(RESYNC_S, TIMEOUT_S, RETRIES), time.monotonic())
+    memo.resync_task = asyncio.create_task(_resync_loop(memo.resync))
 
 
 def wait_for_crd(timeout_s: float = 120.0) -> None:
@@ -158,12 +186,15 @@ def wait_for_crd(timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            resources = cluster().custom.get_api_resources(GROUP, VERSION)
-            if any(r.name == PLURAL for r in resources.resources or []):
+            if cluster().serves(GROUP, VERSION, PLURAL):
                 return
         except ApiException as exc:
             if exc.status != 404 or time.monotonic() > deadline:
                 raise
+        except API_ERRORS as exc:  # no answer in time: the API server may still be starting
+            if time.monotonic() > deadline:
+                raise
+            log.warning("discovery failed: %s", describe_error(exc))
         if time.monotonic() > deadline:
             raise RuntimeError(f"{PLURAL}.{GROUP}/{VERSION} is not served: install the chart's CRD")
         log.warning("waiting for the %s.%s CRD to be served", PLURAL, GROUP)
@@ -171,9 +202,35 @@ def wait_for_crd(timeout_s: float = 120.0) -> None:
 
 
 @kopf.on.cleanup()
-async def cleanup(**_: Any) -> None:
-    if _resync_task is not None:
-        _resync_task.cancel()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("resync_task")
+    if task is not None:
+        task.cancel()
+
+
+@kopf.on.probe(id="resync")
+async def resync_alive(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
+    """Part of ``/healthz``: fails while the status resync is stuck (see ``ResyncHeartbeat``).
+
+    It raises :class:`kopf.PermanentError` on purpose: kopf retries a probe that raises anything
+    else after the handler's backoff (60 s by default) within the same ``/healthz`` request, so
+    the request would hang instead of failing; a permanent error makes kopf's health endpoint
+    answer HTTP 500 at once. Async, so that it answers even when every worker thread is stuck.
+    """
+    heartbeat: ResyncHeartbeat | None = memo.get("resync")
+    if heartbeat is None:  # start-up has not finished (kopf does not serve /healthz before that)
+        return {"resync": "starting"}
+    now = time.monotonic()
+    age = heartbeat.age_s(now)
+    if heartbeat.stuck(now):
+        raise kopf.PermanentError(
+            f"status resync stuck: no attempt finished for {age:.0f}s (allowed {heartbeat.stale_after_s:.0f}s)"
+        )
+    return {
+        "lastAttemptSecondsAgo": round(age, 1),
+        "lastAttemptOk": heartbeat.last_ok,
+        "consecutiveFailures": heartbeat.consecutive_failures,
+    }
 
 
 def correct_drift(namespace: str, name: str) -> None:
@@ -200,7 +257,13 @@ def correct_drift(namespace: str, name: str) -> None:
     refresh_status(namespace, name)
 
 
-async def _resync_loop() -> None:
+async def _resync_loop(heartbeat: ResyncHeartbeat) -> None:
+    """Every ``RESYNC_S``: correct drift and refresh the status of every known SttConfig.
+
+    Each finished attempt (one SttConfig, or a sweep with none to check) beats ``heartbeat``,
+    failed or not, so that the liveness probe sees progress; only an attempt that never
+    finishes (or this task's death) lets it go stale.
+    """
     while True:
         await asyncio.sleep(RESYNC_S)
         for namespace, name in list(_known):
@@ -208,6 +271,11 @@ async def _resync_loop() -> None:
                 await asyncio.to_thread(correct_drift, namespace, name)
             except Exception:
                 log.exception("resync of %s/%s failed; retrying in %.0fs", namespace, name, RESYNC_S)
+                heartbeat.finished(time.monotonic(), ok=False)
+            else:
+                heartbeat.finished(time.monotonic(), ok=True)
+        if not _known:
+            heartbeat.finished(time.monotonic(), ok=True)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL, when=managed, id="apply-resume")
@@ -233,17 +301,24 @@ def apply(
         m.RECONCILIATIONS.labels("error").inc()
         refresh_status(namespace, name)
         raise kopf.PermanentError(str(exc)) from exc
+    c = cluster()
     try:
-        changed = reconcile(cluster(), namespace, wanted)
-    except ApiException as exc:
-        _errors[key] = f"applying the spec failed: HTTP {exc.status} {exc.reason}"
+        changed = reconcile(c, namespace, wanted)
+    except API_ERRORS as exc:
+        _errors[key] = f"applying the spec failed: {describe_error(exc, c.timeout_s)}"
         m.RECONCILIATIONS.labels("error").inc()
-        refresh_status(namespace, name)
+        try:  # best effort: the API that just failed may fail this too, and kopf must still retry
+            refresh_status(namespace, name)
+        except API_ERRORS as status_exc:
+            logger.warning("could not write the status: %s", describe_error(status_exc, c.timeout_s))
         raise kopf.TemporaryError(_errors[key], delay=5) from exc
     _errors.pop(key, None)
     m.APPLY_SECONDS.observe(time.perf_counter() - started)
     m.RECONCILIATIONS.labels("success").inc()
-    refresh_status(namespace, name, generation=meta.get("generation"))
+    try:
+        refresh_status(namespace, name, generation=meta.get("generation"))
+    except API_ERRORS as exc:  # applied, but not yet said so: kopf retries soon, not in its default 60 s
+        raise kopf.TemporaryError(f"writing the status failed: {describe_error(exc, c.timeout_s)}", delay=5) from exc
     summary = (
         f"applied routing={wanted.routing} gpuReplicas={wanted.desired_gpu_replicas} "
         f"cpuReplicas={wanted.cpu_replicas} detector={wanted.detector}: {', '.join(changed) or 'already in place'}"

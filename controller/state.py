@@ -164,3 +164,52 @@ def compute_status(
             conditions_for(spec, observed, generation, error), previous.get("conditions"), now
         ),
     }
+
+
+# A drift check of one SttConfig makes at most this many API calls: read the SttConfig, read
+# (and maybe patch) the three Deployments, then read the SttConfig and the three Deployments
+# again and maybe patch the status (``operator.correct_drift``).
+RESYNC_MAX_CALLS = 12
+
+
+def resync_stale_after_s(period_s: float, timeout_s: float, retries: int = 1) -> float:
+    """How long without a finished resync attempt means the operator is stuck, not just slow.
+
+    ``4 x period``: three sweeps may be late (a handler holding the status lock, a busy event
+    loop) before anyone worries; plus one drift check in which every call (``RESYNC_MAX_CALLS``,
+    each tried ``1 + retries`` times) ran to its timeout, the slowest an attempt can be while
+    every call is bounded. Defaults (15 s, 5 s, 1 retry): 60 + 120 = 180 s. Anything longer can
+    only be a call that escaped its timeout, a deadlock or a dead resync task, which a restart
+    cures; a false alarm would restart a healthy operator under a slow API server and add load.
+    """
+    return 4 * period_s + RESYNC_MAX_CALLS * (1 + retries) * timeout_s
+
+
+@dataclass
+class ResyncHeartbeat:
+    """When the periodic status resync last finished an attempt, successful or not.
+
+    Stuck and failing are told apart on purpose: an attempt that ends in an API error (HTTP 5xx,
+    403, a call that timed out) still *finishes*, so the operator stays alive and keeps retrying;
+    a restart would not mend the API server or the RBAC and would hide the error behind
+    CrashLoopBackOff, while the status condition, the error metric and the log already say what
+    fails. Only an attempt that never ends (the loop is blocked or dead) makes the operator stale,
+    which the liveness probe reports so that the kubelet restarts it. Times are
+    ``time.monotonic()`` seconds, passed in, so the rule is tested without a clock.
+    """
+
+    stale_after_s: float
+    last_finished: float
+    last_ok: bool = True
+    consecutive_failures: int = 0
+
+    def finished(self, now: float, ok: bool) -> None:
+        self.last_finished = now
+        self.last_ok = ok
+        self.consecutive_failures = 0 if ok else self.consecutive_failures + 1
+
+    def age_s(self, now: float) -> float:
+        return max(0.0, now - self.last_finished)
+
+    def stuck(self, now: float) -> bool:
+        return self.age_s(now) > self.stale_after_s

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from controller.state import Observed, Spec, active_backend, compute_status
+from controller.state import (
+    RESYNC_MAX_CALLS,
+    Observed,
+    ResyncHeartbeat,
+    Spec,
+    active_backend,
+    compute_status,
+    resync_stale_after_s,
+)
 
 
 def conds(status: dict) -> dict[str, dict]:
@@ -86,3 +94,28 @@ def test_transition_time_moves_only_when_status_changes() -> None:
     c = conds(healed)
     assert c["Degraded"]["lastTransitionTime"] == "t2" and c["GpuReady"]["lastTransitionTime"] == "t2"
     assert c["Ready"]["lastTransitionTime"] == "t0"  # Ready stayed True
+
+
+def test_stale_bound_covers_an_attempt_whose_every_call_ran_to_its_timeout() -> None:
+    assert resync_stale_after_s(15, 5) == 180  # the chart's defaults: 4 x 15 + 12 x 2 x 5
+    assert resync_stale_after_s(15, 5, retries=0) == 120
+    slowest_attempt = RESYNC_MAX_CALLS * 2 * 5
+    assert resync_stale_after_s(15, 5) > 15 + slowest_attempt  # one period late and the slowest attempt
+
+
+def test_heartbeat_stuck_only_when_no_attempt_finished_for_longer_than_the_bound() -> None:
+    beat = ResyncHeartbeat(stale_after_s=60, last_finished=1000.0)
+    assert not beat.stuck(1000.0) and not beat.stuck(1060.0)  # exactly the bound: still alive
+    assert beat.stuck(1060.5)
+    assert beat.age_s(999.0) == 0.0  # a clock read before the beat is not negative
+
+
+def test_failing_attempts_keep_the_operator_alive_and_are_counted() -> None:
+    beat = ResyncHeartbeat(stale_after_s=60, last_finished=0.0)
+    for t in (50.0, 100.0, 150.0):  # the API answers errors: every attempt fails, but finishes
+        beat.finished(t, ok=False)
+    assert not beat.stuck(200.0)
+    assert (beat.last_ok, beat.consecutive_failures) == (False, 3)
+    beat.finished(210.0, ok=True)
+    assert (beat.last_ok, beat.consecutive_failures) == (True, 0)
+    assert beat.stuck(270.1)  # then nothing finishes any more: stuck

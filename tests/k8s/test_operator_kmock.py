@@ -5,11 +5,18 @@ API server and kubelet is covered by tests/e2e."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import aiohttp
+import kmock as km
 import kopf
 import pytest
+import urllib3
+from kopf._cogs.structs.credentials import Vault  # kopf.operator()'s own parameter type
 from kubernetes import client
 from prometheus_client import REGISTRY
 
@@ -142,3 +149,147 @@ async def test_invalid_spec_is_reported_not_applied(kmock, cluster) -> None:
     degraded = next(c for c in latest(kmock, CONFIGS, "stt")["status"]["conditions"] if c["type"] == "Degraded")
     assert degraded["reason"] == "ApplyFailed" and "sideways" in degraded["message"]
     assert counter("error") == before + 1
+
+
+def hang_reads_of_deployments(kmock) -> asyncio.Event:
+    """Make the mock API server leave every GET of one Deployment unanswered until the event is set.
+
+    Then the request goes on to the emulator (a reaction that yields nothing falls through), so
+    nothing stays hung past the test. Lists and watches (kopf's) are left alone.
+    """
+    gate = asyncio.Event()
+
+    async def wait() -> None:
+        await gate.wait()
+
+    kmock[km.action.FETCH, km.resource(DEPLOYMENTS)] << wait
+    return gate
+
+
+async def test_a_silent_api_server_fails_the_call_after_the_timeout(kmock, cluster) -> None:
+    gate = hang_reads_of_deployments(kmock)
+    c = kube.Cluster(kube.make_api_client(client.Configuration(host=str(kmock.url).rstrip("/"))), timeout_s=0.5)
+    started = time.monotonic()
+    try:
+        # Without a timeout the call never returns: wait_for's own TimeoutError fails the test.
+        with pytest.raises(urllib3.exceptions.MaxRetryError) as err:
+            await asyncio.wait_for(asyncio.to_thread(c.read_deployment, NS, "stt-base-cpu"), 10)
+    finally:
+        gate.set()
+    elapsed = time.monotonic() - started
+    assert isinstance(err.value.reason, urllib3.exceptions.ReadTimeoutError)
+    assert 0.9 < elapsed < 3, "two tries (one retry) of 0.5 s each"
+    assert len(kmock[km.action.FETCH, km.resource(DEPLOYMENTS)]) == 2
+
+
+async def test_apply_reports_a_timed_out_call_in_the_status_and_retries(kmock, cluster) -> None:
+    spec = {"routing": "gpu", "gpuReplicas": 1}
+    kmock.objects[CONFIGS, NS, "stt"] = sttconfig(spec)
+    op._cluster = kube.Cluster(cluster.api, timeout_s=0.3)
+    gate = hang_reads_of_deployments(kmock)
+    try:
+        with pytest.raises(kopf.TemporaryError):
+            await asyncio.wait_for(apply(spec), 20)
+    finally:
+        gate.set()
+    assert "timed out" in op._errors[(NS, "stt")]
+
+
+def test_kopf_calls_get_the_same_timeout() -> None:
+    settings = kopf.OperatorSettings()
+    op.configure(settings)
+    assert settings.networking.request_timeout == kube.TIMEOUT_S == 5.0
+    assert settings.networking.connect_timeout == kube.TIMEOUT_S
+    assert (settings.watching.server_timeout, settings.watching.client_timeout) == (300, 330)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def running_operator(kmock, url: str) -> AsyncIterator[None]:
+    """The real kopf operator (this module's handlers, kopf's own watches and /healthz) on kmock."""
+    vault = Vault()  # kopf's credentials: pre-filled, so no login handler and no kubeconfig
+    await vault.populate({"kmock": kopf.ConnectionInfo(server=str(kmock.url).rstrip("/"))})
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        kopf.operator(standalone=True, namespaces=[NS], liveness_endpoint=url, stop_flag=stop, vault=vault)
+    )
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def health(session: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, Any]]:
+    """kopf's /healthz: 200 with each probe's result by handler id, or 500 (plain text)."""
+    async with session.get(url) as resp:
+        return resp.status, (await resp.json() if resp.status == 200 else {})
+
+
+async def poll(session: aiohttp.ClientSession, url: str, until: Any, within: float) -> tuple[int, dict[str, Any]]:
+    deadline = time.monotonic() + within
+    status, body = 0, {}
+    while True:
+        with contextlib.suppress(aiohttp.ClientConnectionError):
+            status, body = await health(session, url)
+            if until(status, body):
+                return status, body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"/healthz never matched within {within}s; last: {status} {body}")
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.slow
+async def test_liveness_fails_while_the_resync_is_stuck_not_while_it_fails(kmock, cluster, monkeypatch) -> None:
+    verbs = {"get", "list", "watch", "patch"}
+    kmock.resources[CONFIGS] = km.ResourceInfo(kind="SttConfig", namespaced=True, verbs=verbs, subresources={"status"})
+    kmock.resources[DEPLOYMENTS] = km.ResourceInfo(kind="Deployment", namespaced=True, verbs=verbs)
+    # kopf's backbone: it waits for these to be discoverable before it watches anything.
+    kmock.resources["v1/namespaces"] = km.ResourceInfo(kind="Namespace", namespaced=False, verbs=verbs)
+    kmock.resources["v1/events"] = km.ResourceInfo(kind="Event", namespaced=True, verbs={"create"})
+    kmock.objects[CONFIGS, NS, "stt"] = sttconfig({"routing": "cpu"})
+    monkeypatch.setattr(op, "RESYNC_S", 0.2)
+    monkeypatch.setattr(op, "METRICS_PORT", 0)
+    # The rule's own numbers are unit-tested; here a short bound (kopf keeps the real 5 s timeouts).
+    bound = 5.0
+    monkeypatch.setattr(op, "resync_stale_after_s", lambda *_: bound)
+    api = kube.make_api_client(client.Configuration(host=str(kmock.url).rstrip("/")))  # one retry, as in production
+    op._cluster = kube.Cluster(api, timeout_s=0.5)  # a failed attempt: about 1 s
+    url = f"http://127.0.0.1:{free_port()}/healthz"
+    async with running_operator(kmock, url), aiohttp.ClientSession() as session:
+        # Healthy: the resync completes (the apply-resume handler made the SttConfig known).
+        await poll(session, url, lambda s, b: s == 200 and "resync" in b, within=30)
+        for _ in range(100):
+            if (NS, "stt") in op._known:
+                break
+            await asyncio.sleep(0.1)
+        assert (NS, "stt") in op._known
+        await poll(session, url, lambda s, b: s == 200 and b["resync"].get("lastAttemptOk") is True, within=15)
+
+        # Failing, not stuck: every read times out, each attempt ends in an error, and the
+        # operator stays alive past the bound (kopf caches a good answer for 10 s).
+        gate = hang_reads_of_deployments(kmock)
+        failing_since = time.monotonic()
+        status, body = await poll(
+            session,
+            url,
+            lambda s, b: (
+                s != 200 or (b["resync"]["lastAttemptOk"] is False and time.monotonic() - failing_since > bound)
+            ),
+            within=bound + 20,
+        )
+        assert status == 200 and body["resync"]["consecutiveFailures"] >= 3
+
+        # Stuck: a call that escapes its timeout (here: none at all) never returns.
+        op._cluster = kube.Cluster(api, timeout_s=None)
+        status, body = await poll(session, url, lambda s, b: s == 500, within=bound + 20)
+
+        # The stuck call returns, the resync completes again: healthy.
+        gate.set()
+        op._cluster = kube.Cluster(api, timeout_s=0.5)
+        await poll(session, url, lambda s, b: s == 200 and b["resync"]["lastAttemptOk"] is True, within=15)
