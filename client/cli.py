@@ -116,21 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=64,
         help="chunks held in memory while the service is unreachable before spilling to disk (default 64); "
-        "ws: audio not yet acknowledged, in memory up to this many --step seconds, then in a file",
+        "ws: audio not yet acknowledged, in memory up to this many --step seconds, then read back from disk",
     )
     p.add_argument(
         "--spill-dir",
         type=Path,
         help=f"directory for spilled chunks, one run-* directory per run (default {default_spill_root()}, "
         "$XDG_STATE_HOME respected): kept until each chunk is answered, so a killed run's chunks can be "
-        "replayed by the next one; ws: its unnamed overflow file",
+        "replayed by the next one; ws: the audio not yet acknowledged, written about once a second",
     )
     p.add_argument(
         "--recover",
         choices=("first", "off", "only"),
         default="first",
-        help="chunks a killed run left in --spill-dir: 'first' transcribes them before capturing (their text "
-        "goes to stderr, marked recovered); 'off' leaves them for a later run; 'only' transcribes them, "
+        help="chunks (ws: audio) a killed run left in --spill-dir: 'first' transcribes them before capturing "
+        "(their text goes to stderr, marked recovered); 'off' leaves them for a later run; 'only' transcribes them, "
         "prints their text on stdout and exits (default first)",
     )
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
@@ -164,6 +164,7 @@ def ws_settings(args: argparse.Namespace) -> WsSettings:
         context_s=args.context,
         max_in_memory_s=max(1, args.max_held) * args.step,
         spill_dir=args.spill_dir,
+        source_label=source_label(args),
     )
 
 
@@ -258,7 +259,9 @@ async def run(args: argparse.Namespace) -> int:
     try:
         if leftovers:
             api = SttApi(args.url[0])  # the proxy's /transcribe, whichever transport the live stream uses
-            recovery = runner = Recovery(api, http_settings(args), stats, display, runs=leftovers)
+            recovery = runner = Recovery(
+                api, http_settings(args), stats, display, runs=leftovers, urls=args.url, ws=ws_settings(args)
+            )
             recovered = await recovery.run()
             runner = None
         if recovered or args.recover == "only":
@@ -297,7 +300,7 @@ async def run(args: argparse.Namespace) -> int:
     if stats.chunks_left_on_disk:
         where = args.spill_dir or default_spill_root()
         print(
-            f"stt-client: {stats.chunks_left_on_disk} chunks were not answered and wait in {where}; "
+            f"stt-client: {stats.chunks_left_on_disk} chunks (ws: audio files) were not answered and wait in {where}; "
             "the next run transcribes them first (--recover)",
             file=sys.stderr,
         )

@@ -19,18 +19,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import numpy as np
 
 from client.api import Word
 from client.chunker import Chunk, Chunker
 from client.dispatcher import AgreementDispatcher, Backoff, Dispatcher, Outcome, Transcriber
 from client.display import Display
-from client.sources import Source, level_dbfs
+from client.sources import ArraySource, Source, level_dbfs
 from client.spill import ChunkStore, LeftoverRun, default_spill_root, find_leftovers
 from client.stats import DAMAGED_SPILL, Stats
 from client.stitcher import Stitcher, join_words
+from client.ws_transport import SAMPLE_RATE, AudioLog, WsFatalError, WsSettings, WsTransport
 from services.common.commit_policy import CommitPolicy, PolicyConfig
 
 POLICIES = ("stitch", "agreement")
@@ -261,6 +264,13 @@ class Recovery:
     answered) and a :class:`Stitcher` of their own: they are a separate stream, with gaps where
     chunks were held in memory when the run died. A damaged file is counted as dropped
     (``damaged_spill``), never loaded. :meth:`stop` (Ctrl-C) leaves what is unanswered on disk.
+
+    A ``--transport ws`` run leaves audio segments instead (:mod:`client.spill`): they are sent
+    again over a ``/v1/stream`` session to ``urls`` (:meth:`client.ws_transport.AudioLog.adopt`),
+    from where the run's log began and with ``committed_until`` = the sample its words were
+    committed up to, as a reconnect of that run would; the proxy commits words exactly as it
+    would have, and each segment file is deleted once acknowledged. Over ``/transcribe`` the
+    client would have to re-cut, stitch and de-duplicate that audio itself.
     """
 
     def __init__(
@@ -271,8 +281,11 @@ class Recovery:
         display: Display | None = None,
         root: Path | None = None,
         runs: list[LeftoverRun] | None = None,
+        urls: Sequence[str] = (),
+        ws: WsSettings | None = None,
     ) -> None:
-        """``runs``: already found (and locked) by :func:`client.spill.find_leftovers`; None: look in ``root``."""
+        """``runs``: already found (and locked) by :func:`client.spill.find_leftovers`; None: look in
+        ``root``. ``urls`` and ``ws``: where and how ws runs' audio is sent again (no URL: left on disk)."""
         self.api = api
         self.settings = settings or Settings()
         self.stats = stats or Stats()
@@ -280,7 +293,9 @@ class Recovery:
         self.root = root if root is not None else (self.settings.spill_dir or default_spill_root())
         self.recovered: list[RecoveredRun] = []
         self._runs = runs
-        self._dispatcher: Dispatcher | None = None
+        self.urls = list(urls)
+        self.ws = ws or WsSettings()
+        self._dispatcher: Dispatcher | WsTransport | None = None
         self._stopping = False
         self._tasks: set[asyncio.Task] = set()
 
@@ -331,11 +346,13 @@ class Recovery:
 
     async def _recover(self, run: LeftoverRun) -> RecoveredRun:
         s = self.settings
-        out = RecoveredRun(run, chunks=len(run.chunks) + len(run.damaged))
+        out = RecoveredRun(run, chunks=len(run.chunks) + len(run.segments) + len(run.damaged))
         for name in run.damaged:
             log.warning("spill file %s/%s is incomplete (killed while writing?) and was removed", run.path, name)
             self.stats.drop(DAMAGED_SPILL)
             out.dropped += 1
+        if run.segments:
+            return await self._recover_ws(run, out)
         if self.display:
             self.display.note(
                 f"recovering {len(run.chunks)} chunks (~{run.audio_s:.0f} s of audio) left on disk by an "
@@ -369,4 +386,37 @@ class Recovery:
             out.left = run.release()
         stitcher.finish()
         out.words = list(stitcher.committed)
+        return out
+
+    async def _recover_ws(self, run: LeftoverRun, out: RecoveredRun) -> RecoveredRun:
+        """A ws run's segments, sent again over a session of their own (see the class docstring)."""
+        segments = len(run.segments)
+        audio = AudioLog.adopt(run, round(self.ws.max_in_memory_s * SAMPLE_RATE))
+        if self.display:
+            self.display.note(
+                f"recovering ~{len(audio) / SAMPLE_RATE:.0f} s of audio left on disk by an interrupted run "
+                f"({run.describe()})"
+            )
+        try:
+            if not self.urls:
+                log.warning("no URL to send the audio of %s to; it stays on disk", run.path)
+            elif audio.settled >= audio.end:  # all of it was committed: the files were about to go
+                audio.release(audio.end)
+            else:
+                settings = replace(self.ws, language=self.ws.language or run.meta.get("language"))
+                empty = ArraySource(np.zeros(0, np.float32))  # nothing new: only the adopted log is sent
+                self._dispatcher = transport = WsTransport(empty, self.urls, settings, self.stats, audio=audio)
+                try:
+                    out.words = await transport.run()
+                except WsFatalError as exc:
+                    log.warning("cannot send the audio of %s again (%s); it stays on disk", run.path, exc)
+        finally:
+            self._dispatcher = None
+            await audio.aclose()
+            out.left = run.release()
+        for _ in audio.damaged:
+            self.stats.drop(DAMAGED_SPILL)
+            out.dropped += 1
+        out.transcribed = max(0, segments - out.left - len(audio.damaged))
+        self.stats.chunks_recovered += out.transcribed
         return out

@@ -19,6 +19,12 @@ chunks"):
   lead-in are in its file name. A later run finds unlocked directories with chunks in them
   (:func:`find_leftovers`) and transcribes them first (:mod:`client.pipeline`, ``recover``).
 
+``--transport ws`` keeps audio, not chunks, until the server acknowledges it
+(:class:`client.ws_transport.AudioLog`). It uses the same run directories, rules and replay,
+with *segments* instead of chunks: ``audio-at-<first stream sample>.npy`` (int16), written
+atomically about once a second, plus ``ws.json`` (:data:`WS_STATE`), atomically rewritten, saying
+up to which sample the run had its words committed (a replay treats audio before it as context).
+
 A full disk (any ``OSError`` while writing) keeps the chunk in memory instead: capture goes on,
 and ``on_spill_failure`` lets the caller count it and warn once.
 """
@@ -58,6 +64,9 @@ LOCK_NAME = "lock"
 TMP_SUFFIX = ".tmp"
 # chunk-<index>-at-<start sample>-lead-<lead-in samples>[-final].npy; the file holds lead + samples.
 CHUNK_NAME = re.compile(r"^chunk-(?P<index>\d+)-at-(?P<at>\d+)-lead-(?P<lead>\d+)(?P<final>-final)?\.npy$")
+# --transport ws: audio-at-<stream sample of its first sample>.npy, int16 samples not yet acknowledged.
+SEGMENT_NAME = re.compile(r"^audio-at-(?P<at>\d+)\.npy$")
+WS_STATE = "ws.json"  # {"settled_sample": N}: the ws run's words before sample N were committed (shown)
 
 
 def default_spill_root() -> Path:
@@ -72,6 +81,27 @@ def chunk_file_name(chunk: Chunk) -> str:
     at = round(chunk.start * SAMPLE_RATE)
     final = "-final" if chunk.final else ""
     return f"chunk-{chunk.index:08d}-at-{at:012d}-lead-{chunk.lead.size}{final}.npy"
+
+
+def segment_file_name(start: int) -> str:
+    return f"audio-at-{start:012d}.npy"
+
+
+@dataclass
+class Segment:
+    """A ws run's segment file: int16 stream samples from ``start`` on (their count is in the file)."""
+
+    start: int
+    path: Path
+
+
+def load_segment(path: Path) -> np.ndarray:
+    """A segment's samples, memory-mapped (a resend reads one second of a longer segment);
+    raises ValueError (or OSError) if it is damaged."""
+    data = np.load(path, mmap_mode="r", allow_pickle=False)
+    if data.ndim != 1 or data.dtype != np.int16:
+        raise ValueError(f"unexpected contents: {data.dtype} {data.shape}")
+    return data
 
 
 def _fsync_dir(path: Path) -> None:
@@ -129,7 +159,8 @@ def _try_lock(path: Path) -> int | None:
 
 
 def _chunk_files(directory: Path) -> list[Path]:
-    return [p for p in directory.iterdir() if CHUNK_NAME.match(p.name)]
+    """Chunk and segment files: the audio a run leaves for the next one."""
+    return [p for p in directory.iterdir() if CHUNK_NAME.match(p.name) or SEGMENT_NAME.match(p.name)]
 
 
 class SpillRun:
@@ -141,6 +172,13 @@ class SpillRun:
         self.started = time.gmtime()  # the run's start (the directory is made later, on the first spill)
         self.path: Path | None = None
         self._lock: int | None = None
+
+    @classmethod
+    def existing(cls, path: Path) -> SpillRun:
+        """An interrupted run's directory being replayed (its :class:`LeftoverRun` holds the lock)."""
+        run = cls(path.parent)
+        run.path = path
+        return run
 
     def directory(self) -> Path:
         """The run's directory, made on first use; raises OSError (then nothing is left behind)."""
@@ -178,6 +216,20 @@ class SpillRun:
         path = self.directory() / chunk_file_name(chunk)
         write_atomic(path, np.concatenate([chunk.lead, chunk.samples]).astype(np.float32, copy=False))
         return path
+
+    def write_segment(self, start: int, samples: np.ndarray) -> Path:
+        """Write a ws segment atomically; raises OSError (disk full, read-only, ...)."""
+        path = self.directory() / segment_file_name(start)
+        write_atomic(path, samples.astype(np.int16, copy=False))
+        return path
+
+    def write_state(self, state: dict[str, Any]) -> bool:
+        """Rewrite :data:`WS_STATE` atomically if the directory exists (no audio on disk: no need);
+        returns whether it did. Raises OSError."""
+        if self.path is None:
+            return False
+        _write_json_atomic(self.path / WS_STATE, state)
+        return True
 
     def release(self) -> int:
         """End of the run: remove the directory if no chunk is left in it, else leave the chunks
@@ -331,16 +383,21 @@ class LeftoverRun:
     meta: dict[str, Any]
     chunks: list[Chunk]  # in index order, samples still on disk (``meta["spilled"]``)
     damaged: list[str] = field(default_factory=list)  # files that could not even be named, already removed
+    segments: list[Segment] = field(default_factory=list)  # --transport ws: in stream order
+    settled: int | None = None  # --transport ws: words before this sample were committed (WS_STATE)
     _lock: int | None = None
 
     @property
     def audio_s(self) -> float:
         """Roughly how much audio is waiting (from the file sizes)."""
-        size = 0
+        size = 0.0
         for chunk in self.chunks:
             with contextlib.suppress(OSError):
-                size += chunk.meta["spilled"].stat().st_size
-        return size / 4 / SAMPLE_RATE
+                size += chunk.meta["spilled"].stat().st_size / 4  # float32
+        for segment in self.segments:
+            with contextlib.suppress(OSError):
+                size += segment.path.stat().st_size / 2  # int16
+        return size / SAMPLE_RATE
 
     def describe(self) -> str:
         source = self.meta.get("source") or "unknown source"
@@ -391,6 +448,14 @@ def find_leftovers(root: Path, exclude: Path | None = None) -> list[LeftoverRun]
             os.close(lock)
             continue
         for path in names:
+            if path.name == WS_STATE:
+                with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+                    run.settled = int(json.loads(path.read_text(encoding="utf-8")).get("settled_sample"))
+                continue
+            m = SEGMENT_NAME.match(path.name)
+            if m is not None:
+                run.segments.append(Segment(int(m["at"]), path))
+                continue
             m = CHUNK_NAME.match(path.name)
             if m is None:
                 run.damaged.append(path.name)
@@ -406,7 +471,8 @@ def find_leftovers(root: Path, exclude: Path | None = None) -> list[LeftoverRun]
             )
             run.chunks.append(chunk)
         run.chunks.sort(key=lambda c: c.index)
-        if not run.chunks and not run.damaged:
+        run.segments.sort(key=lambda seg: seg.start)
+        if not run.chunks and not run.segments and not run.damaged:
             run.release()
             continue
         runs.append(run)

@@ -15,11 +15,14 @@ when the connection does (a proxy pod killed, a network error, close 1011/1013/1
   before ``committed_until`` as context only, so words are neither lost nor committed twice;
   a word Whisper moves across that sample is caught at the seam (:meth:`WsTransport._seam`);
 - capture never waits on the network: a producer task appends the source's blocks to the log,
-  and a sender task per connection sends from it. The log holds ``max_in_memory_s`` in memory,
-  then appends to a file (``--spill-dir``), as the HTTP path spills chunks past ``--max-held``;
-  nothing is ever dropped. The file is unnamed (deleted by the OS when the client exits) and
-  its bytes are released only after the server acknowledges them; a write that fails (disk
-  full) keeps the block in memory instead, with one warning, and capture goes on;
+  and a sender task per connection sends from it. Nothing is ever dropped: about once a second
+  (``persist_s``) a worker thread writes the audio captured since into the run's spill directory
+  (``--spill-dir``, :class:`client.spill.SpillRun`, as the HTTP path's chunks), and deletes a
+  file once the server has acknowledged its audio, so a client killed with ``kill -9`` loses at
+  most the last second of capture: the next run replays the rest (:meth:`AudioLog.adopt`,
+  ``--recover``, :class:`client.pipeline.Recovery`). The log also holds ``max_in_memory_s`` in
+  memory; past that, written audio is read back from its files. A write that fails (disk
+  full) keeps the audio in memory instead, with one warning, and capture goes on;
 - at most ``max_ahead_s`` of audio is sent beyond the last acknowledged ``keep_from_sample``
   (the proxy ends a session with 1013 past ``STT_SESSION_MAX_BUFFER_S``, 120 s): after a long
   outage the backlog goes out as fast as the session works it off, not all at once. While the
@@ -30,7 +33,9 @@ when the connection does (a proxy pod killed, a network error, close 1011/1013/1
 Committed words are only ever appended; they feed the same :class:`~client.display.Display`
 and :mod:`client.output` writers as the HTTP pipeline. Stop (Ctrl-C, or the source's end):
 the rest of the audio is sent, then ``{"type": "stop"}``, and the client waits for
-``session.ended``; after Ctrl-C that wait is bounded by ``finish_timeout_s``.
+``session.ended``; after Ctrl-C that wait is bounded by ``finish_timeout_s``. A stream that
+ends settled leaves nothing on disk; one that does not (given up, refused for good) writes
+what the server has not acknowledged and leaves it for the next run.
 """
 
 from __future__ import annotations
@@ -41,7 +46,6 @@ import contextlib
 import json
 import logging
 import math
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -58,6 +62,7 @@ from client.api import Word, auth_headers
 from client.dispatcher import Backoff
 from client.display import Display
 from client.sources import Source, level_dbfs
+from client.spill import LeftoverRun, SpillRun, default_spill_root, load_segment
 from client.stats import Stats
 from client.stitcher import join_words
 from services.common.commit_policy import PolicyConfig, word_key
@@ -87,8 +92,10 @@ class WsSettings:
     step_s: float = PolicyConfig.step_s
     window_s: float = PolicyConfig.max_window_s
     context_s: float = PolicyConfig.context_s
-    max_in_memory_s: float = 192.0  # kept audio held in memory (6 MB); past it, appended to a file
-    spill_dir: Path | None = None
+    max_in_memory_s: float = 192.0  # kept audio also held in memory (6 MB); past it, read back from disk
+    spill_dir: Path | None = None  # root of the per-run spill directories (None: default_spill_root())
+    persist_s: float = 1.0  # kept audio goes to disk this often: what a kill -9 can lose (docs/client.md)
+    source_label: str = ""  # what is being transcribed, recorded with the spilled audio for a later replay
     max_ahead_s: float = 90.0  # audio sent beyond the last acknowledged keep_from (proxy's bound: 120 s)
     stall_s: float = 15.0  # held back by max_ahead_s and no event for this long: end the session, resume
     finish_timeout_s: float = 30.0  # after Ctrl-C: give up on the rest after this long
@@ -128,12 +135,20 @@ def stream_url(url: str) -> str:
 # Kept audio
 
 
+SEGMENT_MAX = 10 * SAMPLE_RATE  # samples per segment file at most (a file read at full speed is cut up)
+PERSIST_RETRY_MAX_S = 30.0  # after failed writes, new audio is tried again at most this far apart
+
+
 @dataclass
-class _Piece:
-    start: int  # stream sample of the piece's first sample
+class _Segment:
+    """Kept audio already in a segment file (``path``), also in memory (``data``) unless evicted.
+    ``path`` None too: silence standing for a gap in an interrupted run's files (replay only)."""
+
+    start: int  # stream sample of its first sample
     size: int
-    data: np.ndarray | None  # in memory, or None: on disk at ``pos``
-    pos: int = 0  # byte offset in the spill file
+    data: np.ndarray | None
+    path: Path | None
+    offset: int = 0  # index in the file of the sample at ``start`` (after a partial release)
 
     @property
     def end(self) -> int:
@@ -141,124 +156,284 @@ class _Piece:
 
 
 class AudioLog:
-    """Stream samples ``start`` … ``end`` (int16) not yet released, oldest first.
+    """Stream samples ``start`` … ``end`` (int16) not yet released, oldest first, and on disk.
 
     The server may ask for any of it again after a reconnect, so it is kept until released
-    (:meth:`release`, driven by the server's acknowledgements). Up to ``max_in_memory`` samples
-    stay in memory; past that, new audio is appended to one spill file (an outage of an hour is
-    115 MB of 16 kHz s16le), read back when resent, and the file is emptied once nothing in it
-    is needed. Disk I/O is synchronous: a few KB per 100 ms block, never a network wait.
+    (:meth:`release`, driven by the server's acknowledgements). It is also the only copy of
+    that audio if the client is killed, so :meth:`persist` (called about once a second, and at
+    the end) writes what was appended since as *segment* files into the run's spill directory
+    (:class:`client.spill.SpillRun`: the same directories, atomic writes, locks and replay as
+    the HTTP path's chunks), deletes the files of released audio and records ``settled`` (the
+    sample before which the run's words were committed), so that the next run replays exactly
+    the unacknowledged audio (:meth:`adopt`).
+
+    Why segments (one ``.npy`` per batch, named by its first sample) rather than one append-only
+    file with an index: releasing audio is deleting files, and every file on disk is complete
+    (written to a temporary name, fsynced, renamed), so no index can disagree with the data
+    after a kill. Why batches: one fsynced file per second costs one small write per second,
+    where one per 100 ms block would be ten; a kill loses at most the audio appended since the
+    last batch, i.e. about the last second of capture (plus a batch being written).
+
+    Capture never waits on the disk: :meth:`append` only touches memory, and :meth:`persist`
+    writes in a worker thread. Up to ``max_in_memory`` samples also stay in memory; past that,
+    written segments are dropped from memory and read back from their files when resent (an
+    outage of an hour is 115 MB of 16 kHz s16le). A failed write (disk full) keeps the audio in
+    memory and tells ``on_spill_failure``; it is tried again later, backing off.
     """
 
     def __init__(
         self,
         max_in_memory: int,
-        spill_dir: Path | None = None,
+        store: SpillRun | None = None,
         on_spill_failure: Callable[[OSError], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``on_spill_failure``: told each time a block could not be written (it stays in memory)."""
+        """``store``: where segments go (None: memory only). ``on_spill_failure``: told each time a write fails."""
         self.max_in_memory = max_in_memory
-        self.spill_dir = spill_dir
+        self.store = store
         self.on_spill_failure = on_spill_failure
-        self.spill_failures = 0
-        self.spill_writes = 0
+        self.clock = clock
+        self.spill_failures = 0  # batches that could not be written (their audio stayed in memory)
+        self.spill_writes = 0  # segment files written
+        self.damaged: list[str] = []  # segment files that could not be read (silence was used instead)
         self.start = 0
         self.end = 0
         self.in_memory = 0
-        self._pieces: deque[_Piece] = deque()
-        self._file: Any = None
-        self._file_end = 0
+        self.settled = 0  # words before this sample are committed (recorded with the segments)
+        self._segments: list[_Segment] = []  # [start, _pending_start), contiguous
+        self._pending: deque[np.ndarray] = deque()  # [_pending_start, end): not written yet
+        self._pending_start = 0
+        self._released: list[Path] = []  # files of released audio, deleted by the next persist()
+        self._state_written: int | None = None
+        self._inflight: asyncio.Task | None = None
+        self._retry_at = 0.0
+        self._failures_in_row = 0
+
+    @classmethod
+    def adopt(cls, run: LeftoverRun, max_in_memory: int) -> AudioLog:
+        """The segments an interrupted run left (its lock held by ``run``), as a log to resend:
+        released audio deletes their files as in the run that wrote them. A file that cannot be
+        read is removed and listed in ``damaged``; gaps (audio that never reached the disk) are
+        silence, so the times stay those of the interrupted stream."""
+        out = cls(max_in_memory, SpillRun.existing(run.path))
+        pos: int | None = None
+        for segment in run.segments:
+            try:
+                size = load_segment(segment.path).size
+            except (OSError, ValueError) as exc:
+                log.warning("spill file %s cannot be read (%s) and was removed", segment.path, exc)
+                out.damaged.append(segment.path.name)
+                with contextlib.suppress(OSError):
+                    segment.path.unlink()
+                continue
+            if pos is None:
+                pos = out.start = segment.start
+            skip = max(0, pos - segment.start)  # overlaps an earlier file: never written so, but be safe
+            if skip >= size:
+                out._released.append(segment.path)
+                continue
+            if segment.start > pos:
+                out._segments.append(_Segment(pos, segment.start - pos, None, None))
+                pos = segment.start
+            out._segments.append(_Segment(pos, size - skip, None, segment.path, skip))
+            pos += size - skip
+        out.end = out._pending_start = pos if pos is not None else 0
+        out.settled = out._state_written = run.settled or 0
+        return out
 
     def __len__(self) -> int:
         return self.end - self.start
 
     @property
     def spilled(self) -> int:
-        """Samples currently on disk."""
+        """Samples currently only on disk."""
         return len(self) - self.in_memory
 
     def append(self, samples: np.ndarray) -> None:
         samples = np.ascontiguousarray(samples, dtype=np.int16)
         if not samples.size:
             return
-        if self.in_memory + samples.size > self.max_in_memory and self._spill(samples):
-            self._pieces.append(_Piece(self.end, samples.size, None, self._file_end))
-            self._file_end += samples.nbytes
-        else:
-            self._pieces.append(_Piece(self.end, samples.size, samples))
-            self.in_memory += samples.size
+        self._pending.append(samples)
+        self.in_memory += samples.size
         self.end += samples.size
-
-    def _spill(self, samples: np.ndarray) -> bool:
-        """Write the block at the end of the spill file; False (the block stays in memory) when
-        that fails: a full disk must not stop capture. A partial write is overwritten next time,
-        since only ``_file_end`` says where the file's good bytes end."""
-        try:
-            if self._file is None:
-                if self.spill_dir is not None:
-                    self.spill_dir.mkdir(parents=True, exist_ok=True)
-                # Lives as long as the log (closed in close()); unnamed, so nothing is left behind.
-                self._file = tempfile.TemporaryFile(prefix="stt-client-ws-", suffix=".pcm", dir=self.spill_dir)  # noqa: SIM115
-            self._file.seek(self._file_end)
-            _write_all(self._file, samples.tobytes())
-            self._file.flush()
-        except OSError as exc:
-            self.spill_failures += 1
-            if self.on_spill_failure is not None:
-                self.on_spill_failure(exc)
-            return False
-        self.spill_writes += 1
-        return True
 
     def read(self, begin: int, stop: int) -> np.ndarray:
         """Samples ``begin`` … ``stop``; they must not have been released."""
         if begin < self.start or stop > self.end or begin > stop:
             raise ValueError(f"samples {begin}..{stop} are not held (held: {self.start}..{self.end})")
         out = []
-        for piece in self._pieces:
-            if piece.end <= begin:
-                continue
-            if piece.start >= stop:
+        first = max(0, bisect.bisect_right(self._segments, begin, key=lambda s: s.start) - 1)
+        for segment in self._segments[first:]:
+            if segment.start >= stop:
                 break
-            lo, hi = max(begin, piece.start) - piece.start, min(stop, piece.end) - piece.start
-            if piece.data is not None:
-                out.append(piece.data[lo:hi])
-            else:
-                self._file.seek(piece.pos + 2 * lo)
-                out.append(np.frombuffer(self._file.read(2 * (hi - lo)), dtype=np.int16))
+            if segment.end <= begin:
+                continue
+            lo, hi = max(begin, segment.start) - segment.start, min(stop, segment.end) - segment.start
+            out.append(self._segment_samples(segment, lo, hi))
+        pos = self._pending_start
+        for block in self._pending if stop > pos else ():
+            if pos + block.size > begin:
+                out.append(block[max(begin, pos) - pos : min(stop, pos + block.size) - pos])
+            pos += block.size
+            if pos >= stop:
+                break
         return np.concatenate(out) if out else np.zeros(0, np.int16)
 
-    def release(self, before: int) -> None:
-        """The server will never ask for samples before ``before`` again."""
+    def _segment_samples(self, segment: _Segment, lo: int, hi: int) -> np.ndarray:
+        if segment.data is not None:
+            return segment.data[lo:hi]
+        if segment.path is not None:
+            try:
+                part = np.array(load_segment(segment.path)[segment.offset + lo : segment.offset + hi])
+                if part.size == hi - lo:
+                    return part
+                raise ValueError(f"{part.size} samples where {hi - lo} were written")
+            except (OSError, ValueError) as exc:  # removed or damaged under us: say so, never stop
+                if segment.path.name not in self.damaged:
+                    self.damaged.append(segment.path.name)
+                    log.warning("spill file %s cannot be read (%s); sending silence instead", segment.path, exc)
+        return np.zeros(hi - lo, np.int16)
+
+    def release(self, before: int, settled: int | None = None) -> None:
+        """The server will never ask for samples before ``before`` again; its words are
+        committed up to ``settled``."""
+        if settled is not None:
+            self.settled = max(self.settled, settled)
         before = min(before, self.end)
-        while self._pieces and self._pieces[0].start < before:
-            piece = self._pieces[0]
-            if piece.end <= before:
-                self._pieces.popleft()
-                if piece.data is not None:
-                    self.in_memory -= piece.size
+        if before <= self.start:
+            return
+        while self._segments and self._segments[0].start < before:
+            segment = self._segments[0]
+            if segment.end <= before:
+                self._segments.pop(0)
+                if segment.data is not None:
+                    self.in_memory -= segment.size
+                if segment.path is not None:
+                    self._released.append(segment.path)
                 continue
-            cut = before - piece.start
-            if piece.data is not None:
-                piece.data = piece.data[cut:]
+            cut = before - segment.start
+            if segment.data is not None:
+                segment.data = segment.data[cut:]
                 self.in_memory -= cut
+            segment.start, segment.size, segment.offset = before, segment.size - cut, segment.offset + cut
+        self._drop_pending(before)
+        self.start = before
+
+    def _drop_pending(self, until: int) -> None:
+        while self._pending and self._pending_start < until:
+            block = self._pending[0]
+            n = min(block.size, until - self._pending_start)
+            if n == block.size:
+                self._pending.popleft()
             else:
-                piece.pos += 2 * cut
-            piece.start, piece.size = before, piece.size - cut
-        self.start = max(self.start, before)
-        if self._file is not None and all(p.data is not None for p in self._pieces):
-            self._file.truncate(0)
-            self._file_end = 0
+                self._pending[0] = block[n:]
+            self._pending_start += n
+            self.in_memory -= n
+        self._pending_start = max(self._pending_start, until)
 
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+    async def persist(self, force: bool = False) -> None:
+        """One batch, in a worker thread: what was appended since the last one, as segment files
+        of at most :data:`SEGMENT_MAX`; the files of released audio deleted; ``settled``
+        recorded. After a failed write new audio is not tried again for a while (1 s doubling
+        to :data:`PERSIST_RETRY_MAX_S`) unless ``force``."""
+        await self._wait_inflight()
+        if self.store is None:
+            return
+        batches: list[tuple[int, np.ndarray]] = []
+        if self._pending and (force or self.clock() >= self._retry_at):
+            data = np.concatenate(list(self._pending))
+            batches = [(self._pending_start + i, data[i : i + SEGMENT_MAX]) for i in range(0, data.size, SEGMENT_MAX)]
+        state = {"settled_sample": self.settled} if self.settled != self._state_written else None
+        deletions, self._released = self._released, []
+        if not batches and not deletions and state is None:
+            return
+        task = asyncio.create_task(asyncio.to_thread(_persist_io, self.store, batches, deletions, state))
+        self._inflight = task
+        # Applied by a callback, not after the await: a caller cancelled meanwhile (the end of
+        # the run) must not leave a written file the log does not know about.
+        task.add_done_callback(lambda t: self._persisted(t, batches, state))
+        await self._wait_inflight()
+
+    async def _wait_inflight(self) -> None:
+        while (task := self._inflight) is not None:
+            with contextlib.suppress(Exception):  # logged by _persisted
+                await asyncio.shield(task)
+            if self._inflight is task:  # done, its callback scheduled but not run yet: let it run
+                await asyncio.sleep(0)
+
+    def _persisted(self, task: asyncio.Task, batches: list[tuple[int, np.ndarray]], state: dict | None) -> None:
+        self._inflight = None
+        if task.cancelled():
+            return
+        if task.exception() is not None:
+            log.error("writing held audio to disk failed", exc_info=task.exception())
+            return
+        state_written, written, error = task.result()
+        if state_written and state is not None:
+            self._state_written = state["settled_sample"]
+        for (start, samples), path in zip(batches, written, strict=False):
+            self.spill_writes += 1
+            end = start + samples.size
+            if end <= self._pending_start:  # released while it was being written
+                self._released.append(path)
+                continue
+            lo = max(start, self._pending_start)
+            self._drop_pending(end)
+            self._segments.append(_Segment(lo, end - lo, samples[lo - start :], path, lo - start))
+            self.in_memory += end - lo
+        if error is not None:
+            self.spill_failures += 1
+            self._failures_in_row += 1
+            self._retry_at = self.clock() + min(PERSIST_RETRY_MAX_S, 2.0 ** (self._failures_in_row - 1))
+            if self.on_spill_failure is not None:
+                self.on_spill_failure(error)
+        elif written:
+            self._failures_in_row = 0
+        excess = self.in_memory - self.max_in_memory
+        for segment in reversed(self._segments):  # the newest go first: the oldest are resent first
+            if excess <= 0:
+                break
+            if segment.data is not None and segment.path is not None:
+                segment.data = None
+                self.in_memory -= segment.size
+                excess -= segment.size
+
+    async def aclose(self) -> None:
+        """The end: what is still held goes to disk (the next run replays it), the files of
+        released audio are deleted. Waits for writes in flight."""
+        await self.persist(force=True)
+        if self._released:  # released while being written: delete it too
+            await self.persist()
 
 
-def _write_all(file: Any, data: bytes) -> None:
-    """Write every byte (tests replace this to simulate a full disk)."""
-    file.write(data)
+def _persist_io(
+    store: SpillRun, batches: list[tuple[int, np.ndarray]], deletions: list[Path], state: dict | None
+) -> tuple[bool, list[Path], OSError | None]:
+    """The disk side of :meth:`AudioLog.persist` (a worker thread): (state written, segment files
+    written, the error that stopped the writes)."""
+    state_written = False
+    if state is not None:
+        try:
+            state_written = store.write_state(state)
+        except OSError as exc:  # costs at most some words committed twice after a replay
+            log.debug("could not record the settled sample: %s", exc)
+    for path in deletions:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:  # replayed by the next run as context only (before settled): harmless
+            log.warning("could not delete the acknowledged spill file %s: %s", path, exc)
+    written: list[Path] = []
+    error = None
+    for start, samples in batches:
+        try:
+            written.append(store.write_segment(start, samples))
+        except OSError as exc:
+            error = exc
+            break
+    if state is not None and not state_written and written:  # the first segment made the directory
+        with contextlib.suppress(OSError):
+            state_written = store.write_state(state)
+    return state_written, written, error
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,7 +476,10 @@ class WsTransport:
         stats: Stats | None = None,
         display: Display | None = None,
         clock: Callable[[], float] = time.monotonic,
+        audio: AudioLog | None = None,
     ) -> None:
+        """``audio``: an interrupted run's log to send (:meth:`AudioLog.adopt`); its files are
+        deleted as it is acknowledged. None: a log of this run's, written to its own spill directory."""
         if not urls:
             raise ValueError("at least one URL is needed")
         self.source = source
@@ -311,7 +489,13 @@ class WsTransport:
         self.display = display
         self.clock = clock
         s = self.settings
-        self.audio = AudioLog(round(s.max_in_memory_s * SAMPLE_RATE), s.spill_dir, self._on_spill_failure)
+        self._spill_run: SpillRun | None = None  # this run's spill directory (None: replaying another's)
+        if audio is None:
+            meta = {"source": s.source_label, "transport": "ws", "language": s.language}
+            self._spill_run = SpillRun(s.spill_dir or default_spill_root(), meta)
+            audio = AudioLog(round(s.max_in_memory_s * SAMPLE_RATE), self._spill_run)
+        audio.on_spill_failure = self._on_spill_failure
+        self.audio = audio
         self._spill_failing = False
         self.committed: list[Word] = []
         self.partial: list[Word] = []
@@ -320,9 +504,10 @@ class WsTransport:
         self.gave_up = False  # the stream ended without the server confirming every sample
         self.fatal: str | None = None
         self.on_event: Callable[[dict, float], None] | None = None  # measurements: each event, once handled
-        # What the last session acknowledged (the next one resumes from these).
-        self._keep_from = 0
-        self._settled = 0
+        # What the last session acknowledged (the next one resumes from these); a replayed run's log
+        # begins where that run's acknowledgements left it.
+        self._keep_from = audio.start
+        self._settled = audio.settled
         self._arrivals_end: list[int] = []  # capture time per block end, for commit latency
         self._arrivals_at: list[float] = []
         self._wake = asyncio.Event()  # new audio, an acknowledgement, or stop
@@ -332,6 +517,7 @@ class WsTransport:
         self._not_before: dict[str, float] = {}
         self._task: asyncio.Task | None = None
         self._give_up_timer: asyncio.TimerHandle | None = None
+        self._persist_stop = asyncio.Event()
 
     # -- control ----------------------------------------------------------------------------
 
@@ -367,9 +553,12 @@ class WsTransport:
         """Stream until the source ends and the server has committed everything (or Ctrl-C)."""
         producer = asyncio.create_task(self._produce(), name="ws-produce")
         refresher = asyncio.create_task(self._refresh(), name="ws-refresh") if self.display else None
+        persister = asyncio.create_task(self._persist(), name="ws-persist")
         self._task = asyncio.create_task(self._stream(), name="ws-stream")
+        finished = False
         try:
             await self._task
+            finished = True
         except asyncio.CancelledError:
             if not self.gave_up:
                 raise
@@ -380,9 +569,17 @@ class WsTransport:
             if refresher:
                 refresher.cancel()
             await asyncio.gather(producer, return_exceptions=True)
+            self._persist_stop.set()
+            await asyncio.gather(persister, return_exceptions=True)
+            if finished:  # session.ended after the last sample: all of it is settled
+                self.audio.release(self.audio.end, self.audio.end)
+            # Otherwise what the server has not acknowledged goes to disk for the next run.
+            await self.audio.aclose()
+            if self._spill_run is not None:
+                self.stats.chunks_left_on_disk += self._spill_run.release()
             self.stats.overruns = self.source.overruns
             self.stats.backend_down = False
-            self.audio.close()
+            self._update_held()
             if self.display:
                 self.display.partial = ""
         if self.gave_up and self.unacknowledged_s > 0:
@@ -398,10 +595,7 @@ class WsTransport:
                 if block.offset > self.audio.end:  # a gap the source did not fill: keep times true
                     self.audio.append(np.zeros(block.offset - self.audio.end, np.int16))
                 pcm = np.clip(np.round(block.samples * 32767.0), -32768, 32767).astype(np.int16)
-                written = self.audio.spill_writes
                 self.audio.append(pcm)
-                if self.audio.spill_writes > written:
-                    self._spill_failing = False  # the disk takes writes again: warn anew next time
                 self._arrivals_end.append(self.audio.end)
                 self._arrivals_at.append(self.clock())
                 self.stats.audio_captured_s = self.audio.end / SAMPLE_RATE
@@ -413,6 +607,17 @@ class WsTransport:
         finally:
             self._source_done = True
             self._wake.set()
+
+    async def _persist(self) -> None:
+        """Every ``persist_s``: the audio captured since goes to disk, acknowledged audio leaves it."""
+        while not self._persist_stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._persist_stop.wait(), self.settings.persist_s)
+            written = self.audio.spill_writes
+            await self.audio.persist()
+            if self.audio.spill_writes > written:
+                self._spill_failing = False  # the disk takes writes again: warn anew next time
+            self._update_held()
 
     async def _stream(self) -> None:
         attempt = 0
@@ -664,7 +869,7 @@ class WsTransport:
         # Only this session's numbers count: the next one resumes from them.
         self._keep_from, self._settled = record.keep_from, max(self._settled, record.settled)
         release = min(self._keep_from, self._settled, record.sent_until)
-        self.audio.release(release)
+        self.audio.release(release, self._settled)
         i = bisect.bisect_left(self._arrivals_end, release)
         if i > 1:
             del self._arrivals_end[: i - 1], self._arrivals_at[: i - 1]

@@ -417,3 +417,25 @@ def test_cli_recovers_a_killed_run_and_reports_the_damaged_chunk_with_exit_statu
     assert "[recovered 0.2-6.6 s] hi hi" in out
     assert "1 chunks are missing from the transcript (damaged_spill 1" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_ws_run_is_found_with_its_segments_in_order_and_its_settled_sample(tmp_path: Path) -> None:
+    """A killed ``--transport ws`` run leaves audio segments and ``ws.json``: found like chunks (a
+    temporary file of a kill mid-write is damaged and removed), ``ws.json`` is read, not damaged;
+    an unreadable one only costs the settled sample."""
+    run = spill.SpillRun(tmp_path, {"source": "stdin", "transport": "ws"})
+    for start in (32_000, 0, 16_000):
+        run.write_segment(start, np.arange(16_000, dtype=np.int16))
+    run.write_state({"settled_sample": 12_345})
+    (run.path / f".{spill.segment_file_name(48_000)}.dead{spill.TMP_SUFFIX}").write_bytes(b"\x93NUMPY")
+    run.release()  # killed: the lock goes with the process
+
+    [found] = find_leftovers(tmp_path)
+    assert [s.start for s in found.segments] == [0, 16_000, 32_000] and found.chunks == []
+    assert found.settled == 12_345 and len(found.damaged) == 1
+    assert round(found.audio_s) == 3 and "stdin" in found.describe()
+    assert found.release() == 3  # left for a replay
+    (run.path / spill.WS_STATE).write_text("{not json")
+    [found] = find_leftovers(tmp_path)
+    assert found.settled is None and found.damaged == [] and len(found.segments) == 3
+    found.release()

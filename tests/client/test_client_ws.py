@@ -22,11 +22,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from client.evaluate import wer
 from client.stitcher import norm
 from corpus import long_recording
+from corpus.fetch import read_wav
 from services.local_stack import Stack, free_ports
 
 pytestmark = pytest.mark.slow
@@ -49,10 +51,18 @@ def replicas(stack: Stack, tmp_path: Path) -> Iterator[tuple[Stack, Stack]]:
             replica.stop("proxy")
 
 
-def client(*args: str) -> subprocess.Popen:
+@pytest.fixture(autouse=True)
+def state_home(tmp_path: Path, monkeypatch) -> Path:
+    """The client keeps unacknowledged audio under $XDG_STATE_HOME (a directory per test, not ~)."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    return tmp_path / "state"
+
+
+def client(*args: str, stdin=None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "client", *args],
         cwd=ROOT,
+        stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -69,7 +79,9 @@ def doubled(words: list[dict]) -> int:
     return sum(norm(a["word"]) == norm(b["word"]) for a, b in itertools.pairwise(words))
 
 
-def test_proxy_killed_mid_stream_client_resumes_on_the_next_url(replicas: tuple[Stack, Stack], tmp_path) -> None:
+def test_proxy_killed_mid_stream_client_resumes_on_the_next_url(
+    replicas: tuple[Stack, Stack], tmp_path: Path, state_home: Path
+) -> None:
     a, b = replicas
     clip = long_recording(60, gap=0.6)
     common = ("--transport", "ws", "--file", str(clip.path), "--language", "en")
@@ -125,6 +137,7 @@ def test_proxy_killed_mid_stream_client_resumes_on_the_next_url(replicas: tuple[
     assert abs(len(words) - len(base_words)) <= 2
     starts = [w["start"] for w in words]
     assert starts == sorted(starts)  # appended in order, never rewritten
+    assert list(state_home.rglob("*.npy")) == []  # both runs finished: no audio left for a replay
 
 
 def test_http_transport_still_streams_chunks(stack: Stack, tmp_path: Path) -> None:
@@ -134,3 +147,63 @@ def test_http_transport_still_streams_chunks(stack: Stack, tmp_path: Path) -> No
     assert proc.returncode == 0, stderr
     assert wer(clip.text, stdout) < 10.0, (stdout, clip.text)
     assert "chunks" in stderr and "0 dropped" in stderr  # the chunk pipeline's summary, not the session's
+
+
+def test_client_killed_with_audio_unacknowledged_the_next_run_transcribes_it(
+    stack: Stack, tmp_path: Path, state_home: Path
+) -> None:
+    """``kill -9`` of ``stt-client --transport ws`` just after it captured 30 s (the proxy has
+    worked off only part of it): the next run (``--recover only``) sends the unacknowledged
+    audio through the real proxy, and out come the words an uninterrupted run has after the
+    killed run's last settled sample."""
+    clip = long_recording(30, seed=2)
+    pcm = tmp_path / "clip.pcm"
+    audio = (np.clip(read_wav(clip.path), -1, 1) * 32767).astype("<i2")
+    # Whole 0.1 s blocks: from a pipe still open, stdin hands over a partial block only at its end.
+    pcm.write_bytes(audio[: audio.size // 1600 * 1600].tobytes())
+    common = ("--transport", "ws", "--stdin", "--language", "en", "--url", stack.proxy_url)
+
+    ref_out = tmp_path / "uninterrupted.jsonl"
+    with pcm.open("rb") as stdin:
+        proc = client(*common, "--output", str(ref_out), stdin=stdin)
+        _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr
+    samples = pcm.stat().st_size // 2
+
+    # A pipe kept open: a live source, still capturing. --quiet: nobody reads its stderr meanwhile.
+    proc = client(*common, "--quiet", stdin=subprocess.PIPE)
+    try:
+        proc.stdin.buffer.write(pcm.read_bytes())
+        proc.stdin.buffer.flush()
+        deadline = time.monotonic() + 120
+        while segments_end(state_home) != samples:  # all 30 s on disk: at most a second after capture
+            assert time.monotonic() < deadline and proc.poll() is None, "the audio never reached the disk"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    state = next(state_home.rglob("ws.json"), None)
+    settled = json.loads(state.read_text())["settled_sample"] if state else 0
+    assert settled < samples - 10 * 16_000, settled  # killed with most of the audio unacknowledged
+
+    proc = client("--recover", "only", "--url", stack.proxy_url, "--language", "en")
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr
+    assert "-- recovered from an interrupted run (stdin, started " in stdout, stdout
+    recovered = re.search(r"^\[recovered [\d.]+-[\d.]+ s\] (.*)$", stdout, re.M).group(1)
+    expected = " ".join(w["word"].strip() for w in words_of(ref_out) if (w["start"] + w["end"]) / 2 > settled / 16_000)
+    print(f"killed with {(samples - settled) / 16_000:.1f} s unacknowledged; recovered: {recovered!r}")
+    assert len(expected.split()) >= 20
+    assert wer(expected, recovered) <= 10.0, (expected, recovered)
+    assert list(state_home.rglob("*.npy")) == []  # acknowledged: nothing is replayed twice
+
+
+def segments_end(state_home: Path) -> int:
+    """Stream sample after the last one in a run's audio files under ``state_home`` (0: none)."""
+    files = sorted(state_home.rglob("audio-at-*.npy"))
+    try:
+        return int(files[-1].name[len("audio-at-") : -len(".npy")]) + np.load(files[-1]).size if files else 0
+    except (OSError, ValueError):  # being renamed or deleted right now
+        return 0

@@ -10,12 +10,13 @@ hint, or go quiet. The real proxy is exercised in ``test_client_ws.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import io
 import itertools
 import json
 import logging
-import tempfile
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,13 +28,17 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Response
 
-from client.api import Word
+from client import spill
+from client.api import SttApi, Word
 from client.cli import build_parser, resolve
 from client.cli import main as cli_main
 from client.dispatcher import Backoff
 from client.display import Display
+from client.pipeline import Recovery, Settings
 from client.sources import ArraySource
+from client.spill import SpillRun, find_leftovers
 from client.stats import Stats
+from client.stitcher import join_words
 from client.ws_transport import AudioLog, WsFatalError, WsSettings, WsTransport, stream_url
 
 SR = 16_000
@@ -42,6 +47,13 @@ WORDS = [Word(**w) for w in json.loads((Path(__file__).parent / "data" / "words-
 AUDIO = ((np.arange(SR * 40) % 20_000) - 10_000).astype(np.float32) / 32768.0
 PCM = np.clip(np.round(AUDIO * 32767.0), -32768, 32767).astype(np.int16)
 FAST = Backoff(first_s=0.02, max_s=0.1)
+
+
+@pytest.fixture(autouse=True)
+def state_home(tmp_path: Path, monkeypatch) -> Path:
+    """Runs keep their unacknowledged audio under $XDG_STATE_HOME: a directory per test, not ~."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    return tmp_path / "state"
 
 
 def texts(words: list[Word]) -> list[str]:
@@ -76,7 +88,8 @@ class FakeProxy:
     that much stream audio has arrived. ``refuse``: that many connections are refused with a
     ``session_cap`` error carrying ``retry_after_s`` and close 1013. ``http_refuse``: that many
     upgrades are answered with HTTP 503 and ``Retry-After``. ``silent``: never commit (a stream
-    of non-speech). ``echo_seam``: a resumed session commits the last word before
+    of non-speech). ``mute_after_s``: commit (acknowledge) nothing once that much stream audio
+    has arrived (a backend that stopped answering). ``echo_seam``: a resumed session commits the last word before
     ``committed_until`` again, moved just past it (Whisper moving a word between decodes).
     """
 
@@ -93,8 +106,10 @@ class FakeProxy:
         echo_seam: bool = False,
         answer_stop: bool = True,
         close_code: int | None = None,
+        mute_after_s: float | None = None,
     ) -> None:
         self.lag_s = lag_s
+        self.mute_after_s = mute_after_s
         self.die_at_s = die_at_s
         self.refuse = refuse
         self.retry_after_s = retry_after_s
@@ -170,7 +185,8 @@ class FakeProxy:
                 if self.die_at_s is not None and len(self.sessions) == 1 and received >= self.die_at_s * SR:
                     ws.transport.abort()  # SIGKILL: no close frame
                     return
-                if received - last_step < SR or self.silent:
+                muted = self.mute_after_s is not None and received > self.mute_after_s * SR
+                if received - last_step < SR or self.silent or muted:
                     continue
                 last_step = received
                 horizon = received / SR - self.lag_s
@@ -227,45 +243,102 @@ def transport(urls: list[str], audio: np.ndarray = AUDIO, **kwargs) -> WsTranspo
 # Kept audio
 
 
-def test_audio_log_keeps_everything_until_released_and_spills_past_memory(tmp_path: Path) -> None:
-    log = AudioLog(max_in_memory=3 * 1600, spill_dir=tmp_path)
+def segment_files(root: Path) -> list[Path]:
+    return sorted(root.rglob("audio-at-*.npy"))
+
+
+async def test_audio_log_keeps_everything_until_released_and_reads_back_from_disk(tmp_path: Path) -> None:
+    log = AudioLog(max_in_memory=3 * 1600, store=SpillRun(tmp_path))
     for i in range(10):
         log.append(PCM[i * 1600 : (i + 1) * 1600])
-    assert (log.start, log.end, log.in_memory, log.spilled) == (0, 16_000, 4800, 11_200)
-    assert np.array_equal(log.read(1000, 12_000), PCM[1000:12_000])  # across memory and disk
-    log.release(6000)
-    assert (log.start, log.in_memory) == (6000, 0)
-    assert np.array_equal(log.read(6000, 16_000), PCM[6000:16_000])
+    assert (log.in_memory, segment_files(tmp_path)) == (16_000, [])  # append never touches the disk
+    await log.persist()
+    assert [p.name for p in segment_files(tmp_path)] == ["audio-at-000000000000.npy"]
+    assert (log.start, log.end, log.in_memory, log.spilled) == (0, 16_000, 0, 16_000)  # past memory: disk only
+    log.append(PCM[16_000:17_600])  # not written yet: in memory
+    assert np.array_equal(log.read(1000, 17_000), PCM[1000:17_000])  # across disk and memory
+    log.release(6000, settled=7000)
+    assert log.start == 6000 and len(segment_files(tmp_path)) == 1  # partly needed still
     with pytest.raises(ValueError):
         log.read(5999, 7000)  # released: the server said it will never ask for it
-    log.append(PCM[16_000:17_600])  # memory is free again
-    assert log.in_memory == 1600
+    await log.persist()
+    assert [p.name for p in segment_files(tmp_path)] == ["audio-at-000000000000.npy", "audio-at-000000016000.npy"]
+    assert json.loads((log.store.path / "ws.json").read_text()) == {"settled_sample": 7000}
+    assert np.array_equal(log.read(6000, 17_600), PCM[6000:17_600])
     log.release(16_000)
-    assert log._file_end == 0  # nothing on disk needed any more: the file was emptied
-    assert np.array_equal(log.read(16_000, 17_600), PCM[16_000:17_600])
-    log.close()
+    await log.persist()
+    assert [p.name for p in segment_files(tmp_path)] == ["audio-at-000000016000.npy"]  # released: deleted
+    log.release(17_600)
+    await log.aclose()
+    assert segment_files(tmp_path) == []
+    assert log.store.release() == 0 and list(tmp_path.iterdir()) == []  # nothing left behind
 
 
-class FullDisk(io.BytesIO):
-    """A spill file on a disk with no space left."""
-
-    def write(self, data) -> int:
-        raise OSError(errno.ENOSPC, "No space left on device")
+@pytest.mark.parametrize("seed", range(8))
+async def test_audio_log_stays_exact_while_appends_releases_and_writes_interleave(tmp_path: Path, seed: int) -> None:
+    """Random appends, releases (also while a batch is being written) and overlapping persist()
+    calls: every read returns the stream, the files on disk hold exactly the kept audio, contiguous,
+    and releasing everything leaves nothing. (Seed 2 once hung a persist() waiting on a finished write.)"""
+    rng = np.random.default_rng(seed)
+    log = AudioLog(int(rng.choice([0, 5000, 50_000])), SpillRun(tmp_path))
+    tasks = []
+    for _ in range(150):
+        op = rng.random()
+        if op < 0.5 and log.end < PCM.size:
+            log.append(PCM[log.end : log.end + int(rng.integers(1, 3000))])
+        elif op < 0.7:
+            at = int(rng.integers(log.start, log.end + 1))
+            log.release(at, at)
+        elif op < 0.85:
+            tasks.append(asyncio.create_task(log.persist()))
+            await asyncio.sleep(0)
+        else:
+            await asyncio.sleep(0.001)
+        b = int(rng.integers(log.start, log.end + 1))
+        c = int(rng.integers(b, log.end + 1))
+        assert np.array_equal(log.read(b, c), PCM[b:c])
+    await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    await asyncio.wait_for(log.aclose(), 10)
+    files = {int(p.name[len("audio-at-") : -len(".npy")]): np.load(p) for p in segment_files(tmp_path)}
+    if len(log):
+        covered = min(files)
+        assert covered <= log.start
+        for start in sorted(files):
+            assert start == covered and np.array_equal(files[start], PCM[start : start + files[start].size])
+            covered += files[start].size
+        assert covered == log.end
+    log.release(log.end)
+    await asyncio.wait_for(log.aclose(), 10)
+    assert segment_files(tmp_path) == [] and log.store.release() == 0
 
 
 async def test_a_full_disk_keeps_the_audio_in_memory_with_one_warning(monkeypatch, caplog) -> None:
-    """Capture goes on when the spill file cannot be written: the audio stays in memory (and is
-    sent as usual), every failed block is counted, and the person is told once, not per block."""
-    monkeypatch.setattr(tempfile, "TemporaryFile", lambda *args, **kwargs: FullDisk())
+    """Capture goes on when the spill files cannot be written: the audio stays in memory (and is
+    sent as usual), every failed write is counted, and the person is told once, not per write;
+    once the disk takes writes again the audio held in memory is written after all."""
+
+    def disk_full(*args, **kwargs) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(spill, "_save", disk_full)
     t = WsTransport(ArraySource(AUDIO[: SR * 3]), ["http://127.0.0.1:1"], settings(max_in_memory_s=0.5), Stats())
     with caplog.at_level(logging.WARNING, logger="client.ws_transport"):
         await t._produce()
+        for _ in range(3):
+            t.audio._retry_at = 0.0  # no back-off between the attempts here
+            await t.audio.persist()
     assert t.audio.end == SR * 3 and t.audio.spilled == 0
     assert np.array_equal(t.audio.read(0, SR * 3), PCM[: SR * 3])  # every sample kept, in memory
-    assert t.stats.spill_failures == t.audio.spill_failures >= 20  # 2.5 s of 0.1 s blocks
+    assert t.stats.spill_failures == t.audio.spill_failures == 3
     warnings = [r for r in caplog.records if "cannot spill" in r.getMessage()]
     assert len(warnings) == 1 and "No space left" in warnings[0].getMessage()
-    t.audio.close()
+    monkeypatch.undo()
+    await t.audio.persist(force=True)
+    assert t.audio.spill_writes == 1 and t.audio.in_memory == 0  # on disk now (past max_in_memory: only there)
+    assert np.array_equal(t.audio.read(0, SR * 3), PCM[: SR * 3])
+    t.audio.release(t.audio.end)
+    await t.audio.aclose()
+    t._spill_run.release()
 
 
 def test_stream_url_accepts_the_http_urls_both_transports_take() -> None:
@@ -433,7 +506,7 @@ async def test_silence_without_acknowledgements_rolls_over_instead_of_stalling()
     assert max(s.audio.size for s in a.sessions) <= 6 * SR  # 4 s ahead + the 2 s context
 
 
-async def test_stop_waits_for_the_end_of_the_session_but_not_forever() -> None:
+async def test_stop_waits_for_the_end_of_the_session_but_not_forever(state_home: Path) -> None:
     async with FakeProxy(answer_stop=False) as a:
         source = ArraySource(AUDIO, realtime=True)
         t = WsTransport(source, [a.url], settings(finish_timeout_s=0.5), Stats())
@@ -445,6 +518,10 @@ async def test_stop_waits_for_the_end_of_the_session_but_not_forever() -> None:
     assert time.monotonic() - began < 2.0
     assert t.gave_up and t.unacknowledged_s > 0
     assert words and words[-1].end < 2.5  # what was committed is kept
+    # ... and what was not waits on disk for the next run, from where the log began.
+    assert t.stats.chunks_left_on_disk >= 1
+    first, end = on_disk(state_home)
+    assert first <= t.audio.start and end == t.audio.end
 
 
 async def test_stop_sends_the_rest_and_collects_the_last_words() -> None:
@@ -493,3 +570,169 @@ def test_cli_chooses_the_transport(args: list[str], transport: str) -> None:
     assert resolve(parsed) is None
     assert parsed.transport == transport
     assert parsed.policy in ("stitch", "agreement") and parsed.concurrency == 2  # defaults filled in
+
+
+# ---------------------------------------------------------------------------------------------
+# Killed: the unacknowledged audio is on disk and the next run transcribes it
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+async def start_client(*args: str) -> asyncio.subprocess.Process:
+    """The real ``stt-client`` in a child process (stdin a pipe: a live source)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "client",
+        "--quiet",
+        *args,
+        cwd=REPO,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+def on_disk(root: Path) -> tuple[int, int] | None:
+    """(first, end) stream sample of the audio in a run's segment files under ``root``, or None."""
+    files = segment_files(root)
+    if not files:
+        return None
+    with contextlib.suppress(OSError, ValueError):  # one being renamed or deleted right now
+        starts = [int(p.name[len("audio-at-") : -len(".npy")]) for p in files]
+        return starts[0], starts[-1] + np.load(files[-1]).size
+    return None
+
+
+async def wait_for(check, timeout: float = 60.0, what: str = ""):
+    deadline = time.monotonic() + timeout
+    while (value := check()) is None or value is False:
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+    return value
+
+
+@pytest.mark.slow
+async def test_a_killed_ws_client_leaves_its_unacknowledged_audio_and_the_next_run_transcribes_it(
+    tmp_path: Path,
+) -> None:
+    """``kill -9`` while the server has acknowledged only the first seconds: the rest is in the run's
+    spill directory; the next run (``--recover only``) sends exactly that audio again, from where
+    the killed run's log began and with its ``committed_until``, prints the words under the
+    recovered header, and leaves nothing behind."""
+    spill_dir, captured = tmp_path / "spill", 20 * SR
+    async with FakeProxy(mute_after_s=8.0) as proxy:
+        first = await start_client("--transport", "ws", "--stdin", "--url", proxy.url, "--spill-dir", str(spill_dir))
+        try:
+            first.stdin.write(PCM[:captured].tobytes())
+            await first.stdin.drain()  # and keep stdin open: still capturing when killed
+
+            # Once the whole 20 s and the last acknowledgement are on disk (a persist_s behind at most).
+            def persisted() -> bool:
+                acks = [e for e in proxy.sessions[0].sent if e["type"] == "transcript.committed"]
+                state = [json.loads(p.read_text()) for p in spill_dir.glob("run-*/ws.json")]
+                return (on_disk(spill_dir) or (0, 0))[1] == captured and state == [
+                    {"settled_sample": acks[-1]["settled_sample"]}
+                ]
+
+            await wait_for(persisted, what="the audio on disk")
+            first.kill()
+            await first.wait()
+        finally:
+            if first.returncode is None:
+                first.kill()
+                await first.wait()
+    acks = [e for e in proxy.sessions[0].sent if e["type"] == "transcript.committed"]
+    assert acks and proxy.sessions[0].audio.size == captured  # acknowledged the first seconds only
+    released = min(acks[-1]["keep_from_sample"], acks[-1]["settled_sample"])
+    settled = acks[-1]["settled_sample"]
+    first_sample, end = on_disk(spill_dir)
+    assert released - SR <= first_sample <= released and end == captured  # kept: from its log's start (1 s files)
+    run_dir = next(spill_dir.iterdir())
+    assert json.loads((run_dir / "ws.json").read_text()) == {"settled_sample": settled}
+    assert json.loads((run_dir / "run.json").read_text())["source"] == "stdin"
+
+    async with FakeProxy() as proxy:
+        second = await start_client(
+            "--recover", "only", "--transport", "ws", "--url", proxy.url, "--spill-dir", str(spill_dir)
+        )
+        stdout, stderr = await asyncio.wait_for(second.communicate(), 120)
+    assert second.returncode == 0, stderr.decode()
+    replay = proxy.sessions[0]
+    assert (replay.resume_from, replay.committed_until) == (first_sample, settled)
+    assert np.array_equal(replay.audio, PCM[first_sample:captured])  # every unacknowledged sample, once
+    lost = [w for w in WORDS if w.mid > settled / SR and w.end <= captured / SR + 0.01]
+    out = stdout.decode()
+    assert "-- recovered from an interrupted run (stdin, started " in out, out
+    assert f"[recovered {lost[0].start:.1f}-{lost[-1].end:.1f} s] {join_words(lost)}" in out, out
+    assert "0 dropped, 0 left on disk" in out
+    assert list(spill_dir.iterdir()) == []  # acknowledged: nothing is replayed twice
+
+
+@pytest.mark.slow
+async def test_a_ws_run_that_ends_normally_leaves_nothing_on_disk(tmp_path: Path) -> None:
+    spill_dir = tmp_path / "spill"
+    async with FakeProxy() as proxy:
+        proc = await start_client("--transport", "ws", "--stdin", "--url", proxy.url, "--spill-dir", str(spill_dir))
+        proc.stdin.write(PCM[: 12 * SR].tobytes())
+        await proc.stdin.drain()
+        await wait_for(lambda: on_disk(spill_dir), what="audio on disk")  # it was written while held
+        proc.stdin.close()  # the end of the input: the run finishes
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, stderr.decode()
+    assert stdout.decode().strip() == join_words([w for w in WORDS if w.end <= 12.01])
+    assert list(spill_dir.iterdir()) == []
+
+
+def killed_ws_run(root: Path, pieces: list[tuple[int, int]], settled: int | None) -> Path:
+    """The spill directory a ws run killed now would leave: ``pieces`` (start, end) of PCM written
+    as segment files, ``settled`` recorded, its lock gone with the process."""
+    run = SpillRun(root, {"source": "microphone test", "transport": "ws", "language": "en"})
+    for start, end in pieces:
+        run.write_segment(start, PCM[start:end])
+    if settled is not None:
+        run.write_state({"settled_sample": settled})
+    run.release()  # what the kernel does for a killed process: the lock goes, the files stay
+    assert run.path is not None
+    return run.path
+
+
+async def test_a_replayed_ws_run_fills_gaps_with_silence_and_counts_a_damaged_file(tmp_path: Path) -> None:
+    """Audio that never reached the disk (a failed write) is a gap: silence keeps the stream's
+    times; a file that cannot be read is dropped with reason damaged_spill; the rest is sent."""
+    run_dir = killed_ws_run(tmp_path, [(2 * SR, 5 * SR), (7 * SR, 9 * SR), (9 * SR, 12 * SR)], settled=3 * SR)
+    damaged = run_dir / "audio-at-000000144000.npy"
+    damaged.write_bytes(damaged.read_bytes()[:60])  # truncated inside its header
+    stats = Stats()
+    async with FakeProxy() as proxy:
+        recovery = Recovery(SttApi(proxy.url), Settings(), stats, root=tmp_path, urls=[proxy.url], ws=settings())
+        [r] = await asyncio.wait_for(recovery.run(), 20)
+    replay = proxy.sessions[0]
+    assert (replay.resume_from, replay.committed_until) == (2 * SR, 3 * SR)
+    expected = np.concatenate([PCM[2 * SR : 5 * SR], np.zeros(2 * SR, np.int16), PCM[7 * SR : 9 * SR]])
+    assert np.array_equal(replay.audio, expected)
+    assert (r.chunks, r.transcribed, r.dropped, r.left) == (3, 2, 1, 0)
+    assert stats.drop_reasons == {"damaged_spill": 1} and stats.chunks_recovered == 2
+    assert texts(r.words) == texts([w for w in WORDS if w.mid > 3.0 and w.end <= 9.01])
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_ws_replay_that_cannot_finish_leaves_the_unacknowledged_files(tmp_path: Path) -> None:
+    """The service acknowledges part of the replayed audio, then nothing (Ctrl-C): the
+    acknowledged files go, the rest stays for the run after."""
+    killed_ws_run(tmp_path, [(s * SR, (s + 1) * SR) for s in range(20)], settled=None)
+    async with FakeProxy(mute_after_s=10.0, answer_stop=False) as proxy:
+        recovery = Recovery(SttApi(proxy.url), Settings(), Stats(), root=tmp_path, urls=[proxy.url], ws=settings())
+        task = asyncio.create_task(recovery.run())
+        await wait_for(lambda: proxy.sessions and proxy.sessions[0].audio.size >= 16 * SR, 20, "the replay")
+        await asyncio.sleep(1.5)  # a persist_s: the files of acknowledged audio are deleted
+        recovery.stop()
+        [r] = await asyncio.wait_for(task, 20)
+    acks = [e for e in proxy.sessions[0].sent if e["type"] == "transcript.committed"]
+    kept_from = min(acks[-1]["keep_from_sample"], acks[-1]["settled_sample"])
+    first, end = on_disk(tmp_path)
+    assert first == kept_from // SR * SR and end == 20 * SR
+    assert r.left == 20 - first // SR and r.transcribed == first // SR and r.left + r.transcribed == 20
+    later = find_leftovers(tmp_path)
+    assert later[0].settled == acks[-1]["settled_sample"]  # the next replay does not commit those words again
+    later[0].release()
