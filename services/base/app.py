@@ -18,6 +18,9 @@ One image serves both the CPU and the GPU Deployment; ``STT_DEVICE`` picks. Sett
 - ``STT_HANG_SECONDS`` (30), ``STT_HANG_SECONDS_PER_AUDIO_SECOND`` (2): past this bound a model call
   counts as hung, and ``/readyz`` and ``/healthz`` answer 503 so the pod is restarted.
 - ``STT_MAX_CHUNK_SECONDS`` (30), ``STT_MAX_FILE_SECONDS`` (3600), ``STT_MAX_UPLOAD_BYTES`` (52428800).
+- ``STT_MAX_BODY_BYTES_IN_FLIGHT`` (160 MiB), ``STT_MAX_DECODED_BYTES_IN_FLIGHT`` (512 MiB): bytes of
+  request bodies, and of whole files' decoded samples, held at once; 429 past them
+  (:mod:`services.common.memory`).
 - ``STT_ALLOWED_ORIGINS`` (empty): web origins besides this service's own allowed to POST here.
 """
 
@@ -28,10 +31,9 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
-from typing import TypeVar
 
 import anyio
 import numpy as np
@@ -46,7 +48,9 @@ from services.base.transcriber import Request as Chunk
 from services.common.app import create_app, load_in_background, require_ready
 from services.common.audio import SAMPLE_RATE, AudioLimits, decode_audio
 from services.common.errors import ApiError
+from services.common.hangup import unless_caller_leaves
 from services.common.limits import DEADLINE_HEADER
+from services.common.memory import Budget, decoded_budget_bytes, request_reservation
 from services.common.metrics import MODEL_LOAD_SECONDS
 from services.common.models import resolve_model
 from services.common.openai_api import (
@@ -74,7 +78,11 @@ FORM_FIELD_CHARS = {"model": 128, "language": 32, "response_format": 32, "temper
 # A proxy or ingress in front must pass server-sent events on at once, not collect them.
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 GRANULARITY_FIELDS = ("timestamp_granularities[]", "timestamp_granularities")
-T = TypeVar("T")
+# A whole file is refused before its body is read when the decode budget has not this much left
+# (a minute of samples): it would almost surely be refused after the upload anyway.
+MIN_FILE_RESERVE = 60 * SAMPLE_RATE * 4
+# The 499 answer, to nobody, of a request whose client hung up (services.common.hangup).
+GONE = "the client went away; its queued work was cancelled"
 
 
 class Settings:
@@ -99,6 +107,7 @@ class Settings:
         self.file_limits = AudioLimits(env_float("STT_MAX_FILE_SECONDS", 3600.0, minimum=1.0))
         self.max_upload_bytes = env_int("STT_MAX_UPLOAD_BYTES", 50 * 1024 * 1024, minimum=1024)
         self.allowed_origins = env_origins("STT_ALLOWED_ORIGINS")
+        self.decoded_bytes_in_flight = decoded_budget_bytes()
         if self.chunk_limits.max_seconds > WINDOW:
             raise ValueError(f"STT_MAX_CHUNK_SECONDS may not exceed Whisper's {WINDOW:.0f} s window")
 
@@ -166,11 +175,17 @@ class Engine:
         return described
 
 
+def decoded_budget(settings: Settings) -> Budget:
+    """Whole files' samples, held from decoding to the end of their answer (services.common.memory)."""
+    return Budget("base", "decoded", settings.decoded_bytes_in_flight, "STT_MAX_DECODED_BYTES_IN_FLIGHT")
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     settings = Settings()
     app.state.settings = settings
     app.state.engine = None
+    app.state.decoded = decoded_budget(settings)
 
     async def load() -> None:
         app.state.readiness.set_not_ready(f"loading model {settings.model}")
@@ -222,31 +237,6 @@ def request_deadline(request: Request, default_s: float | None) -> float | None:
     return time.perf_counter() + ms / 1000
 
 
-async def wait_for_disconnect(request: Request) -> None:
-    """Return when the client hangs up. Called once the body has been read: the server's next
-    message is then ``http.disconnect``, sent when the connection closes (or the answer is
-    complete, by which time nobody waits for this any more)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work``; if the client hangs up first, cancel it, so its chunks still queued are
-    removed unrun (``stt_queue_cancelled_total``), and answer 499 to nobody."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(wait_for_disconnect(request))
-    try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            raise ApiError(499, "client_closed_request", "the client went away; its queued work was cancelled")
-        return task.result()
-    finally:
-        for pending in (task, watcher):
-            pending.cancel()
-
-
 def check_language(language: str | None) -> str | None:
     if language is None or language.strip() == "":
         return None
@@ -287,8 +277,10 @@ async def transcribe_chunk(
         result, batch_size = Result("", lang or "", 0.0, round(samples.size / SAMPLE_RATE, 3)), 0
     else:
         chunk = Chunk(samples, lang, prompt, word_timestamps)
-        result, batch_size = await unless_disconnected(
-            request, engine.batcher.submit(chunk, Priority.LIVE, deadline=deadline)
+        result, batch_size = await unless_caller_leaves(
+            request.receive,
+            engine.batcher.submit(chunk, Priority.LIVE, deadline=deadline),
+            GONE,
         )
     return {
         "text": result.text,
@@ -342,6 +334,9 @@ async def read_file_job(request: Request, task: str) -> tuple[FileJob, bool]:
     on a bad field."""
     settings: Settings = app.state.settings
     deadline = request_deadline(request, None)
+    decoded: Budget = app.state.decoded
+    if decoded.used + MIN_FILE_RESERVE > decoded.limit:  # full: refused before the body is read
+        raise decoded.overloaded(MIN_FILE_RESERVE)
     upload = await read_upload(request, settings.max_upload_bytes)
     if upload.fields is None:
         raise ApiError(400, "multipart_required", "send multipart/form-data with the audio in field 'file'")
@@ -366,7 +361,12 @@ async def read_file_job(request: Request, task: str) -> tuple[FileJob, bool]:
     if granularities - {"segment", "word"}:
         raise ApiError(400, "bad_granularity", "timestamp_granularities[] may hold only 'segment' and 'word'")
     lang = check_language(field["language"])
-    samples = await anyio.to_thread.run_sync(decode_audio, upload.data, upload.content_type, settings.file_limits)
+    # Held until the answer ends (a streamed one too): the reservation is the request's.
+    reserve = request_reservation(request.scope, decoded).grow_to
+    samples = await anyio.to_thread.run_sync(
+        decode_audio, upload.data, upload.content_type, settings.file_limits, reserve
+    )
+    del upload  # the encoded bytes are not needed any more: not held through the speech search
     metrics.AUDIO_RECEIVED_SECONDS.inc(samples.size / SAMPLE_RATE)
     windows = await anyio.to_thread.run_sync(speech_windows, samples)
     # Word timings of a translation would align English words to foreign speech: never asked for.
@@ -465,12 +465,12 @@ async def streamed_answer(engine: Engine, job: FileJob, request: Request) -> Str
     The first window is decoded before the answer starts, so the usual errors (overloaded, not
     ready, a failed first batch) still come back as an HTTP status; a failure after that ends
     the stream with an ``error`` event, which OpenAI's SDKs raise as ``APIError``. A client that
-    hangs up while the first window waits has it removed (:func:`unless_disconnected`); once the
+    hangs up while the first window waits has it removed (``services.common.hangup``); once the
     stream has begun, Starlette notices a hang-up and cancels the generator, which cancels the
     windows still queued."""
     results = transcribe_windows(engine, job)
     try:
-        first = await unless_disconnected(request, anext(results, None))
+        first = await unless_caller_leaves(request.receive, anext(results, None), GONE)
     except BaseException:
         await results.aclose()
         raise
@@ -507,7 +507,7 @@ async def openai_transcriptions(request: Request):
     job, stream = await read_file_job(request, "transcribe")
     if stream:
         return await streamed_answer(engine, job, request)
-    return await unless_disconnected(request, whole_file_answer(engine, job))
+    return await unless_caller_leaves(request.receive, whole_file_answer(engine, job), GONE)
 
 
 @app.post("/v1/audio/translations", tags=["openai"], summary="OpenAI-compatible translation into English")
@@ -526,7 +526,7 @@ async def openai_translations(request: Request):
             "serve a multilingual model (e.g. STT_MODEL=base) for /v1/audio/translations",
         )
     job, _ = await read_file_job(request, "translate")
-    return await unless_disconnected(request, whole_file_answer(engine, job))
+    return await unless_caller_leaves(request.receive, whole_file_answer(engine, job), GONE)
 
 
 @app.get("/v1/models", tags=["openai"], summary="OpenAI-compatible list of the loaded model")

@@ -19,9 +19,10 @@ from contextlib import AbstractAsyncContextManager
 from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 
-from services.common.errors import error_body, install_error_handlers
+from services.common.errors import ApiError, error_body, install_error_handlers
 from services.common.limits import ConcurrencyLimitMiddleware, max_concurrency
 from services.common.logs import configure_logging
+from services.common.memory import BodyBudgetMiddleware, body_budget_bytes, max_upload_bytes
 from services.common.metrics import READY, VERSION, HttpMetricsMiddleware, metrics_response
 from services.common.origin import require_trusted_origin
 
@@ -127,7 +128,14 @@ def create_app(
     service: str,
     description: str,
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | Callable[[FastAPI], AsyncIterator[None]],
+    serve_metrics: bool = True,
 ) -> FastAPI:
+    """The service's app with the shared wiring (module docstring).
+
+    ``serve_metrics=False`` is for a service that serves ``/metrics`` on an internal port of
+    its own (the proxy with ``STT_OPS_PORT``): on this one the path then answers 404 with a
+    hint, so an old scrape config fails visibly rather than reading a page that is not there.
+    """
     configure_logging(service)
     # A dependency rather than a middleware: it runs after routing, so a refused request is
     # still counted under its route in the HTTP metrics, and before the endpoint reads the body.
@@ -141,6 +149,10 @@ def create_app(
     app.state.readiness = Readiness(service)
     install_error_handlers(app)
     app.add_middleware(HttpMetricsMiddleware, service=service)
+    # Bodies held at once, in bytes (services.common.memory): 429 before a body is read.
+    app.add_middleware(
+        BodyBudgetMiddleware, service=service, limit=body_budget_bytes(service), upload_limit=max_upload_bytes()
+    )
     # Added last, so outermost: a refusal costs no routing, metrics or logging, only its own
     # counter (stt_http_overload_rejections_total).
     app.add_middleware(ConcurrencyLimitMiddleware, service=service, limit=max_concurrency(service))
@@ -161,6 +173,13 @@ def create_app(
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)
     async def metrics():
+        if not serve_metrics:
+            raise ApiError(
+                404,
+                "not_found",
+                "/metrics is not served on this public port; scrape the service's internal ops port "
+                "(STT_OPS_PORT) instead",
+            )
         return metrics_response()
 
     return app

@@ -16,9 +16,9 @@ file or socket would be refused before touching it.
 
 from __future__ import annotations
 
-import io
 import logging
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import av
@@ -79,6 +79,15 @@ MAX_SAMPLE_RATE = 768_000
 MAX_AVERAGED_CHANNELS = 2
 # More channels than any real recording (7.1.4 immersive audio has 12): refused.
 MAX_CHANNELS = 16
+
+
+# Bytes of one decoded sample (float32).
+SAMPLE_BYTES = 4
+# Samples cleaned of NaN and clipped per step (1 MB of mask at a time).
+CLEAN_BLOCK = 1 << 20
+# What a decode may be told to hold (grown as it goes): a callable that raises (429) when the
+# process cannot hold that many bytes of samples (services.common.memory.Reservation.grow_to).
+Reserve = Callable[[int], None]
 
 
 class AudioError(ApiError):
@@ -171,19 +180,25 @@ def _is_mpeg_audio_frame(head: bytes) -> bool:
     return version != 1 and layer != 0 and bitrate != 15 and rate != 3
 
 
-def decode_audio(data: bytes, content_type: str | None, limits: AudioLimits) -> np.ndarray:
+def decode_audio(
+    data: bytes | bytearray, content_type: str | None, limits: AudioLimits, reserve: Reserve | None = None
+) -> np.ndarray:
     """Return 16 kHz mono float32 samples in [-1, 1], or raise :class:`AudioError`.
 
     The declared type is checked first (cheap, and the clearest message); then the demuxer is
     chosen here from the bytes' signature, never by FFmpeg's own probing, which would pick
     playlist and network formats as readily as audio ones.
+
+    ``reserve``, when given, is told how many bytes of samples the decode is about to hold,
+    before it holds them (first what the file's header says, then more if it runs longer), and
+    may raise to stop it: the base service's decode budget.
     """
     check_declared_type(content_type)
     if not data:
         raise AudioError(400, "empty_audio", f"the request carried no audio bytes; send {ACCEPTED}")
     media_type, params = parse_content_type(content_type)
     if media_type in RAW_PCM_TYPES:
-        samples = _decode_raw_pcm(data, params, limits)
+        samples = _decode_raw_pcm(data, params, limits, reserve)
     else:
         _check_wav_complete(data)
         demuxer = sniff_format(data)
@@ -196,14 +211,16 @@ def decode_audio(data: bytes, content_type: str | None, limits: AudioLimits) -> 
                 "the bytes are not in an accepted audio format (no WAV, FLAC, MP3, Ogg or WebM/Matroska "
                 f"signature at the start); send {ACCEPTED}",
             )
-        samples = _decode_container(data, demuxer, limits)
+        samples = _decode_container(data, demuxer, limits, reserve)
     if samples.size == 0:
         raise AudioError(400, "empty_audio", f"the file decodes to zero audio samples; send {ACCEPTED}")
     limits.check_duration(samples.size / SAMPLE_RATE)
     return samples
 
 
-def _decode_raw_pcm(data: bytes, params: dict[str, str], limits: AudioLimits) -> np.ndarray:
+def _decode_raw_pcm(
+    data: bytes | bytearray, params: dict[str, str], limits: AudioLimits, reserve: Reserve | None
+) -> np.ndarray:
     rate = params.get("rate", str(SAMPLE_RATE))
     channels = params.get("channels", "1")
     if rate != str(SAMPLE_RATE) or channels != "1":
@@ -220,10 +237,14 @@ def _decode_raw_pcm(data: bytes, params: dict[str, str], limits: AudioLimits) ->
         raise AudioError(
             400, "truncated_audio", "raw s16le PCM has an odd number of bytes: the upload was cut mid-sample"
         )
-    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+    if reserve is not None:
+        reserve(len(data) // 2 * SAMPLE_BYTES)
+    samples = np.frombuffer(data, dtype="<i2").astype(np.float32)
+    samples *= 1 / 32768.0  # in place: ``/`` would make a second float32 copy
+    return samples
 
 
-def _check_wav_complete(data: bytes) -> None:
+def _check_wav_complete(data: bytes | bytearray) -> None:
     """FFmpeg happily decodes half a WAV; a cut-off upload must be reported, not transcribed."""
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         if data[:4] == b"RIFF" and len(data) < 12:
@@ -262,7 +283,84 @@ def _resampler_for(channels: int, name: str) -> av.AudioResampler:
     return av.AudioResampler(format="fltp", layout=layout, rate=SAMPLE_RATE)
 
 
-def _decode_container(data: bytes, demuxer: str, limits: AudioLimits) -> np.ndarray:
+class _BufferReader:
+    """A read-only file over the upload's buffer, for FFmpeg. ``io.BytesIO`` would copy any
+    buffer but ``bytes`` (uploads arrive in a ``bytearray``), holding a 50 MB upload twice."""
+
+    def __init__(self, data: bytes | bytearray):
+        self._view = memoryview(data)
+        self._pos = 0
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self._view) if size < 0 else min(len(self._view), self._pos + size)
+        piece = self._view[self._pos : end].tobytes()
+        self._pos = max(self._pos, end)
+        return piece
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: len(self._view)}.get(whence)
+        if base is None or base + offset < 0:
+            raise OSError(f"bad seek ({offset}, {whence})")
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+
+class _Samples:
+    """Mono float32 samples appended frame by frame into one array that grows in place.
+
+    A list of frames joined at the end held the audio twice, and the clip after it a third
+    time: an hour (230 MB of float32) peaked near 700 MB. This array grows with
+    ``ndarray.resize`` (``realloc``, which moves no bytes for large blocks on Linux: ``mremap``),
+    so the peak is the samples once plus the growth step; every growth is reserved first."""
+
+    def __init__(self, expected: int, most: int, reserve: Reserve | None):
+        self.most, self.reserve = most, reserve
+        self.size = 0
+        self.array = np.empty(0, np.float32)
+        self._grow(max(min(expected, most), SAMPLE_RATE))
+
+    def _grow(self, capacity: int) -> None:
+        if self.reserve is not None:
+            self.reserve(capacity * SAMPLE_BYTES)
+        self.array.resize(capacity, refcheck=False)
+
+    def append(self, piece: np.ndarray) -> None:
+        end = self.size + piece.size
+        if end > self.array.size:
+            self._grow(max(end, min(self.array.size * 3 // 2, self.most)))
+        self.array[self.size : end] = piece
+        self.size = end
+
+    def finish(self) -> np.ndarray:
+        self.array.resize(self.size, refcheck=False)  # gives back the unused tail
+        if self.reserve is not None:
+            self.reserve(self.size * SAMPLE_BYTES)
+        return self.array
+
+
+def _expected_samples(container: av.container.InputContainer, stream: av.AudioStream) -> int:
+    """The samples at 16 kHz the header says the stream holds (0 when it does not say)."""
+    if stream.duration is not None and stream.time_base is not None:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        seconds = container.duration / av.time_base
+    else:
+        return 0
+    return max(0, int(seconds * SAMPLE_RATE)) + SAMPLE_RATE // 10
+
+
+def _decode_container(
+    data: bytes | bytearray, demuxer: str, limits: AudioLimits, reserve: Reserve | None = None
+) -> np.ndarray:
     """Decode with exactly one accepted demuxer, FFmpeg barred from any file, socket or URL.
 
     FFmpeg's own error text is logged, never returned: it can name files and addresses
@@ -271,7 +369,7 @@ def _decode_container(data: bytes, demuxer: str, limits: AudioLimits) -> np.ndar
     name = DEMUXERS[demuxer]
     try:
         container = av.open(
-            io.BytesIO(data), mode="r", format=demuxer, container_options=FFMPEG_GUARD, metadata_errors="ignore"
+            _BufferReader(data), mode="r", format=demuxer, container_options=FFMPEG_GUARD, metadata_errors="ignore"
         )
     except (av.FFmpegError, OSError, ValueError, IndexError) as exc:
         log.debug("refused upload as %s: %s", demuxer, exc)
@@ -285,8 +383,7 @@ def _decode_container(data: bytes, demuxer: str, limits: AudioLimits) -> np.ndar
         channels = 0
         # Stop decoding past the limit: a tiny compressed file can expand to hours of samples.
         budget = int(limits.max_seconds * SAMPLE_RATE) + SAMPLE_RATE
-        pieces: list[np.ndarray] = []
-        total = 0
+        samples = _Samples(_expected_samples(container, stream), budget + SAMPLE_RATE, reserve)
         try:
             for frame in container.decode(stream):
                 if not 0 < frame.sample_rate <= MAX_SAMPLE_RATE:
@@ -309,16 +406,14 @@ def _decode_container(data: bytes, demuxer: str, limits: AudioLimits) -> np.ndar
                         f"{len(frame.layout.channels)}; send {ACCEPTED}",
                     )
                 for out in resampler.resample(frame):
-                    piece = out.to_ndarray().mean(axis=0)
-                    pieces.append(piece)
-                    total += piece.size
-                if total > budget:
-                    limits.check_duration(total / SAMPLE_RATE)
+                    samples.append(out.to_ndarray().mean(axis=0))
+                if samples.size > budget:
+                    limits.check_duration(samples.size / SAMPLE_RATE)
             for out in resampler.resample(None) if resampler is not None else ():
-                pieces.append(out.to_ndarray().mean(axis=0))
+                samples.append(out.to_ndarray().mean(axis=0))
         except (av.FFmpegError, OSError, ValueError) as exc:
             log.debug("decoding %s stopped: %s", demuxer, exc)
-            if not pieces:
+            if not samples.size:
                 raise AudioError(
                     400, "undecodable_audio", f"the {name} audio stream could not be decoded; send {ACCEPTED}"
                 ) from None
@@ -327,12 +422,16 @@ def _decode_container(data: bytes, demuxer: str, limits: AudioLimits) -> np.ndar
             ) from None
     finally:
         container.close()
-    if not pieces:
-        return np.zeros(0, dtype=np.float32)
-    samples = np.concatenate(pieces).astype(np.float32, copy=False)
+    out = samples.finish()
     # A float WAV can carry NaN and infinities, which FFmpeg passes on (its resampler smears a
     # NaN over its neighbours) and clipping keeps: replace them, so the samples are in [-1, 1].
-    return np.clip(np.nan_to_num(samples, copy=False, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0)
+    # In place and a block at a time: np.nan_to_num makes three masks of the whole array (and
+    # a plain np.clip a copy), together more than the samples themselves.
+    for start in range(0, out.size, CLEAN_BLOCK):
+        block = out[start : start + CLEAN_BLOCK]
+        np.clip(block, -1.0, 1.0, out=block)  # infinities become +-1; NaN stays NaN
+        block[np.isnan(block)] = 0.0
+    return out
 
 
 def to_wav_bytes(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:

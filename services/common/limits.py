@@ -69,7 +69,8 @@ class ConcurrencyLimitMiddleware:
             return
         if self.in_flight >= self.limit:
             self._rejections.inc()
-            await self._refuse(send)
+            headers = [(b"retry-after", str(RETRY_AFTER_S).encode())]
+            await refuse_unread(scope, receive, send, 429, self._body, headers)
             return
         self.in_flight += 1
         try:
@@ -77,18 +78,29 @@ class ConcurrencyLimitMiddleware:
         finally:
             self.in_flight -= 1
 
-    async def _refuse(self, send: Send) -> None:
-        # The body is left unread: uvicorn drops it as it arrives (and never sends
-        # "100 Continue", so a client that waits for one sends none).
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 429,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(self._body)).encode()),
-                    (b"retry-after", str(RETRY_AFTER_S).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": self._body})
+
+async def refuse_unread(
+    scope: Scope, receive: Receive, send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """Answer ``status`` with the JSON ``body`` at once, before reading the request's body.
+
+    The answer is sent whole (its Content-Length says so), but the response is completed only
+    once the request's body has arrived, each piece dropped as it comes: uvicorn starts its
+    keep-alive timeout (5 s) when a response completes, and closing a connection the client is
+    still writing to makes the kernel send RST, which loses the answer (a 50 MB upload refused
+    this way was a connection reset, not a 429, for clients that read the answer after
+    sending). A client that sent ``Expect: 100-continue`` never gets its "100 Continue" and so
+    sends no body: its answer is completed at once.
+    """
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    expects = any(n == b"expect" and v.lower() == b"100-continue" for n, v in scope.get("headers", ()))
+    if expects:
+        await send({"type": "http.response.body", "body": body})
+        return
+    await send({"type": "http.response.body", "body": body, "more_body": True})
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            break
+    await send({"type": "http.response.body", "body": b""})

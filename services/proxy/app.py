@@ -22,6 +22,12 @@ goes to the detector. ``/gpu-toggle`` changes the mode and needs the admin token
   WebSocket, with a rate limit per key; see ``services.proxy.api_keys``.
 - ``STT_PUBLIC_DOCS`` (true): serve ``/docs``, ``/redoc`` and ``/openapi.json`` (the chart sets
   false: the API description is not published on the public port).
+- ``STT_OPS_PORT`` (unset), ``STT_OPS_HOST`` (0.0.0.0): an internal second listener for
+  ``/metrics``, the detailed ``/gpu-status`` and ``/docs`` (the chart sets 9090); the public port
+  then answers ``/metrics`` 404 and ``/gpu-status`` with a summary. See ``services.proxy.ops``.
+
+A caller that hangs up before its answer has the backend call closed at once
+(:func:`services.proxy.upstream.unless_caller_leaves`), so the backend drops the work.
 """
 
 from __future__ import annotations
@@ -45,13 +51,14 @@ from services.common.upload import read_body
 from services.proxy import metrics, openai_relay
 from services.proxy.api_keys import ApiKeyGuard, install_log_redaction, require_api_key
 from services.proxy.backends import Backend, HealthChecker, choose
+from services.proxy.ops import OpsServer, build_ops_app, ops_host_from_env, ops_port_from_env
 from services.proxy.page import router as page_router
 from services.proxy.realtime import router as realtime_router
 from services.proxy.routing import Mode, RoutingStore, make_store
 from services.proxy.sessions import Limits
 from services.proxy.stream_ws import SessionGate, SessionSettings
 from services.proxy.stream_ws import router as stream_router
-from services.proxy.upstream import Upstream, Upstreams
+from services.proxy.upstream import Upstream, Upstreams, unless_caller_leaves
 
 log = logging.getLogger("stt.proxy")
 # Upstream waits for one chunk and one detection. Twice the chunk wait (the wanted side, then
@@ -127,18 +134,31 @@ async def lifespan(app: FastAPI):
         chunk_timeout_s=settings.chunk_timeout,
         detect_timeout_s=settings.detect_timeout,
     )
+    ops = None
+    if OPS_PORT is not None:
+        ops = OpsServer(build_ops_app(app, _status), ops_host_from_env(), OPS_PORT)
+        await ops.start()  # first: a port already taken stops the start-up here, named
     await store.start()
     await app.state.health.check_all()
     app.state.health.start()
     _publish_mode(store.mode)
     app.state.readiness.set_ready()
     yield
+    if ops is not None:  # after the public port drained: scrapes saw the drain to its end
+        await ops.stop()
     await app.state.health.stop()
     await store.stop()
     await app.state.client.close()
 
 
-app = create_app("proxy", "Single entry point: routes speech to the CPU or GPU Whisper backend.", lifespan)
+# Read at import, as STT_PUBLIC_DOCS: it decides which routes the public app has.
+OPS_PORT = ops_port_from_env()
+app = create_app(
+    "proxy",
+    "Single entry point: routes speech to the CPU or GPU Whisper backend.",
+    lifespan,
+    serve_metrics=OPS_PORT is None,
+)
 install_log_redaction()  # before the first WebSocket line uvicorn logs with its query string
 # Routes that spend backend time (or name its models, which OpenAI's SDK asks for with the key):
 # an API key when keys are configured (services/proxy/api_keys.py). /healthz, /readyz, the page
@@ -178,9 +198,10 @@ def _check_audio_type(request: Request) -> None:
 async def _route_and_call(request: Request, path: str, route_label: str) -> tuple[Upstream, Backend, str | None]:
     settings: Settings = app.state.settings
     _check_audio_type(request)
-    body = await read_body(request, settings.max_upload_bytes)
     content_type = request.headers.get("content-type", "application/octet-stream")
-    return await app.state.upstreams.routed(path, body, content_type, request.url.query, route_label)
+    body = openai_relay.UploadPayload(await read_body(request, settings.max_upload_bytes), content_type)
+    routed = app.state.upstreams.routed(path, body, content_type, request.url.query, route_label)
+    return await unless_caller_leaves(request.receive, routed, route_label)
 
 
 def _served_headers(backend: Backend, reason: str | None, response: Upstream) -> dict[str, str]:
@@ -210,12 +231,16 @@ async def openai_transcriptions(request: Request) -> Response:
     """``stream=true`` answers are passed on event by event (:mod:`services.proxy.openai_relay`)."""
     settings: Settings = app.state.settings
     _check_audio_type(request)
-    body = await read_body(request, settings.max_upload_bytes)
+    raw = await read_body(request, settings.max_upload_bytes)
     content_type = request.headers.get("content-type", "application/octet-stream")
-    if wants_stream(body):
-        return await openai_relay.stream_transcription(app.state.upstreams, body, content_type, request.url.query)
+    body = openai_relay.UploadPayload(raw, content_type)  # the one buffer, sent on uncopied
+    if wants_stream(raw):
+        # Up to the backend's headers; after them StreamingResponse notices a hang-up itself.
+        opened = openai_relay.stream_transcription(app.state.upstreams, body, content_type, request.url.query)
+        return await unless_caller_leaves(request.receive, opened, "/v1/audio/transcriptions")
     path = "/v1/audio/transcriptions"
-    response, backend, reason = await app.state.upstreams.routed(path, body, content_type, request.url.query, path)
+    routed = app.state.upstreams.routed(path, body, content_type, request.url.query, path)
+    response, backend, reason = await unless_caller_leaves(request.receive, routed, path)
     return Response(response.body, response.status, _served_headers(backend, reason, response), response.content_type)
 
 
@@ -244,13 +269,16 @@ async def openai_model(model_id: str) -> dict:
 async def detect(request: Request) -> Response:
     settings: Settings = app.state.settings
     _check_audio_type(request)
-    body = await read_body(request, settings.max_upload_bytes)
     content_type = request.headers.get("content-type", "application/octet-stream")
-    response = await app.state.upstreams.detect(body, content_type, request.url.query)
+    body = openai_relay.UploadPayload(await read_body(request, settings.max_upload_bytes), content_type)
+    detected = app.state.upstreams.detect(body, content_type, request.url.query)
+    response = await unless_caller_leaves(request.receive, detected, "/detect")
     return Response(response.body, response.status, response.headers, media_type=response.content_type)
 
 
 def _status() -> dict:
+    """The routing state in full: backend URLs and health, the detector's. For operators (the
+    ops port when ``STT_OPS_PORT`` is set, else ``/gpu-status``; and ``/gpu-toggle``'s answer)."""
     mode: Mode = app.state.routing.mode
     route = choose(mode, app.state.cpu, app.state.gpu)
     return {
@@ -263,9 +291,23 @@ def _status() -> dict:
     }
 
 
+def _public_status() -> dict:
+    """What a user of the service needs: the mode, whether a transcription would be served
+    now, and by which side. Nothing about how the release is built (URLs, errors, detector)."""
+    mode: Mode = app.state.routing.mode
+    route = choose(mode, app.state.cpu, app.state.gpu)
+    return {
+        "mode": mode.value,
+        "source": app.state.routing.source,
+        "active_backend": route.order[0].name,
+        "available": any(b.ready for b in route.order),
+    }
+
+
 @app.get("/gpu-status", tags=["admin"], summary="Routing mode and backend health")
 async def gpu_status() -> dict:
-    return _status()
+    """In full without ``STT_OPS_PORT``; with it, a summary here and in full on the ops port."""
+    return _status() if OPS_PORT is None else _public_status()
 
 
 def _check_admin(request: Request) -> None:

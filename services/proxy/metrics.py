@@ -12,6 +12,11 @@ UPSTREAM_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60),
 )
 UPSTREAM_ERRORS = Counter("stt_proxy_upstream_errors_total", "Backend calls that failed", ["backend", "kind"])
+CALLER_HANGUPS = Counter(
+    "stt_proxy_caller_hangups_total",
+    "Requests whose caller hung up before the backend answered; the backend call was closed",
+    ["route"],
+)
 ADMIN_ACTIONS = Counter("stt_proxy_admin_actions_total", "Admin actions by action and result", ["action", "result"])
 MODE = Gauge("stt_proxy_routing_mode", "1 for the routing mode in force", ["mode"])
 
@@ -22,6 +27,8 @@ for _backend in ("cpu", "gpu"):
 for _backend in ("cpu", "gpu", "detector"):
     for _kind in ("connect", "timeout", "dropped", "busy_429", "busy_503"):
         UPSTREAM_ERRORS.labels(_backend, _kind)
+for _route in ("/transcribe", "/v1/audio/transcriptions", "/v1/audio/translations", "/detect"):
+    CALLER_HANGUPS.labels(_route)
 for _result in ("ok", "unauthenticated", "forbidden", "bad_request", "disabled", "error"):
     ADMIN_ACTIONS.labels("gpu-toggle", _result)
 

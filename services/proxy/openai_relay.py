@@ -21,12 +21,44 @@ from services.proxy.upstream import PASSED_HEADERS, Upstreams
 
 log = logging.getLogger(__name__)
 
+# Bytes of an upload handed to the backend connection per write (see UploadPayload).
+UPLOAD_WRITE_BYTES = 256 * 1024
+
+
+class UploadPayload(aiohttp.payload.Payload):
+    """The upload's one buffer, sent to a backend a slice at a time with ``drain`` between.
+
+    Given the buffer whole, aiohttp copies a ``bytearray`` when it slices it to the
+    Content-Length and the event loop's transport copies whatever the socket did not take at
+    once: a 50 MB upload held two or three times over (measured in docs/reliability.md,
+    "Memory under upload floods"). Slices of a ``memoryview`` copy nothing; the transport holds
+    at most one slice. Reusable: the fallback to the other backend sends it again."""
+
+    def __init__(self, value: bytes | bytearray, content_type: str):
+        super().__init__(value, content_type=content_type)
+        self._size = len(value)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return bytes(self._value).decode(encoding, errors)
+
+    async def write(self, writer: aiohttp.abc.AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(self, writer: aiohttp.abc.AbstractStreamWriter, content_length: int | None) -> None:
+        view = memoryview(self._value)
+        end = len(view) if content_length is None else min(len(view), content_length)
+        for start in range(0, end, UPLOAD_WRITE_BYTES):
+            await writer.write(view[start : min(end, start + UPLOAD_WRITE_BYTES)])
+
+
 # Sent with every passed-on event stream: no cache, and no buffering in an nginx ingress.
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 MODELS_TIMEOUT_S = 5.0
 
 
-async def stream_transcription(upstreams: Upstreams, body: bytes, content_type: str, query: str) -> Response:
+async def stream_transcription(
+    upstreams: Upstreams, body: bytes | UploadPayload, content_type: str, query: str
+) -> Response:
     """Send a ``stream=true`` transcription to the routed backend and pass its server-sent
     events on as they arrive. An answer that is not an event stream (a 4xx for a bad field, a
     429) is passed on whole, with the same headers as a plain call."""

@@ -66,6 +66,7 @@ from services.proxy.stream_ws import (
     EventSender,
     SessionGate,
     SessionSettings,
+    finish_unless_gone,
 )
 
 log = logging.getLogger("stt.proxy.realtime")
@@ -838,7 +839,8 @@ async def _receive(
                     f"no client event for {settings.idle_timeout_s:g} s; the session is closed",
                 )
             )
-            await adapter.session.finish()  # the open item is completed first
+            if not await finish_unless_gone(websocket, adapter.session):  # the open item is completed first
+                return "disconnected"
             await sender.close()
             await _close(websocket, CLOSE_GOING_AWAY, "idle")
             return "finished"

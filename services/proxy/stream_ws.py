@@ -270,7 +270,8 @@ async def _receive(websocket: WebSocket, session: StreamSession, sender: EventSe
                     retryable=True,
                 )
             )
-            await session.finish()
+            if not await finish_unless_gone(websocket, session):
+                return "disconnected"
             await _end(websocket, sender, CLOSE_GOING_AWAY, "idle")
             return "finished"
         if message["type"] == "websocket.disconnect":
@@ -313,7 +314,8 @@ async def _receive(websocket: WebSocket, session: StreamSession, sender: EventSe
             )
             continue
         if kind == "stop":
-            await session.finish()
+            if not await finish_unless_gone(websocket, session):
+                return "disconnected"
             await _end(websocket, sender, CLOSE_NORMAL, "done")
             return "finished"
         await sender.emit(
@@ -321,6 +323,37 @@ async def _receive(websocket: WebSocket, session: StreamSession, sender: EventSe
                 "unknown_event", f'unknown message type {str(kind)[:40]!r}; the only one is "stop"', retryable=False
             )
         )
+
+
+async def finish_unless_gone(websocket: WebSocket, session: StreamSession) -> bool:
+    """Work off the audio the session still holds, unless the client hangs up meanwhile; True
+    when it finished.
+
+    Finishing can take long: the backlog of a session that fell behind, decoded while the
+    backends are busy or restarting. A client that stops waiting (its own timeout, a lost
+    connection, a kill) and resumes elsewhere sends the same audio again, so a session that
+    went on finishing for nobody would decode everything twice; a few of those and a busy
+    cluster never catches up. So the connection is watched while the session finishes, and a
+    hang-up ends the session at once (the caller cancels it). Frames after ``stop`` mean
+    nothing and are dropped."""
+    finishing = asyncio.ensure_future(session.finish())
+    gone = asyncio.ensure_future(_disconnected(websocket))
+    try:
+        await asyncio.wait({finishing, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if finishing.done():
+        finishing.result()  # a failure of the session is the caller's to handle
+        return True
+    finishing.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await finishing
+    return False
+
+
+async def _disconnected(websocket: WebSocket) -> None:
+    while (await websocket.receive())["type"] != "websocket.disconnect":
+        pass
 
 
 async def _end(websocket: WebSocket, sender: EventSender, code: int, reason: str) -> None:

@@ -12,12 +12,17 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import aiohttp
+from starlette.types import Receive
 
+from services.common import hangup
 from services.common.errors import ApiError
 from services.common.limits import DEADLINE_HEADER
 from services.proxy import metrics
 from services.proxy.backends import Backend, Route, choose
 from services.proxy.routing import Mode
+
+# What is sent upstream: bytes, or an upload's one buffer as a payload (openai_relay.UploadPayload).
+Body = bytes | aiohttp.payload.Payload
 
 
 class Upstream:
@@ -68,6 +73,19 @@ def _with_read_timeout(base: aiohttp.ClientTimeout, sock_read: float) -> aiohttp
     )
 
 
+async def unless_caller_leaves(receive: Receive, work: Awaitable[T], route: str) -> T:
+    """Await ``work`` (a backend call); if the caller hangs up first, cancel it, count it and
+    answer 499 (:mod:`services.common.hangup`). Cancelling an aiohttp request that has no
+    complete answer closes its connection (it cannot go back to the pool half-read), so the
+    backend sees its caller leave and drops the work; a fallback not yet tried is not tried."""
+    return await hangup.unless_caller_leaves(
+        receive,
+        work,
+        "the caller went away before the answer; the backend call was closed",
+        metrics.CALLER_HANGUPS.labels(route).inc,
+    )
+
+
 class Upstreams:
     """The backends behind this proxy and the one HTTP client that reaches them."""
 
@@ -97,7 +115,7 @@ class Upstreams:
         if detect_timeout_s is not None:
             self._timeouts["/detect"] = _with_read_timeout(client.timeout, detect_timeout_s)
 
-    def _post(self, backend: Backend, path: str, body: bytes, content_type: str, query: str):
+    def _post(self, backend: Backend, path: str, body: Body, content_type: str, query: str):
         url = f"{backend.url}{path}" + (f"?{query}" if query else "")
         timeout = self._timeouts.get(path)
         extra = {"timeout": timeout} if timeout is not None else {}
@@ -112,7 +130,7 @@ class Upstreams:
         return choose(self.mode, self.cpu, self.gpu)
 
     async def call(
-        self, backend: Backend, path: str, body: bytes, content_type: str, query: str, route: str
+        self, backend: Backend, path: str, body: Body, content_type: str, query: str, route: str
     ) -> Upstream:
         start = time.perf_counter()
         try:
@@ -124,7 +142,7 @@ class Upstreams:
             metrics.UPSTREAM_SECONDS.labels(backend.name, route).observe(time.perf_counter() - start)
 
     async def routed(
-        self, path: str, body: bytes, content_type: str, query: str, route_label: str
+        self, path: str, body: Body, content_type: str, query: str, route_label: str
     ) -> tuple[Upstream, Backend, str | None]:
         """Send to the backend the routing mode picks; when it cannot be reached, is busy or
         times out, to the other side (see :meth:`_with_fallback`).
@@ -137,7 +155,7 @@ class Upstreams:
         )
 
     async def open_stream(
-        self, path: str, body: bytes, content_type: str, query: str, route_label: str
+        self, path: str, body: Body, content_type: str, query: str, route_label: str
     ) -> tuple[aiohttp.ClientResponse, Backend, str | None]:
         """Like :meth:`routed`, but hand back the backend's response as soon as its headers
         arrive, body unread, so a server-sent event stream can be passed on as it comes.
@@ -227,7 +245,7 @@ class Upstreams:
             headers={"Retry-After": "2"},
         )
 
-    async def detect(self, body: bytes, content_type: str, query: str = "") -> Upstream:
+    async def detect(self, body: Body, content_type: str, query: str = "") -> Upstream:
         try:
             return await self.call(self.detector, "/detect", body, content_type, query, "/detect")
         except (aiohttp.ClientError, TimeoutError) as exc:

@@ -7,7 +7,8 @@ speech reach the expensive transcriber. Settings (environment):
 - ``STT_DETECTORS`` (``silero,whisper-tiny``): detectors to load at start-up.
 - ``STT_TINY_MODEL`` (``tiny.en``): model for ``whisper-tiny`` (known name, directory or hub name).
 - ``STT_VAD_THRESHOLD`` (0.5), ``STT_VAD_MIN_SPEECH_MS`` (250): Silero decision settings.
-- ``STT_MAX_CHUNK_SECONDS`` (30), ``STT_MAX_UPLOAD_BYTES`` (52428800): input limits.
+- ``STT_MAX_CHUNK_SECONDS`` (30), ``STT_MAX_UPLOAD_BYTES`` (52428800): input limits;
+  ``STT_MAX_BODY_BYTES_IN_FLIGHT`` (128 MiB): bodies held at once (:mod:`services.common.memory`).
 - ``STT_ALLOWED_ORIGINS`` (empty): web origins besides this service's own allowed to POST here.
 """
 

@@ -6,20 +6,26 @@ uninstall. The tests share one release and run in file order."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
 
 import httpx
 import pytest
+import yaml
 
+from tests.e2e import chaos
 from tests.e2e.helpers import NAMESPACE, RELEASE, Kube, PortForward, record, wait_for
 
 pytestmark = pytest.mark.e2e
 
 STATE: dict = {}
+COMPONENTS = ("base-gpu", "base-cpu", "controller", "proxy")
 
 
 def words(text: str) -> list[str]:
@@ -431,17 +437,20 @@ def test_prometheus_fills_every_dashboard_panel_and_alert(
     from tests.k8s.tools import CHART
 
     # Every proxy replica on its own (a Service port-forward sticks to one pod, and requests and
-    # scrapes could land on different ones), the single-replica components through their Service.
+    # scrapes could land on different ones): requests on its public port, scrapes on its ops
+    # port (/metrics is not public); the single-replica components through their Service.
     proxies = [p["metadata"]["name"] for p in kube.pods("proxy") if not p["metadata"].get("deletionTimestamp")]
-    forwards = [PortForward(kube, f"pod/{name}", 5001) for name in proxies]
-    forwards += [
-        PortForward(kube, f"svc/{RELEASE}-{name}", port) for name, port in (("tiny", 5004), ("base-cpu", 5002))
-    ]
-    forwards.append(PortForward(kube, f"svc/{RELEASE}-controller", 8080, health_path="/metrics"))
+    ops_port = yaml.safe_load((CHART / "values.yaml").read_text())["proxy"]["opsPort"]
+    public = [PortForward(kube, f"pod/{name}", 5001) for name in proxies]
+    scraped = [PortForward(kube, f"pod/{name}", ops_port, health_path="/metrics") for name in proxies]
+    scraped += [PortForward(kube, f"svc/{RELEASE}-{name}", port) for name, port in (("tiny", 5004), ("base-cpu", 5002))]
+    scraped.append(PortForward(kube, f"svc/{RELEASE}-controller", 8080, health_path="/metrics"))
+    forwards = public + scraped
     prom_port, client_port = free_ports(2)
-    jobs = {"stt": [f"127.0.0.1:{pf.port}" for pf in forwards], "stt-client": [f"127.0.0.1:{client_port}"]}
+    jobs = {"stt": [f"127.0.0.1:{pf.port}" for pf in scraped], "stt-client": [f"127.0.0.1:{client_port}"]}
     for pf in forwards:
         pf.ensure()
+    assert httpx.get(f"{public[0].url}/metrics").status_code == 404
     rules = CHART / "files" / "prometheus-rules.yml"
     config = scrape_config(jobs, interval_s=1.0, rule_files=[rules])
     server = PrometheusServer(tmp_path / "prometheus", prom_port, config, binary=ensure_installed())
@@ -451,14 +460,14 @@ def test_prometheus_fills_every_dashboard_panel_and_alert(
     try:
         # Client errors (the error panels need some), then routing gpu before the GPU pod is
         # ready: real fallbacks to CPU, then back to cpu.
-        for pf in forwards[: len(proxies)]:
+        for pf in public:
             assert (
                 httpx.post(f"{pf.url}/transcribe", content=b"", headers={"Content-Type": "audio/wav"}).status_code
                 == 400
             )
             assert httpx.post(f"{pf.url}/gpu-toggle").status_code == 401
         edit_routing(kube, "gpu")
-        for pf in forwards[: len(proxies)]:
+        for pf in public:
             transcribe(pf, clip)
         edit_routing(kube, "cpu")
         # A live client for the whole check (its series go stale the moment it exits).
@@ -621,6 +630,115 @@ def test_rolling_restart_of_every_deployment_under_load_fails_no_request(kube: K
     assert len(transcribed) >= 10, f"only {len(transcribed)} transcriptions during the rollout: no real load"
     for r in transcribed:
         assert_heard(clip, r["text"])
+
+
+def test_chaos_under_live_streams_loses_and_repeats_nothing(
+    kube: Kube, installed, proxy_forward: PortForward, tmp_path
+) -> None:
+    """Two real ``stt-client`` streams (the default WebSocket transport, real speech at real-time
+    pace) through a port-forward while the platform is hurt in every way it can be: the GPU pod
+    killed with SIGKILL mid-work, the CPU backend frozen with SIGSTOP for 30 s, both proxy pods
+    deleted in turn (the port-forward's own among them), the controller restarted. The
+    transcripts must lose no stretch of speech and repeat none, and every part must come back
+    on its own."""
+    if reason := chaos.can_signal_containers():
+        pytest.skip(reason)
+    from corpus import long_recording
+
+    recordings = [long_recording(75, seed=400 + i) for i in range(2)]
+    gpu_on = '{"spec": {"routing": "gpu", "gpuReplicas": 1}}'
+    kube.kubectl("patch", "sttconfig", RELEASE, "--type", "merge", "-p", gpu_on)
+    wait_for(
+        "the GPU pod ready",
+        lambda: kube.json("get", "deployment", f"{RELEASE}-base-gpu")["status"].get("readyReplicas") == 1,
+        timeout=300,
+    )
+    wait_for("proxies routing gpu", lambda: proxy_modes(kube) == {"gpu"}, timeout=30)
+    live = {c: [p for p in kube.pods(c) if not p["metadata"].get("deletionTimestamp")] for c in COMPONENTS}
+    (gpu_pod,), (cpu_pod,), (controller,) = live["base-gpu"], live["base-cpu"], live["controller"]
+    proxies = [p["metadata"]["name"] for p in live["proxy"]]
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+    events: list[str] = []
+    with chaos.KeptForward(proxy_forward) as kept:
+        url = proxy_forward.url
+        logs = [(tmp_path / f"client-{i}.log").open("w") for i in range(len(recordings))]
+        clients = [
+            subprocess.Popen(
+                [sys.executable, "-m", "client", "--file", str(r.path), "--realtime", "--url", url, "--language", "en"],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env=env,
+            )
+            for r, log in zip(recordings, logs, strict=True)
+        ]
+        start = time.monotonic()
+
+        def at(second: float, what: str, action) -> None:
+            time.sleep(max(0.0, start + second - time.monotonic()))
+            action()
+            events.append(f"{time.monotonic() - start:5.1f}s {what}")
+
+        stopped: list[int] = []
+        at(10, "kill -9 the GPU backend", lambda: chaos.signal_pod(gpu_pod, signal.SIGKILL))
+        at(22, "SIGSTOP the CPU backend", lambda: stopped.append(chaos.signal_pod(cpu_pod, signal.SIGSTOP)))
+
+        def resume() -> None:
+            with contextlib.suppress(ProcessLookupError):  # its liveness probe may have restarted it
+                os.kill(stopped[0], signal.SIGCONT)
+
+        at(52, "SIGCONT the CPU backend", resume)
+        for i, name in enumerate(proxies):
+            at(55 + 8 * i, f"delete proxy pod {name}", lambda n=name: kube.kubectl("delete", "pod", n, "--wait=false"))
+        at(
+            72,
+            "restart the controller",
+            lambda: kube.kubectl("delete", "pod", controller["metadata"]["name"], "--wait=false"),
+        )
+        outputs = []
+        for c in clients:
+            try:
+                outputs.append(c.communicate(timeout=300)[0])
+            except subprocess.TimeoutExpired:
+                c.kill()
+                outputs.append(c.communicate()[0])
+        finished = time.monotonic() - start
+        for log in logs:
+            log.close()
+        forward_restarts = kept.restarts
+    for event in events:
+        print(f"CHAOS {event}", flush=True)
+    record("chaos_streams_finished_s (75 s of audio each, from the first byte)", finished)
+    for i, (recording, client, text) in enumerate(zip(recordings, clients, outputs, strict=True)):
+        tail = chaos.client_log(tmp_path / f"client-{i}.log")
+        assert client.returncode == 0, f"client {i} exited {client.returncode}: {tail}"
+        found = chaos.runs(recording.text, text)
+        print(f"CHAOS stream {i}: {found}, port-forward restarts {forward_restarts}", flush=True)
+        assert found["longest_missing"] < chaos.RUN_WORDS, (found, text, tail)
+        assert found["longest_added"] < chaos.RUN_WORDS, (found, text, tail)
+        assert found["wer"] <= 20, (found, text, tail)
+
+    # Every part came back on its own: the killed container restarted, every Deployment ready,
+    # the operator (a new pod) reports Ready again.
+    wait_for(
+        "every Deployment ready again",
+        lambda: all(
+            d["status"].get("readyReplicas", 0) == d["spec"]["replicas"]
+            for d in kube.json("get", "deployments", "-l", f"app.kubernetes.io/instance={RELEASE}")["items"]
+        ),
+        timeout=180,
+    )
+    restarts = {
+        p["metadata"]["name"]: p["status"]["containerStatuses"][0]["restartCount"]
+        for c in COMPONENTS
+        for p in kube.pods(c)
+        if not p["metadata"].get("deletionTimestamp")
+    }
+    print(f"CHAOS container restarts after: {restarts}", flush=True)
+    assert restarts[gpu_pod["metadata"]["name"]] >= 1, "the killed GPU container was not restarted"
+    wait_for("SttConfig Ready=True", lambda: condition(kube.sttconfig(), "Ready").get("status") == "True", timeout=60)
+    edit_routing(kube, "cpu")
+    wait_for("proxies routing cpu", lambda: proxy_modes(kube) == {"cpu"}, timeout=30)
 
 
 def test_upgrade_rollback_uninstall_leave_nothing_behind(kube: Kube, installed, chart) -> None:

@@ -357,3 +357,103 @@ def test_monitoring_objects(helm: str) -> None:
         deployments(docs)["stt-controller"]["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"]
         == "8080"
     )
+
+
+def _ops_objects(docs: list[dict], release: str = "stt") -> tuple[dict, dict, dict]:
+    """The proxy's container, its pod annotations and its NetworkPolicy."""
+    template = deployments(docs)[f"{release}-proxy"]["spec"]["template"]
+    netpol = find(docs, "NetworkPolicy", f"{release}-proxy")
+    return template["spec"]["containers"][0], template["metadata"]["annotations"], netpol
+
+
+def test_proxy_metrics_and_status_detail_are_on_an_ops_port_only_prometheus_reaches(helm: str) -> None:
+    docs = render(helm)
+    container, ann, netpol = _ops_objects(docs)
+    assert env_of(deployments(docs)["stt-proxy"])["STT_OPS_PORT"] == "9090"
+    assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in container["ports"]
+    assert ann["prometheus.io/port"] == "9090" and ann["prometheus.io/path"] == "/metrics"
+    # the public Service (it may be a LoadBalancer) never carries the ops port; a ClusterIP one does
+    assert [p["name"] for p in find(docs, "Service", "stt-proxy")["spec"]["ports"]] == ["http"]
+    ops_svc = find(docs, "Service", "stt-proxy-metrics")
+    assert ops_svc["spec"]["type"] == "ClusterIP"
+    assert ops_svc["spec"]["ports"] == [{"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}]
+    assert ops_svc["spec"]["selector"]["app.kubernetes.io/component"] == "proxy"
+    # public port: open as before; ops port: the Prometheus selectors only, and no rule opens it to all
+    public_rule, ops_rule = netpol["spec"]["ingress"]
+    assert public_rule["ports"] == [{"port": "http", "protocol": "TCP"}] and "from" not in public_rule
+    assert ops_rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert ops_rule["from"] == [
+        {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
+    ]
+    custom = render(
+        helm,
+        "1.33.0",
+        "--set",
+        "networkPolicy.prometheus.podSelector.matchLabels.app=prom",
+        "--set",
+        "proxy.opsPort=9100",
+    )
+    container, ann, netpol = _ops_objects(custom)
+    assert ann["prometheus.io/port"] == "9100" and container["ports"][1]["containerPort"] == 9100
+    assert netpol["spec"]["ingress"][1]["from"][0]["podSelector"]["matchLabels"]["app"] == "prom"
+
+
+def test_the_service_monitor_scrapes_the_proxy_on_its_ops_port(helm: str) -> None:
+    operator = ("--api-versions", "monitoring.coreos.com/v1/ServiceMonitor")
+    for release, fullname in (("stt", "stt"), ("demo", "demo-stt")):
+        docs = render(helm, "1.33.0", *operator, release=release)
+        sm = find(docs, "ServiceMonitor", fullname)
+        endpoints = {e["port"]: e for e in sm["spec"]["endpoints"]}
+        assert set(endpoints) == {"http", "metrics"}  # "metrics" matches <fullname>-proxy-metrics
+        assert find(docs, "Service", f"{fullname}-proxy-metrics")["spec"]["ports"][0]["name"] == "metrics"
+        # the public proxy Service's http port serves no /metrics: dropped, or its target is down
+        public = find(docs, "Service", f"{fullname}-proxy")["metadata"]["name"]
+        assert endpoints["http"]["relabelings"] == [
+            {"sourceLabels": ["__meta_kubernetes_service_name"], "regex": public, "action": "drop"}
+        ]
+        assert "relabelings" not in endpoints["metrics"]
+
+
+def test_without_an_ops_port_the_proxy_keeps_one_port(helm: str) -> None:
+    docs = render(
+        helm, "1.33.0", "--set", "proxy.opsPort=0", "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"
+    )
+    container, ann, netpol = _ops_objects(docs)
+    assert "STT_OPS_PORT" not in env_of(deployments(docs)["stt-proxy"])
+    assert [p["name"] for p in container["ports"]] == ["http"] and ann["prometheus.io/port"] == "5001"
+    assert not [d for d in docs if d["metadata"]["name"] == "stt-proxy-metrics"]
+    assert len(netpol["spec"]["ingress"]) == 1
+    sm = find(docs, "ServiceMonitor", "stt")
+    assert all("relabelings" not in e for e in sm["spec"]["endpoints"])
+    clash = [helm, "template", "stt", str(CHART), "--set", "proxy.opsPort=5001"]
+    r = subprocess.run(clash, capture_output=True, text=True)
+    assert r.returncode != 0 and "proxy.opsPort must differ from the proxy's public port 5001" in r.stderr
+
+
+def test_controller_api_timeout_and_liveness_match_the_resync_bound(helm: str) -> None:
+    import inspect
+
+    from controller.operator import wait_for_crd
+    from controller.state import resync_stale_after_s
+
+    ctrl = deployments(render(helm))["stt-controller"]
+    env = env_of(ctrl)
+    c = ctrl["spec"]["template"]["spec"]["containers"][0]
+    assert env["STT_K8S_TIMEOUT_S"] == "5"
+    bound = resync_stale_after_s(float(env["STT_STATUS_RESYNC_S"]), float(env["STT_K8S_TIMEOUT_S"]))
+    assert bound == 180
+    live, start = c["livenessProbe"], c["startupProbe"]
+    assert live["httpGet"] == start["httpGet"] == {"path": "/healthz", "port": "health"}
+    # /healthz decides (after `bound`); the kubelet only needs a few failures in a row, well within it
+    assert live["periodSeconds"] * live["failureThreshold"] < bound / 2
+    assert live["timeoutSeconds"] >= 1 and "initialDelaySeconds" not in live
+    # kopf serves /healthz only after start-up, which waits for the CRD: the start-up probe covers that
+    crd_wait = inspect.signature(wait_for_crd).parameters["timeout_s"].default
+    assert start["periodSeconds"] * start["failureThreshold"] > crd_wait
+    args = ("--set", "controller.apiTimeoutSeconds=2", "--set", "controller.livenessProbe.periodSeconds=10")
+    custom = deployments(render(helm, "1.33.0", *args))["stt-controller"]
+    assert env_of(custom)["STT_K8S_TIMEOUT_S"] == "2"
+    assert custom["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["periodSeconds"] == 10
+    for bad in ("controller.apiTimeoutSeconds=0", "controller.livenessProbe.failureThreshold=0"):
+        r = subprocess.run([helm, "template", "stt", str(CHART), "--set", bad], capture_output=True, text=True)
+        assert r.returncode != 0 and "values don't meet the specifications" in r.stderr, bad

@@ -260,8 +260,9 @@ async def served(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[SimpleNamespa
     model = FakeModel()
     batcher = Batcher(model, max_batch=4, window_ms=0, max_queue=4, file_batch_max=2)
     state = base.app.state
-    saved = {name: getattr(state, name, None) for name in ("settings", "engine")}
+    saved = {name: getattr(state, name, None) for name in ("settings", "engine", "decoded")}
     state.settings = base.Settings()
+    state.decoded = base.decoded_budget(state.settings)
     state.engine = FakeEngine(batcher, file_windows_in_flight=4)
     state.readiness.set_ready()
     batcher.start()
