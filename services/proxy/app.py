@@ -276,38 +276,29 @@ async def detect(request: Request) -> Response:
     return Response(response.body, response.status, response.headers, media_type=response.content_type)
 
 
-def _status() -> dict:
-    """The routing state in full: backend URLs and health, the detector's. For operators (the
-    ops port when ``STT_OPS_PORT`` is set, else ``/gpu-status``; and ``/gpu-toggle``'s answer)."""
+def _status(detail: bool = True) -> dict:
+    """The routing state. In full (``detail``): backend URLs and health, the detector's, for
+    operators (the ops port when ``STT_OPS_PORT`` is set, else ``/gpu-status``; and
+    ``/gpu-toggle``'s answer). Else what a user of the service needs: the mode, by which side a
+    transcription would be served now and whether one would be; nothing about how the release
+    is built (URLs, errors, detector)."""
     mode: Mode = app.state.routing.mode
     route = choose(mode, app.state.cpu, app.state.gpu)
+    status = {"mode": mode.value, "source": app.state.routing.source, "active_backend": route.order[0].name}
+    if not detail:
+        return {**status, "available": any(b.ready for b in route.order)}
     return {
-        "mode": mode.value,
-        "source": app.state.routing.source,
-        "active_backend": route.order[0].name,
+        **status,
         "fallback_reason": route.fallback_reason,
         "backends": {"cpu": app.state.cpu.status(), "gpu": app.state.gpu.status()},
         "detector": app.state.detector.status(),
     }
 
 
-def _public_status() -> dict:
-    """What a user of the service needs: the mode, whether a transcription would be served
-    now, and by which side. Nothing about how the release is built (URLs, errors, detector)."""
-    mode: Mode = app.state.routing.mode
-    route = choose(mode, app.state.cpu, app.state.gpu)
-    return {
-        "mode": mode.value,
-        "source": app.state.routing.source,
-        "active_backend": route.order[0].name,
-        "available": any(b.ready for b in route.order),
-    }
-
-
 @app.get("/gpu-status", tags=["admin"], summary="Routing mode and backend health")
 async def gpu_status() -> dict:
     """In full without ``STT_OPS_PORT``; with it, a summary here and in full on the ops port."""
-    return _status() if OPS_PORT is None else _public_status()
+    return _status(detail=OPS_PORT is None)
 
 
 def _check_admin(request: Request) -> None:

@@ -15,7 +15,6 @@ import logging
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,6 @@ import httpx
 import numpy as np
 import openai
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 from prometheus_client import REGISTRY
 from starlette.requests import HTTPConnection
@@ -32,7 +30,6 @@ from starlette.requests import HTTPConnection
 from client.api import PermanentError, RetryableError, SttApi
 from services.common.openai_api import served_models
 from services.common.settings import SettingsError
-from services.local_stack import HTTP_PROTOCOL, Stack, free_port
 from services.proxy import api_keys
 from services.proxy.api_keys import (
     ApiKey,
@@ -45,6 +42,7 @@ from services.proxy.api_keys import (
     parse_list,
     presented_key,
 )
+from tests.services.proxy_harness import ThreadedServer, running_proxy
 
 ALICE, BOB, CAROL = "sk-alice-0123456789abcdef", "sk-bob-fedcba9876543210", "sk-carol-55555"
 
@@ -348,7 +346,7 @@ def test_stt_client_sends_the_key_from_stt_api_key(monkeypatch: pytest.MonkeyPat
 # --- the real proxy -----------------------------------------------------------------------------
 
 
-class StubBackend:
+class StubBackend(ThreadedServer):
     """Stands in for base and tiny (no model): ready, one model, fixed answers; records the
     headers it is sent, so a test can show the key never travels on to a backend."""
 
@@ -386,25 +384,7 @@ class StubBackend:
             self.headers.append(dict(request.headers))
             return {"speech": False, "probability": 0.0, "regions": []}
 
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> StubBackend:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the stub backend did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+        super().__init__(app)
 
 
 @pytest.fixture(scope="module")
@@ -416,29 +396,8 @@ def stub() -> Iterator[StubBackend]:
 @contextlib.contextmanager
 def proxy(stub: StubBackend, tmp_path: Path, **env: str) -> Iterator[tuple[str, Path]]:
     """The real proxy (uvicorn, as the image runs it) with ``env``; yields its URL and log file."""
-    port = free_port()
-    settings = {
-        "STT_CPU_BACKEND_URL": stub.url,
-        "STT_DETECTOR_URL": stub.url,
-        "STT_GPU_BACKEND_URL": "-",
-        "STT_HEALTH_INTERVAL_S": "0.5",
-        "STT_LOG_FORMAT": "text",
-        **env,
-    }
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("STT_API_KEY", "STT_PUBLIC_DOCS"))}
-    stack = Stack(ports={"proxy": port}, run_dir=tmp_path)
-    cmd = [sys.executable, "-m", "uvicorn", "services.proxy.app:app", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--http", HTTP_PROTOCOL]
-    log = tmp_path / "proxy.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, env={**inherited, **settings}, stdout=out, stderr=subprocess.STDOUT)
-    stack.procs["proxy"] = proc
-    try:
-        stack.wait_ready(["proxy"], timeout=60)
-        yield f"http://127.0.0.1:{port}", log
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+    with running_proxy(stub.url, tmp_path, **env) as url:
+        yield url, tmp_path / "proxy.log"
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import struct
 import threading
 import time
 import tracemalloc
+import wave
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,24 +69,13 @@ def wav_u8(total_bytes: int, rate: int = 8000) -> bytes:
 def wav_s16(seconds: float, rate: int = 48_000, channels: int = 2) -> bytes:
     """A 16-bit PCM WAV of quiet noise (a plain recording's shape: it decodes to 200)."""
     frames = int(seconds * rate)
-    pcm = np.random.default_rng(7).integers(-8, 8, frames * channels, dtype=np.int16).tobytes()
-    header = struct.pack(
-        "<4sI4s4sIHHIIHH4sI",
-        b"RIFF",
-        36 + len(pcm),
-        b"WAVE",
-        b"fmt ",
-        16,
-        1,
-        channels,
-        rate,
-        rate * channels * 2,
-        channels * 2,
-        16,
-        b"data",
-        len(pcm),
-    )
-    return header + pcm
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(np.random.default_rng(7).integers(-8, 8, frames * channels, dtype=np.int16).tobytes())
+    return out.getvalue()
 
 
 def multipart(audio: bytes) -> tuple[bytes, str]:

@@ -10,25 +10,18 @@ close within a few seconds, not once the backend has computed an answer nobody r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import socket
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from services.common.errors import ApiError
-from services.local_stack import HTTP_PROTOCOL, Stack, free_port
 from services.proxy import metrics
 from services.proxy.upstream import unless_caller_leaves
+from tests.services.proxy_harness import ThreadedServer, running_proxy
 
 # How long the slow backend holds a request: far longer than a test waits for the hang-up to
 # reach it, so a proxy that waits the backend out fails the test instead of passing late.
@@ -97,24 +90,15 @@ async def test_an_error_of_the_backend_call_is_passed_on() -> None:
 # --- the real proxy in front of a slow backend --------------------------------------------------
 
 
-class SlowBackend:
+class SlowBackend(ThreadedServer):
     """Stands in for base and tiny: ready, and holds every POST for ``?hold=`` seconds (default
     :data:`HOLD_S`) before answering. Records per request ``started`` once its body is in, then
     ``abandoned`` if the proxy closed the connection while it was held, else ``answered``."""
 
     def __init__(self) -> None:
         self.events: list[tuple[str, str]] = []
-        config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=free_port(), lifespan="off", log_level="warning", interface="asgi3"
-        )
-        config.timeout_graceful_shutdown = 1  # a held request must not hold up the test's end
-        self.port = config.port
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        # a held request must not hold up the test's end
+        super().__init__(self.app, lifespan="off", interface="asgi3", timeout_graceful_shutdown=1)
 
     async def app(self, scope: dict, receive, send) -> None:
         path = scope["path"]
@@ -145,18 +129,6 @@ class SlowBackend:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    def __enter__(self) -> SlowBackend:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the slow backend did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
     def wait_for(self, event: tuple[str, str], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while event not in self.events:
@@ -164,33 +136,6 @@ class SlowBackend:
                 return False
             time.sleep(0.02)
         return True
-
-
-@contextlib.contextmanager
-def running_proxy(backend: SlowBackend, run_dir: Path, **env: str) -> Iterator[str]:
-    """The real proxy (uvicorn, as the image runs it) in front of ``backend``; yields its URL."""
-    port = free_port()
-    settings = {
-        "STT_CPU_BACKEND_URL": backend.url,
-        "STT_DETECTOR_URL": backend.url,
-        "STT_GPU_BACKEND_URL": "-",
-        "STT_HEALTH_INTERVAL_S": "0.5",
-        "STT_LOG_FORMAT": "text",
-        **env,
-    }
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("STT_")}
-    stack = Stack(ports={"proxy": port}, run_dir=run_dir)
-    cmd = [sys.executable, "-m", "uvicorn", "services.proxy.app:app", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--http", HTTP_PROTOCOL]
-    with (run_dir / "proxy.log").open("wb") as out:
-        proc = subprocess.Popen(cmd, env={**inherited, **settings}, stdout=out, stderr=subprocess.STDOUT)
-    stack.procs["proxy"] = proc
-    try:
-        stack.wait_ready(["proxy"], timeout=60)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +146,7 @@ def slow_backend() -> Iterator[SlowBackend]:
 
 @pytest.fixture(scope="module")
 def proxy(slow_backend: SlowBackend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_proxy(slow_backend, tmp_path_factory.mktemp("hangup")) as url:
+    with running_proxy(slow_backend.url, tmp_path_factory.mktemp("hangup")) as url:
         yield url
 
 

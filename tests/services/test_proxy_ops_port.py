@@ -11,12 +11,8 @@ the signal away from the public one).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,12 +20,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 
 from services.common.settings import SettingsError
-from services.local_stack import HTTP_PROTOCOL, Stack, free_port, free_ports
+from services.local_stack import Stack, free_port, free_ports
 from services.proxy.ops import ops_port_from_env
+from tests.services.proxy_harness import ThreadedServer, running_proxy, start_proxy
 
 WAV = b"RIFF" + b"\x00" * 40  # the stub does not decode it
 PUBLIC_STATUS_KEYS = {"mode", "source", "active_backend", "available"}
@@ -49,7 +45,7 @@ def test_the_ops_port_setting(monkeypatch: pytest.MonkeyPatch) -> None:
             ops_port_from_env()
 
 
-class StubBackend:
+class StubBackend(ThreadedServer):
     """Stands in for base and tiny (no model): ready, and a fixed answer to every POST, after
     ``?hold=`` seconds."""
 
@@ -66,55 +62,7 @@ class StubBackend:
             await asyncio.sleep(hold)
             return {"text": "stub", "language": "en", "segments": []}
 
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> StubBackend:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the stub backend did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
-def start_proxy(stub: StubBackend, run_dir: Path, port: int, **env: str) -> subprocess.Popen:
-    settings = {
-        "STT_CPU_BACKEND_URL": stub.url,
-        "STT_DETECTOR_URL": stub.url,
-        "STT_GPU_BACKEND_URL": "-",
-        "STT_HEALTH_INTERVAL_S": "0.5",
-        "STT_LOG_FORMAT": "text",
-        **env,
-    }
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("STT_")}
-    cmd = [sys.executable, "-m", "uvicorn", "services.proxy.app:app", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--http", HTTP_PROTOCOL]
-    with (run_dir / "proxy.log").open("wb") as out:
-        return subprocess.Popen(cmd, env={**inherited, **settings}, stdout=out, stderr=subprocess.STDOUT)
-
-
-@contextlib.contextmanager
-def running_proxy(stub: StubBackend, run_dir: Path, **env: str) -> Iterator[str]:
-    """The real proxy with ``env``, ready; yields its public URL."""
-    port = free_port()
-    stack = Stack(ports={"proxy": port}, run_dir=run_dir)
-    stack.procs["proxy"] = proc = start_proxy(stub, run_dir, port, **env)
-    try:
-        stack.wait_ready(["proxy"], timeout=60)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+        super().__init__(app)
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +76,7 @@ def split(stub: StubBackend, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     """A proxy as the chart runs it: ops port set, docs off the public port. Yields both URLs."""
     ops_port = free_port()
     env = {"STT_OPS_PORT": str(ops_port), "STT_OPS_HOST": "127.0.0.1", "STT_PUBLIC_DOCS": "false"}
-    with running_proxy(stub, tmp_path_factory.mktemp("ops"), **env) as public:
+    with running_proxy(stub.url, tmp_path_factory.mktemp("ops"), **env) as public:
         yield public, f"http://127.0.0.1:{ops_port}"
 
 
@@ -188,7 +136,7 @@ def test_the_api_description_is_on_the_ops_port_only(split: tuple[str, str]) -> 
 
 @pytest.mark.slow
 def test_without_an_ops_port_everything_stays_on_the_one_port(stub: StubBackend, tmp_path: Path) -> None:
-    with running_proxy(stub, tmp_path) as public:
+    with running_proxy(stub.url, tmp_path) as public:
         assert "stt_proxy_routed_total" in httpx.get(f"{public}/metrics", timeout=10).text
         detail = httpx.get(f"{public}/gpu-status", timeout=10).json()
         assert detail["backends"]["cpu"]["url"] == stub.url and "detector" in detail
@@ -201,7 +149,7 @@ def test_a_taken_ops_port_stops_the_start_up_with_the_variable_named(stub: StubB
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", ops_port))
         taken.listen(1)
-        proc = start_proxy(stub, tmp_path, public_port, STT_OPS_PORT=str(ops_port), STT_OPS_HOST="127.0.0.1")
+        proc = start_proxy(stub.url, tmp_path, public_port, STT_OPS_PORT=str(ops_port), STT_OPS_HOST="127.0.0.1")
         try:
             code = proc.wait(timeout=60)
         finally:
@@ -218,7 +166,7 @@ def test_sigterm_drains_the_public_port_while_the_ops_port_still_answers(stub: S
     drain can be watched (scraped) to its end; then both are closed."""
     public_port, ops_port = free_ports(2)
     stack = Stack(ports={"proxy": public_port}, run_dir=tmp_path)
-    proc = start_proxy(stub, tmp_path, public_port, STT_OPS_PORT=str(ops_port), STT_OPS_HOST="127.0.0.1")
+    proc = start_proxy(stub.url, tmp_path, public_port, STT_OPS_PORT=str(ops_port), STT_OPS_HOST="127.0.0.1")
     stack.procs["proxy"] = proc
     answers: list[int] = []
 
