@@ -40,3 +40,7 @@ bench-file-live: bench-prepare ## Live latency while a long file transcribes (AR
 
 bench-open-loop: bench-prepare ## Open-loop overload test of one base (ARGS=--compare adds the unbounded queue)
 	$(PY) -m bench.open_loop $(ARGS)
+
+.PHONY: bench-autoscale
+bench-autoscale: ## Simulated 24 h of live streams through the GPU autoscaling rule (seconds): bench/results/autoscale.json
+	$(PY) -m bench.autoscale_sim $(ARGS)
