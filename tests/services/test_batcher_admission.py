@@ -26,6 +26,7 @@ from services.base.metrics import BATCH_CANCELLED, BATCH_EXPIRED
 from services.base.transcriber import Request, Result
 from services.common.audio import SAMPLE_RATE
 from services.common.errors import ApiError
+from tests.services.base_harness import serving
 
 
 class FakeModel:
@@ -259,23 +260,13 @@ async def served(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[SimpleNamespa
     )
     model = FakeModel()
     batcher = Batcher(model, max_batch=4, window_ms=0, max_queue=4, file_batch_max=2)
-    state = base.app.state
-    saved = {name: getattr(state, name, None) for name in ("settings", "engine", "decoded")}
-    state.settings = base.Settings()
-    state.decoded = base.decoded_budget(state.settings)
-    state.engine = FakeEngine(batcher, file_windows_in_flight=4)
-    state.readiness.set_ready()
     batcher.start()
-    transport = httpx.ASGITransport(app=base.app)
     try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://base") as client:
+        async with serving(FakeEngine(batcher, file_windows_in_flight=4)) as client:
             yield SimpleNamespace(client=client, model=model, batcher=batcher)
     finally:
         model.gate.set()
         await batcher.stop()
-        state.readiness.set_not_ready("starting")
-        for name, value in saved.items():
-            setattr(state, name, value)
 
 
 async def post_file(client: httpx.AsyncClient, seconds: float, **headers: str) -> httpx.Response:

@@ -14,10 +14,10 @@ import httpx
 import numpy as np
 import pytest
 
-from services.base import app as base
 from services.base.batcher import Batcher, _Call
 from services.base.transcriber import Request, Result
 from services.common.audio import SAMPLE_RATE
+from tests.services.base_harness import serving
 
 
 class HangingModel:
@@ -50,21 +50,13 @@ async def hanging() -> AsyncIterator[SimpleNamespace]:
     0.1 s per audio second."""
     model = HangingModel()
     batcher = Batcher(model, max_batch=8, window_ms=0, hang_seconds=0.3, hang_seconds_per_audio_second=0.1)
-    state = base.app.state
-    saved = {name: getattr(state, name, None) for name in ("settings", "engine")}
-    state.settings = base.Settings()
-    state.engine = SimpleNamespace(batcher=batcher)
-    state.readiness.set_ready()
     batcher.start()
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=base.app), base_url="http://base") as client:
+        async with serving(SimpleNamespace(batcher=batcher)) as client:
             yield SimpleNamespace(client=client, model=model, batcher=batcher)
     finally:
         model.release.set()
         await batcher.stop()
-        state.readiness.set_not_ready("starting")
-        for name, value in saved.items():
-            setattr(state, name, value)
 
 
 async def probes(client: httpx.AsyncClient) -> tuple[httpx.Response, httpx.Response]:
