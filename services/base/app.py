@@ -50,7 +50,7 @@ from services.common.audio import SAMPLE_RATE, AudioLimits, decode_audio
 from services.common.errors import ApiError
 from services.common.hangup import unless_caller_leaves
 from services.common.limits import DEADLINE_HEADER
-from services.common.memory import Budget, decoded_budget_bytes, request_reservation
+from services.common.memory import Budget, decoded_budget_bytes, max_upload_bytes, request_reservation
 from services.common.metrics import MODEL_LOAD_SECONDS
 from services.common.models import resolve_model
 from services.common.openai_api import (
@@ -105,7 +105,7 @@ class Settings:
         self.max_queue_wait_s = env_float("STT_MAX_QUEUE_WAIT_S", 10.0, minimum=0.1)
         self.chunk_limits = AudioLimits(env_float("STT_MAX_CHUNK_SECONDS", WINDOW, minimum=1.0))
         self.file_limits = AudioLimits(env_float("STT_MAX_FILE_SECONDS", 3600.0, minimum=1.0))
-        self.max_upload_bytes = env_int("STT_MAX_UPLOAD_BYTES", 50 * 1024 * 1024, minimum=1024)
+        self.max_upload_bytes = max_upload_bytes()
         self.allowed_origins = env_origins("STT_ALLOWED_ORIGINS")
         self.decoded_bytes_in_flight = decoded_budget_bytes()
         if self.chunk_limits.max_seconds > WINDOW:

@@ -31,12 +31,12 @@ from prometheus_client import Counter, Gauge
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.errors import ApiError, error_body
-from services.common.limits import refuse_unread
+from services.common.limits import EXEMPT_PATHS, RETRY_AFTER_S, refuse_unread
 from services.common.settings import env_int
 
 MIB = 1024 * 1024
-# Every service's STT_MAX_UPLOAD_BYTES default; read here too, so that a body over it (answered
-# 413 without being read) reserves nothing.
+# Every service's STT_MAX_UPLOAD_BYTES default (read once, by max_upload_bytes, for the services'
+# settings and this budget alike: a body over it, answered 413 without being read, reserves nothing).
 DEFAULT_MAX_UPLOAD_BYTES = 50 * MIB
 # Per service, when STT_MAX_BODY_BYTES_IN_FLIGHT is unset: at least two maximal uploads, so one
 # 50 MB upload is always taken by an idle worker, and with the idle RSS measured under the
@@ -51,8 +51,6 @@ DEFAULT_BODY_BYTES_IN_FLIGHT = {"proxy": 128 * MIB, "base": 160 * MIB, "tiny": 1
 # base: the float32 samples of whole files held at once. 512 MiB is 2.3 hours of audio: two
 # files at the one-hour limit (230 MB each) at once, or dozens of usual ones.
 DEFAULT_DECODED_BYTES_IN_FLIGHT = 512 * MIB
-EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-RETRY_AFTER_S = 1
 # A chunked body is reserved in steps of this many bytes as it arrives (fewer lock round trips).
 CHUNKED_STEP = 1 * MIB
 # Where a request's reservations live in its ASGI scope, released when the request ends.
@@ -69,6 +67,7 @@ BUDGET_REJECTIONS = Counter(
 
 
 def max_upload_bytes() -> int:
+    """``STT_MAX_UPLOAD_BYTES``: the largest request body any service reads (413 past it)."""
     return env_int("STT_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES, minimum=1024)
 
 

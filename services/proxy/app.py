@@ -45,6 +45,7 @@ from fastapi.responses import Response
 from services.common.app import create_app
 from services.common.audio import check_declared_type, parse_content_type
 from services.common.errors import ApiError
+from services.common.memory import max_upload_bytes
 from services.common.openai_api import wants_stream
 from services.common.settings import env_bool, env_choice, env_float, env_int, env_origins, env_str
 from services.common.upload import read_body
@@ -90,7 +91,7 @@ class Settings:
         # it, so a chunk is answered (or refused) before the client gives up and sends it again.
         self.chunk_timeout = env_float("STT_CHUNK_TIMEOUT_S", CHUNK_TIMEOUT_S, minimum=1.0)
         self.detect_timeout = env_float("STT_DETECT_TIMEOUT_S", DETECT_TIMEOUT_S, minimum=0.5)
-        self.max_upload_bytes = env_int("STT_MAX_UPLOAD_BYTES", 50 * 1024 * 1024, minimum=1024)
+        self.max_upload_bytes = max_upload_bytes()
         self.allowed_origins = env_origins("STT_ALLOWED_ORIGINS")
         self.sessions = SessionSettings(
             max_sessions=env_int("STT_MAX_SESSIONS", 64, minimum=0),

@@ -24,6 +24,7 @@ from fastapi import FastAPI, Query, Request
 from services.common.app import create_app, load_in_background, require_ready
 from services.common.audio import AudioLimits, decode_audio
 from services.common.errors import ApiError
+from services.common.memory import max_upload_bytes
 from services.common.metrics import MODEL_LOAD_SECONDS
 from services.common.models import resolve_model
 from services.common.settings import env_float, env_int, env_origins, env_str
@@ -48,7 +49,7 @@ class Settings:
         self.vad_threshold = env_float("STT_VAD_THRESHOLD", 0.5, minimum=0.0)
         self.vad_min_speech_ms = env_int("STT_VAD_MIN_SPEECH_MS", 250, minimum=0)
         self.limits = AudioLimits(max_seconds=env_float("STT_MAX_CHUNK_SECONDS", 30.0, minimum=1.0))
-        self.max_upload_bytes = env_int("STT_MAX_UPLOAD_BYTES", 50 * 1024 * 1024, minimum=1024)
+        self.max_upload_bytes = max_upload_bytes()
         self.allowed_origins = env_origins("STT_ALLOWED_ORIGINS")
 
 
