@@ -1,10 +1,11 @@
-"""How many GPU replicas one backend should run for the live load it has now.
+"""How many replicas one backend (GPU or CPU) should run for the live load it has now.
 
 A pure function, like :mod:`controller.state`: the load, the replicas, the policy, what the
 autoscaler remembers and the time are all arguments, so the rule is unit-tested
 (``tests/k8s/test_autoscaling.py``) and driven through a simulated day
 (``bench/autoscale_sim.py``, figures in docs/kubernetes.md) without a cluster or a clock.
-Nothing in the running operator calls it yet.
+The operator calls it through :mod:`controller.autoscaler` on each resync, with the load read
+from the proxies (:mod:`controller.load`).
 
 The rule is the Kubernetes HPA's (``behavior.scaleUp/scaleDown.stabilizationWindowSeconds``)
 on a load people can reason about:
@@ -186,3 +187,72 @@ def _explain(streams: float, current: int, replicas: int, wanted: int, policy: P
             f"stays low for {window}",
         )
     return STEADY, f"{load} at {target}: {replicas} replicas"
+
+
+LOAD_UNKNOWN = "LoadUnknown"
+
+
+def hold(current: int, policy: Policy, state: State, why: str) -> Decision:
+    """No load figure this time (a proxy did not answer): keep the replicas, within the bounds.
+
+    Like the HPA with a missing metric, it neither scales up nor down on a guess: an unread
+    proxy may hold many streams (scaling down would cut latency for them) or none. The state is
+    kept as it was, so the windows resume where they stood once the load reads again.
+    """
+    replicas = policy.clamp(current)
+    change = f": {current} -> {replicas} (the bounds)" if replicas != current else f"; holding {replicas} replicas"
+    return Decision(replicas, state, LOAD_UNKNOWN, f"load unknown ({why}){change}", False)
+
+
+BACKENDS = ("gpu", "cpu")
+# The CRD's names (spec.autoscaling.<backend>.*) for the Policy's fields.
+SPEC_FIELDS = {
+    "minReplicas": "min_replicas",
+    "maxReplicas": "max_replicas",
+    "targetStreamsPerReplica": "target_streams_per_replica",
+    "scaleUpStabilizationSeconds": "scale_up_stabilization_s",
+    "scaleDownStabilizationSeconds": "scale_down_stabilization_s",
+}
+# Per-backend defaults (the CRD's and the chart's are the same). The CPU side: a CPU pod is the
+# fallback and costs little idle, so min 1; its capacity is a few streams (on a 2-core AVX2
+# node, 4 within the latency bound: docs/performance.md), so the target is 3.
+DEFAULT_POLICIES = {
+    "gpu": Policy(),
+    "cpu": Policy(min_replicas=1, max_replicas=1, target_streams_per_replica=3.0, scale_down_stabilization_s=300.0),
+}
+
+
+def policies_from_spec(autoscaling: dict | None) -> dict[str, Policy]:
+    """The enabled backends' policies from ``spec.autoscaling`` (CRD names, per-backend defaults).
+
+    Raises ValueError naming the field, for what the CRD schema cannot refuse (min above max).
+    """
+    out: dict[str, Policy] = {}
+    for backend, raw in (autoscaling or {}).items():
+        if backend not in BACKENDS:
+            raise ValueError(f"spec.autoscaling.{backend}: unknown backend (use {', '.join(BACKENDS)})")
+        raw = dict(raw or {})
+        if not raw.pop("enabled", False):
+            continue
+        unknown = sorted(set(raw) - set(SPEC_FIELDS))
+        if unknown:
+            raise ValueError(f"spec.autoscaling.{backend}: unknown field(s) {', '.join(unknown)}")
+        values = {SPEC_FIELDS[k]: v for k, v in raw.items()}
+        base = DEFAULT_POLICIES[backend]
+        try:
+            out[backend] = Policy(**{**base.__dict__, **values})
+        except ValueError as exc:
+            raise ValueError(f"spec.autoscaling.{backend}: {exc}") from exc
+    return out
+
+
+def streams_per_backend(streams: float, routing: str, gpu_ready: int) -> dict[str, float]:
+    """Which backend serves the live streams now, by the proxy's routing rule.
+
+    ``cpu`` routing: all on CPU. ``gpu``/``auto``: all on GPU while a GPU pod is ready, else on
+    CPU (the proxy's fallback), which is also what happens during a scale from zero: the CPU side
+    takes the streams while the first GPU pod starts, and an autoscaled CPU side may grow for it.
+    """
+    if routing == "cpu":
+        return {"gpu": 0.0, "cpu": streams}
+    return {"gpu": streams, "cpu": streams if gpu_ready == 0 else 0.0}

@@ -15,6 +15,7 @@ queueing) in a few seconds; a call that gives up is retried by the next resync o
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from controller import GROUP, PLURAL, VERSION
+from controller import GROUP, KIND, PLURAL, VERSION
 from services.common.settings import env_float
 
 log = logging.getLogger("stt.controller")
@@ -83,6 +84,7 @@ class Cluster:
         self.timeout_s = timeout_s
         self.apps = client.AppsV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
+        self.core = client.CoreV1Api(self.api)
 
     def serves(self, group: str, version: str, plural: str) -> bool:
         """Whether the API serves ``plural`` in ``group/version`` (discovery; needs no RBAC)."""
@@ -90,15 +92,7 @@ class Cluster:
         return any(r.name == plural for r in resources.resources or [])
 
     def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            raw = self.apps.read_namespaced_deployment(
-                name, namespace, _preload_content=False, _request_timeout=self.timeout_s
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return json.loads(raw.data)
+        return self._read(self.apps.read_namespaced_deployment, namespace, name)
 
     def scale(self, namespace: str, name: str, replicas: int) -> bool:
         """Set ``spec.replicas``; returns whether it changed. Missing Deployment: logged, not fatal."""
@@ -135,6 +129,46 @@ class Cluster:
         )
         log.info("set %s=%s on deployment %s/%s (rolling)", key, value, namespace, name)
         return True
+
+    def read_endpoints(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Service's Endpoints (``None``: no such Service): where the proxies' metrics are."""
+        return self._read(self.core.read_namespaced_endpoints, namespace, name)
+
+    def _read(self, read: Any, namespace: str, name: str) -> dict[str, Any] | None:
+        """One object as plain JSON (no model classes), ``None`` when it does not exist."""
+        try:
+            raw = read(name, namespace, _preload_content=False, _request_timeout=self.timeout_s)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return json.loads(raw.data)
+
+    def post_event(self, obj: dict[str, Any], reason: str, message: str, warning: bool = False) -> None:
+        """A Kubernetes Event about ``obj`` (an SttConfig as read), as ``kubectl describe`` shows them."""
+        meta = obj.get("metadata") or {}
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "metadata": {"generateName": f"{meta.get('name', 'sttconfig')}.", "namespace": meta.get("namespace")},
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion", f"{GROUP}/{VERSION}"),
+                "kind": obj.get("kind", KIND),
+                "name": meta.get("name"),
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": "Warning" if warning else "Normal",
+            "source": {"component": "stt-controller"},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        self.core.create_namespaced_event(
+            meta.get("namespace"), event, _preload_content=False, _request_timeout=self.timeout_s
+        )
 
     def read_config(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

@@ -12,20 +12,36 @@ Run: ``kopf run --standalone --namespace NS -m controller.operator --liveness ht
   refresh is the backstop for a missed event.
 - ``STT_K8S_TIMEOUT_S`` (5): the timeout of every API call, the operator's own
   (:mod:`controller.kube`) and kopf's (``settings.networking``); see :mod:`controller.kube`.
+  Reading the proxies' load for the autoscaler is bounded by it too (all proxies together).
+- ``STT_PROXY_METRICS_SERVICE`` (``stt-proxy-metrics``) and ``STT_PROXY_METRICS_PORT`` (9090):
+  where the autoscaler reads the live streams (the Service's Endpoints list the proxy pods;
+  each is read at ``http://<pod IP>:<port>/metrics``, see :mod:`controller.load`).
+- ``STT_EXTERNALLY_SCALED`` (empty): ``gpu``, ``cpu`` or ``gpu,cpu``: backends whose replicas an
+  HPA or KEDA sets (the chart's ``autoscaling.engine``); the operator leaves them alone.
 
 Liveness (``--liveness``, ``/healthz``): kopf answers it from the probe handlers, and
 :func:`resync_alive` fails it (HTTP 500) once the status resync has finished no attempt for
-:func:`controller.state.resync_stale_after_s` (180 s by default), so the kubelet restarts an
+:func:`controller.state.resync_stale_after_s` (255 s by default), so the kubelet restarts an
 operator whose resync is stuck; a resync that keeps failing on API errors stays alive (see
 :class:`controller.state.ResyncHeartbeat`).
 
 What it does on create/update/resume of the spec: scale the GPU Deployment (``gpuReplicas``
 while routing is ``gpu``/``auto``, ``gpuIdleReplicas`` while ``cpu``), scale the CPU Deployment,
 set the detector's default (``STT_DETECTOR`` on the tiny Deployment: a rolling update), then write
-the status. The routing switch itself needs no action here: every proxy watches the same
-SttConfig (``services.proxy.routing_k8s``), so there is one source of truth and nothing to
-keep in sync. No deletion handler and no kopf timers/daemons on purpose: those put finalizers on
-the SttConfig, which would block ``helm uninstall`` (the CRD's deletion) once the operator is gone.
+the status.
+
+Autoscaling (``spec.autoscaling.<gpu|cpu>.enabled``): on every resync (``STT_STATUS_RESYNC_S``)
+and every spec change, the operator reads the live streams from the proxies, asks
+:func:`controller.autoscaling.decide` for each autoscaled backend's replicas, and those replace
+the fixed counts above; each change is a Kubernetes Event on the SttConfig (a Warning when the
+max is reached and the load still exceeds it), and ``status.autoscaling`` says what it saw and
+why. The decision's memory (its stabilization windows) lives in this process: a restarted
+operator starts from the replicas that run, so it never scales down before a full window.
+
+The routing switch itself needs no action here: every proxy watches the same SttConfig
+(``services.proxy.routing_k8s``), so there is one source of truth and nothing to keep in sync.
+No deletion handler and no kopf timers/daemons on purpose: those put finalizers on the
+SttConfig, which would block ``helm uninstall`` (the CRD's deletion) once the operator is gone.
 """
 
 from __future__ import annotations
@@ -44,6 +60,8 @@ from prometheus_client import start_http_server
 
 from controller import GROUP, PLURAL, VERSION
 from controller import metrics as m
+from controller.autoscaler import Autoscaler
+from controller.autoscaling import Policy
 from controller.kube import (
     API_ERRORS,
     RETRIES,
@@ -55,7 +73,16 @@ from controller.kube import (
     load_config,
     ready_replicas,
 )
-from controller.state import Observed, ResyncHeartbeat, Spec, compute_status, resync_stale_after_s
+from controller.state import (
+    Observed,
+    ResyncHeartbeat,
+    Spec,
+    autoscaling_status,
+    compute_status,
+    merge_patch,
+    resync_stale_after_s,
+)
+from services.common.settings import env_int
 
 log = logging.getLogger("stt.controller")
 
@@ -68,11 +95,17 @@ NAMES = Names(
 )
 METRICS_PORT = int(os.environ.get("STT_CONTROLLER_METRICS_PORT", "8080"))
 RESYNC_S = float(os.environ.get("STT_STATUS_RESYNC_S", "15"))
+PROXY_METRICS_SERVICE = os.environ.get("STT_PROXY_METRICS_SERVICE", "stt-proxy-metrics")
+PROXY_METRICS_PORT = env_int("STT_PROXY_METRICS_PORT", 9090, minimum=1)
+EXTERNALLY_SCALED = frozenset(b.strip() for b in os.environ.get("STT_EXTERNALLY_SCALED", "").split(",") if b.strip())
+if EXTERNALLY_SCALED - {"gpu", "cpu"}:
+    raise SystemExit(f"STT_EXTERNALLY_SCALED={','.join(sorted(EXTERNALLY_SCALED))}: use gpu, cpu or both")
 
 _cluster: Cluster | None = None
 _known: set[tuple[str, str]] = set()  # (namespace, name) of managed SttConfigs
 _errors: dict[tuple[str, str], str] = {}  # last apply error per SttConfig, shown in its status
 _applied: dict[tuple[str, str], int] = {}  # metadata.generation last applied, per SttConfig
+AUTOSCALER = Autoscaler(PROXY_METRICS_SERVICE, PROXY_METRICS_PORT)
 # Status is written from kopf's handler threads and the resync loop: one writer at a time, so a
 # refresh that read an older status can never overwrite a newer one.
 _status_lock = threading.Lock()
@@ -100,7 +133,24 @@ def observe(c: Cluster, namespace: str) -> Observed:
     det = c.read_deployment(namespace, NAMES.detector)
     # No STT_DETECTOR in the pod template means the tiny service's own default, silero.
     detector = (container_env(det, NAMES.detector_container).get("STT_DETECTOR") or "silero") if det else None
-    return Observed(ready_replicas(cpu), ready_replicas(gpu), ready_replicas(det), detector)
+    return Observed(ready_replicas(cpu), ready_replicas(gpu), ready_replicas(det), detector, asked(cpu), asked(gpu))
+
+
+def asked(deployment: dict[str, Any] | None) -> int | None:
+    """A Deployment's ``spec.replicas`` (``None``: no such Deployment)."""
+    return None if deployment is None else int((deployment.get("spec") or {}).get("replicas") or 0)
+
+
+def operator_scaled(spec: Spec) -> dict[str, Policy]:
+    """The backends this operator autoscales: the spec's, less those an HPA or KEDA scales."""
+    return {b: p for b, p in spec.autoscaled().items() if b not in EXTERNALLY_SCALED}
+
+
+def hands_off(spec: Spec, observed: Observed) -> Spec:
+    """Where an HPA or KEDA scales a backend (``STT_EXTERNALLY_SCALED``), what it asked for is the
+    desired count; the operator neither scales those Deployments nor reports its own number."""
+    asked_for = {"gpu": observed.gpu_replicas, "cpu": observed.cpu_replicas}
+    return spec.with_replicas({b: n for b in EXTERNALLY_SCALED if (n := asked_for[b]) is not None})
 
 
 def refresh_status(namespace: str, name: str, generation: int | None = None) -> dict[str, Any] | None:
@@ -126,19 +176,37 @@ def _refresh_status(namespace: str, name: str, generation: int | None) -> dict[s
         spec = Spec.from_dict(obj.get("spec"))
     except ValueError as exc:
         spec, error = Spec(), str(exc)
-    status = compute_status(spec, observe(c, namespace), generation, previous, _now(), error)
+    scaled = AUTOSCALER.last(key)
+    observed = observe(c, namespace)
+    spec = hands_off(spec.with_decisions(scaled.decisions), observed)
+    now = _now()
+    report = {
+        backend: autoscaling_status(
+            decision,
+            scaled.streams.get(backend),
+            (observed.gpu_ready if backend == "gpu" else observed.cpu_ready) or 0,
+            (previous.get("autoscaling") or {}).get(backend),
+            now,
+        )
+        for backend, decision in scaled.decisions.items()
+        if backend in operator_scaled(spec)
+    }
+    status = compute_status(spec, observed, generation, previous, now, error, report)
     m.publish(spec.routing, spec.desired_gpu_replicas, status["gpuReplicasReady"])
-    if any(previous.get(k) != v for k, v in status.items()):
-        c.patch_status(namespace, name, status)
+    if any(previous.get(k) != v for k, v in status.items()) or previous.keys() - status.keys():
+        c.patch_status(namespace, name, merge_patch(previous, status))
     return status
 
 
 def reconcile(c: Cluster, namespace: str, spec: Spec) -> list[str]:
-    """Bring the Deployments to the spec; returns what changed (for the log and the event)."""
+    """Bring the Deployments to the spec; returns what changed (for the log and the event).
+
+    ``spec`` already carries the autoscaler's replicas where it drives them (:meth:`Spec.with_decisions`).
+    """
     changed = []
-    if c.scale(namespace, NAMES.gpu, spec.desired_gpu_replicas):
+    if "gpu" not in EXTERNALLY_SCALED and c.scale(namespace, NAMES.gpu, spec.desired_gpu_replicas):
         changed.append(f"{NAMES.gpu} replicas={spec.desired_gpu_replicas}")
-    if c.scale(namespace, NAMES.cpu, spec.cpu_replicas):
+    if "cpu" not in EXTERNALLY_SCALED and c.scale(namespace, NAMES.cpu, spec.cpu_replicas):
         changed.append(f"{NAMES.cpu} replicas={spec.cpu_replicas}")
     if c.set_env(namespace, NAMES.detector, NAMES.detector_container, "STT_DETECTOR", spec.detector):
         changed.append(f"{NAMES.detector} STT_DETECTOR={spec.detector}")
@@ -233,11 +301,13 @@ async def resync_alive(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
     }
 
 
-def correct_drift(namespace: str, name: str) -> None:
+def correct_drift(namespace: str, name: str, evaluate: bool = False) -> None:
     """Re-apply the current spec (someone scaled by hand, a ``helm rollback``) and refresh the status.
 
     The SttConfig is the truth: a Deployment that drifted from it is put back. Writes nothing
-    when everything is in place.
+    when everything is in place. ``evaluate``: read the load and let the autoscaler decide anew
+    (the periodic resync); otherwise its last decisions stand (a Deployment event), unless a
+    backend it now drives has none yet.
     """
     c = cluster()
     obj = c.read_config(namespace, name)
@@ -250,7 +320,10 @@ def correct_drift(namespace: str, name: str) -> None:
         except ValueError:
             spec = None
         if spec is not None:
-            changed = reconcile(c, namespace, spec)
+            policies = operator_scaled(spec)
+            if evaluate or not set(policies) <= set(AUTOSCALER.last((namespace, name)).decisions):
+                AUTOSCALER.evaluate(c, obj, spec.routing, policies, NAMES)
+            changed = reconcile(c, namespace, spec.with_decisions(AUTOSCALER.last((namespace, name)).decisions))
             if changed:
                 m.RECONCILIATIONS.labels("success").inc()
                 log.warning("corrected drift from SttConfig %s/%s: %s", namespace, name, ", ".join(changed))
@@ -268,7 +341,7 @@ async def _resync_loop(heartbeat: ResyncHeartbeat) -> None:
         await asyncio.sleep(RESYNC_S)
         for namespace, name in list(_known):
             try:
-                await asyncio.to_thread(correct_drift, namespace, name)
+                await asyncio.to_thread(correct_drift, namespace, name, True)
             except Exception:
                 log.exception("resync of %s/%s failed; retrying in %.0fs", namespace, name, RESYNC_S)
                 heartbeat.finished(time.monotonic(), ok=False)
@@ -303,6 +376,8 @@ def apply(
         raise kopf.PermanentError(str(exc)) from exc
     c = cluster()
     try:
+        obj = {"metadata": {**dict(meta), "name": name, "namespace": namespace}}
+        wanted = wanted.with_decisions(AUTOSCALER.evaluate(c, obj, wanted.routing, operator_scaled(wanted), NAMES))
         changed = reconcile(c, namespace, wanted)
     except API_ERRORS as exc:
         _errors[key] = f"applying the spec failed: {describe_error(exc, c.timeout_s)}"
@@ -335,6 +410,7 @@ def track(event: dict[str, Any], name: str, namespace: str, **_: Any) -> None:
         _known.discard((namespace, name))
         _errors.pop((namespace, name), None)
         _applied.pop((namespace, name), None)
+        AUTOSCALER.forget((namespace, name))
 
 
 def _ours(name: str, **_: Any) -> bool:

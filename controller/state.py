@@ -8,8 +8,10 @@ in the resource and ``active_backend`` in the proxy's ``/gpu-status`` tell the s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from controller.autoscaling import Decision, Policy, policies_from_spec
 
 ROUTING_MODES = ("cpu", "gpu", "auto")
 DETECTORS = ("silero", "whisper-tiny")
@@ -25,6 +27,8 @@ class Spec:
     gpu_idle_replicas: int = 0
     cpu_replicas: int = 1
     detector: str = "silero"
+    # Enabled ``spec.autoscaling`` backends ("gpu", "cpu") and their policies; empty: fixed counts.
+    autoscaling: dict[str, Policy] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any] | None) -> Spec:
@@ -43,7 +47,28 @@ class Spec:
         for key, value in values.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"spec.{key}={value!r}: must be a non-negative integer")
-        return cls(routing=routing, detector=detector, **values)
+        autoscaling = policies_from_spec(spec.get("autoscaling"))
+        return cls(routing=routing, detector=detector, autoscaling=autoscaling, **values)
+
+    def autoscaled(self) -> dict[str, Policy]:
+        """The backends the autoscaler drives now: the GPU side only while routing may use it
+        (under ``cpu`` routing it keeps ``gpuIdleReplicas``, as without autoscaling)."""
+        return {b: p for b, p in self.autoscaling.items() if b == "cpu" or self.routing in ("gpu", "auto")}
+
+    def with_decisions(self, decisions: dict[str, Decision]) -> Spec:
+        """This spec with the autoscaler's replicas in place of the fixed counts it drives."""
+        return self.with_replicas({b: d.replicas for b, d in decisions.items() if b in self.autoscaled()})
+
+    def with_replicas(self, replicas: dict[str, int]) -> Spec:
+        """This spec running ``replicas`` per backend ("gpu", "cpu") whatever the routing, in place
+        of its fixed counts: the autoscaler's decisions, or what an HPA or KEDA has set."""
+        gpu = replicas.get("gpu")
+        return replace(
+            self,
+            gpu_replicas=self.gpu_replicas if gpu is None else gpu,
+            gpu_idle_replicas=self.gpu_idle_replicas if gpu is None else gpu,
+            cpu_replicas=replicas.get("cpu", self.cpu_replicas),
+        )
 
     @property
     def desired_gpu_replicas(self) -> int:
@@ -59,6 +84,9 @@ class Observed:
     gpu_ready: int | None
     detector_ready: int | None
     detector: str | None = None  # STT_DETECTOR currently in the detector's pod template
+    # The Deployments' spec.replicas: what an HPA or KEDA asks for where one scales a backend.
+    cpu_replicas: int | None = None
+    gpu_replicas: int | None = None
 
 
 def active_backend(routing: str, observed: Observed) -> str:
@@ -148,10 +176,16 @@ def compute_status(
     previous: dict[str, Any] | None,
     now: str,
     error: str | None = None,
+    autoscaling: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The full ``status`` for the SttConfig; equal to ``previous`` when nothing changed."""
+    """The full ``status`` for the SttConfig; equal to ``previous`` when nothing changed.
+
+    ``spec`` carries the replicas to run (the autoscaler's where it drives them, see
+    :meth:`Spec.with_decisions`); ``autoscaling`` is the autoscaler's own report per backend
+    (:func:`autoscaling_status`), left out when autoscaling is off.
+    """
     previous = previous or {}
-    return {
+    status = {
         "observedGeneration": generation,
         "routing": spec.routing,
         "activeBackend": active_backend(spec.routing, observed),
@@ -164,12 +198,51 @@ def compute_status(
             conditions_for(spec, observed, generation, error), previous.get("conditions"), now
         ),
     }
+    if autoscaling:
+        status["autoscaling"] = autoscaling
+    return status
 
 
-# A drift check of one SttConfig makes at most this many API calls: read the SttConfig, read
-# (and maybe patch) the three Deployments, then read the SttConfig and the three Deployments
-# again and maybe patch the status (``operator.correct_drift``).
-RESYNC_MAX_CALLS = 12
+def merge_patch(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``new`` as a JSON merge patch over ``previous`` (RFC 7386): a field that ``new`` no longer
+    has is sent as ``null``, at any depth of objects, or the API server would keep it (a stale
+    ``streams`` figure, or ``status.autoscaling`` after autoscaling was turned off)."""
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        old = previous.get(key)
+        patch[key] = merge_patch(old, value) if isinstance(value, dict) and isinstance(old, dict) else value
+    for key in previous.keys() - new.keys():
+        patch[key] = None
+    return patch
+
+
+def autoscaling_status(
+    decision: Decision, streams: float | None, ready: int, previous: dict[str, Any] | None, now: str
+) -> dict[str, Any]:
+    """One backend's ``status.autoscaling.<backend>``: the load seen, desired and ready replicas,
+    and why; ``lastScaleTime`` moves only when the desired count does; no ``streams`` while the
+    load is unknown."""
+    previous = previous or {}
+    changed = previous.get("desiredReplicas") != decision.replicas
+    report = {
+        "desiredReplicas": decision.replicas,
+        "readyReplicas": ready,
+        "reason": decision.reason,
+        "message": decision.message,
+        "atMax": decision.at_max,
+        "lastScaleTime": now if changed or not previous.get("lastScaleTime") else previous["lastScaleTime"],
+    }
+    if streams is not None:  # absent while unknown (a null would delete the field in a merge patch anyway)
+        report = {"streams": streams, **report}
+    return report
+
+
+# A drift check of one SttConfig makes at most this many API calls: read the SttConfig; for the
+# autoscaler, read the proxies' Endpoints and the two transcriber Deployments and post up to four
+# Events (a change and reaching the max, per backend); read (and maybe patch) the three
+# Deployments; then read the SttConfig and the three Deployments again and maybe patch the
+# status (``operator.correct_drift``). Reading the proxies' load adds one timeout, not a call.
+RESYNC_MAX_CALLS = 19
 
 
 def resync_stale_after_s(period_s: float, timeout_s: float, retries: int = 1) -> float:
@@ -178,11 +251,12 @@ def resync_stale_after_s(period_s: float, timeout_s: float, retries: int = 1) ->
     ``4 x period``: three sweeps may be late (a handler holding the status lock, a busy event
     loop) before anyone worries; plus one drift check in which every call (``RESYNC_MAX_CALLS``,
     each tried ``1 + retries`` times) ran to its timeout, the slowest an attempt can be while
-    every call is bounded. Defaults (15 s, 5 s, 1 retry): 60 + 120 = 180 s. Anything longer can
+    every call is bounded, and the autoscaler's read of the proxies ran to its one timeout.
+    Defaults (15 s, 5 s, 1 retry): 60 + 190 + 5 = 255 s. Anything longer can
     only be a call that escaped its timeout, a deadlock or a dead resync task, which a restart
     cures; a false alarm would restart a healthy operator under a slow API server and add load.
     """
-    return 4 * period_s + RESYNC_MAX_CALLS * (1 + retries) * timeout_s
+    return 4 * period_s + (RESYNC_MAX_CALLS * (1 + retries) + 1) * timeout_s
 
 
 @dataclass

@@ -593,6 +593,33 @@ def build() -> dict:
         )
     )
 
+    g.add(
+        timeseries(
+            "Autoscaler: live streams and replicas",
+            "Per autoscaled backend (spec.autoscaling): the live streams the operator read from the proxies "
+            "and the replicas it asks for. Empty while autoscaling is off.",
+            [
+                q(f"max by (backend) ({m('stt_controller_autoscaler_streams')})", "{{backend}} streams", "A"),
+                q(f"max by (backend) ({m('stt_controller_autoscaler_replicas_desired')})", "{{backend}} replicas", "B"),
+            ],
+        )
+    )
+    g.add(
+        timeseries(
+            "Autoscaler: scale events and unread loads",
+            "Replica changes by backend and reason (also Kubernetes Events on the SttConfig), and evaluations "
+            "that held the replicas because a proxy could not be read.",
+            [
+                q(
+                    f"sum by (backend, reason) (increase({m('stt_controller_autoscaler_scale_events_total')}[{RATE}]))",
+                    "{{backend}} {{reason}}",
+                    "A",
+                ),
+                q(f"sum(increase({m('stt_controller_autoscaler_load_read_failures_total')}[{RATE}]))", "unread", "B"),
+            ],
+        )
+    )
+
     g.row("Live client (--metrics-port)")
     g.add(
         timeseries(

@@ -1,5 +1,6 @@
 """Chaos for the end-to-end tests: signals to a pod's process from the node, a port-forward kept
-alive through pod deletions, and the check that a transcript lost nothing and repeated nothing.
+alive through pod deletions, live client streams, and the check that a transcript lost nothing
+and repeated nothing.
 
 ``kubectl exec ... kill -9 1`` cannot stand in for a crash: the kernel ignores SIGKILL and
 SIGSTOP sent to a PID namespace's init from inside it. So the signal comes from the node, to
@@ -13,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -110,3 +113,50 @@ def client_log(path: Path, last: int = 30) -> str:
     """The client's stderr without its live-view refreshes: what it said about connections."""
     lines = path.read_text(errors="replace").replace("\r", "\n").splitlines()
     return "\n".join([line for line in lines if line.strip() and not line.lstrip().startswith("-- in ")][-last:])
+
+
+class LiveStreams:
+    """Real ``stt-client`` processes streaming recordings at real-time pace to ``url`` (the
+    default WebSocket transport), each with its own log, and the check that each transcript
+    came back whole."""
+
+    def __init__(self, recordings: list, url: str, tmp_path: Path):
+        self.recordings, self.tmp_path = recordings, tmp_path
+        env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+        self.logs = [(tmp_path / f"client-{i}.log").open("w") for i in range(len(recordings))]
+        self.clients = [
+            subprocess.Popen(
+                [sys.executable, "-m", "client", "--file", str(r.path), "--realtime", "--url", url, "--language", "en"],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env=env,
+            )
+            for r, log in zip(recordings, self.logs, strict=True)
+        ]
+        self.outputs: list[str] = []
+
+    def running(self) -> bool:
+        return any(c.poll() is None for c in self.clients)
+
+    def finish(self, timeout: float) -> None:
+        """Wait for every client (killing one that overstays ``timeout``) and keep its transcript."""
+        for c in self.clients:
+            try:
+                self.outputs.append(c.communicate(timeout=timeout)[0])
+            except subprocess.TimeoutExpired:
+                c.kill()
+                self.outputs.append(c.communicate()[0])
+        for log in self.logs:
+            log.close()
+
+    def assert_whole(self, tag: str, note: str = "") -> None:
+        """Each client exited 0, and no run of ``RUN_WORDS`` words is missing or added (WER <= 20 %)."""
+        for i, (recording, client, text) in enumerate(zip(self.recordings, self.clients, self.outputs, strict=True)):
+            tail = client_log(self.tmp_path / f"client-{i}.log")
+            assert client.returncode == 0, f"client {i} exited {client.returncode}: {tail}"
+            found = runs(recording.text, text)
+            print(f"{tag} stream {i}: {found}{note}", flush=True)
+            assert found["longest_missing"] < RUN_WORDS, (found, text, tail)
+            assert found["longest_added"] < RUN_WORDS, (found, text, tail)
+            assert found["wer"] <= 20, (found, text, tail)

@@ -1,4 +1,4 @@
-"""The GPU autoscaling rule (a pure function), driven in simulated time."""
+"""The autoscaling rule (a pure function), driven in simulated time, and its spec."""
 
 from __future__ import annotations
 
@@ -188,3 +188,75 @@ def test_the_simulation_charges_the_start_up_and_the_scale_down_delay() -> None:
     assert (out.scale_events, out.from_zero, out.peak_replicas) == (2, 1, 3)
     slow = simulate("t", loads, policy, startup_s=300)
     assert slow.over_target_min == pytest.approx(5.0)
+
+
+# --- spec.autoscaling: parsing, defaults, and which backend carries the streams ---------------
+
+
+def test_spec_autoscaling_parses_the_enabled_backends_with_their_own_defaults() -> None:
+    from controller.autoscaling import DEFAULT_POLICIES, policies_from_spec
+
+    assert policies_from_spec(None) == {}
+    assert policies_from_spec({"gpu": {"enabled": False, "maxReplicas": 4}}) == {}
+    got = policies_from_spec({"gpu": {"enabled": True, "maxReplicas": 4}, "cpu": {"enabled": True}})
+    assert got["gpu"] == Policy(max_replicas=4)
+    assert got["cpu"] == DEFAULT_POLICIES["cpu"] and got["cpu"].min_replicas == 1
+
+
+@pytest.mark.parametrize(
+    ("spec", "says"),
+    [
+        ({"tpu": {"enabled": True}}, "spec.autoscaling.tpu: unknown backend"),
+        ({"gpu": {"enabled": True, "minReplicas": 3, "maxReplicas": 2}}, "autoscaling.gpu: min_replicas=3 is above"),
+        ({"cpu": {"enabled": True, "targetStreamsPerReplica": 0}}, "spec.autoscaling.cpu: target_streams_per_replica"),
+        ({"gpu": {"enabled": True, "maxReplica": 2}}, "unknown field(s) maxReplica"),
+    ],
+)
+def test_spec_autoscaling_errors_name_the_field(spec, says) -> None:
+    from controller.autoscaling import policies_from_spec
+
+    with pytest.raises(ValueError) as err:
+        policies_from_spec(spec)
+    assert says in str(err.value)
+
+
+def test_streams_go_where_the_proxy_routes_them() -> None:
+    from controller.autoscaling import streams_per_backend
+
+    assert streams_per_backend(5, "cpu", gpu_ready=2) == {"gpu": 0, "cpu": 5}
+    assert streams_per_backend(5, "gpu", gpu_ready=1) == {"gpu": 5, "cpu": 0}
+    # Scale from zero: no GPU pod ready yet, so the CPU side carries them (the proxy's fallback)
+    # while the GPU side is asked for replicas.
+    assert streams_per_backend(5, "auto", gpu_ready=0) == {"gpu": 5, "cpu": 5}
+
+
+def test_an_unknown_load_holds_the_replicas_within_the_bounds() -> None:
+    from controller.autoscaling import LOAD_UNKNOWN, hold
+
+    state = State(((10.0, 2),))
+    held = hold(2, POLICY, state, "1 of 2 proxies unread")
+    assert (held.replicas, held.reason, held.state) == (2, LOAD_UNKNOWN, state)
+    assert "1 of 2 proxies unread" in held.message and not held.at_max
+    assert hold(9, POLICY, state, "x").replicas == POLICY.max_replicas  # a spec change still applies its bounds
+
+
+def test_the_crd_and_the_chart_defaults_are_the_operators(helm) -> None:
+    """One set of defaults: what the CRD fills in, what the chart renders and what the operator
+    assumes for a field left out must agree, per backend."""
+    import yaml
+
+    from controller.autoscaling import DEFAULT_POLICIES, SPEC_FIELDS, policies_from_spec
+    from tests.k8s.test_chart import render
+    from tests.k8s.tools import CHART
+
+    docs = render(helm)
+    crd = next(d for d in docs if d["kind"] == "CustomResourceDefinition")
+    spec_schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["sttConfig"]["autoscaling"]
+    for backend, policy in DEFAULT_POLICIES.items():
+        props = spec_schema["properties"]["autoscaling"]["properties"][backend]["properties"]
+        crd_defaults = {k: props[k]["default"] for k in SPEC_FIELDS}
+        assert props["enabled"]["default"] is False and values[backend]["enabled"] is False
+        assert policies_from_spec({backend: {"enabled": True, **crd_defaults}})[backend] == policy, backend
+        chart = {k: v for k, v in values[backend].items() if k != "enabled"}
+        assert policies_from_spec({backend: {"enabled": True, **chart}})[backend] == policy, backend

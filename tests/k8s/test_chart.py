@@ -12,6 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from controller.autoscaling import DEFAULT_POLICIES
 from tests.k8s.tools import CHART
 
 # Objects whose schema comes from a CRD (ours or the Prometheus operator's): not in
@@ -316,6 +317,17 @@ def test_default_sttconfig_is_a_post_install_hook_matching_the_crd(helm: str) ->
         "gpuIdleReplicas": 0,
         "cpuReplicas": 1,
         "detector": "whisper-tiny",
+        "autoscaling": {
+            backend: {
+                "enabled": False,
+                "minReplicas": policy.min_replicas,
+                "maxReplicas": policy.max_replicas,
+                "targetStreamsPerReplica": policy.target_streams_per_replica,
+                "scaleUpStabilizationSeconds": policy.scale_up_stabilization_s,
+                "scaleDownStabilizationSeconds": policy.scale_down_stabilization_s,
+            }
+            for backend, policy in DEFAULT_POLICIES.items()
+        },
     }
     # every spec field is one the CRD knows (it refuses unknown fields)
     crd = find(docs, "CustomResourceDefinition", "sttconfigs.stt.platform.io")
@@ -378,13 +390,35 @@ def test_proxy_metrics_and_status_detail_are_on_an_ops_port_only_prometheus_reac
     assert ops_svc["spec"]["type"] == "ClusterIP"
     assert ops_svc["spec"]["ports"] == [{"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}]
     assert ops_svc["spec"]["selector"]["app.kubernetes.io/component"] == "proxy"
-    # public port: open as before; ops port: the Prometheus selectors only, and no rule opens it to all
+    # public port: open as before; ops port: the Prometheus selectors and the operator (its
+    # autoscaler reads the live streams there) only, and no rule opens it to all
     public_rule, ops_rule = netpol["spec"]["ingress"]
     assert public_rule["ports"] == [{"port": "http", "protocol": "TCP"}] and "from" not in public_rule
     assert ops_rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
     assert ops_rule["from"] == [
-        {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
+        {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}},
+        {
+            "podSelector": {
+                "matchLabels": {
+                    "app.kubernetes.io/instance": "stt",
+                    "app.kubernetes.io/name": "stt",
+                    "app.kubernetes.io/component": "controller",
+                }
+            }
+        },
     ]
+    ctrl_env = env_of(deployments(docs)["stt-controller"])
+    assert (ctrl_env["STT_PROXY_METRICS_SERVICE"], ctrl_env["STT_PROXY_METRICS_PORT"]) == ("stt-proxy-metrics", "9090")
+    # the operator may read exactly that Service's Endpoints, nothing else of the core API but Events
+    role = find(docs, "Role", "stt-controller")
+    core = [r for r in role["rules"] if r["apiGroups"] == [""]]
+    assert {
+        "resources": ["endpoints"],
+        "resourceNames": ["stt-proxy-metrics"],
+        "verbs": ["get"],
+        "apiGroups": [""],
+    } in core
+    assert {tuple(r["resources"]) for r in core} == {("events",), ("endpoints",)}
     custom = render(
         helm,
         "1.33.0",
@@ -441,7 +475,7 @@ def test_controller_api_timeout_and_liveness_match_the_resync_bound(helm: str) -
     c = ctrl["spec"]["template"]["spec"]["containers"][0]
     assert env["STT_K8S_TIMEOUT_S"] == "5"
     bound = resync_stale_after_s(float(env["STT_STATUS_RESYNC_S"]), float(env["STT_K8S_TIMEOUT_S"]))
-    assert bound == 180
+    assert bound == 255
     live, start = c["livenessProbe"], c["startupProbe"]
     assert live["httpGet"] == start["httpGet"] == {"path": "/healthz", "port": "health"}
     # /healthz decides (after `bound`); the kubelet only needs a few failures in a row, well within it
@@ -457,3 +491,66 @@ def test_controller_api_timeout_and_liveness_match_the_resync_bound(helm: str) -
     for bad in ("controller.apiTimeoutSeconds=0", "controller.livenessProbe.failureThreshold=0"):
         r = subprocess.run([helm, "template", "stt", str(CHART), "--set", bad], capture_output=True, text=True)
         assert r.returncode != 0 and "values don't meet the specifications" in r.stderr, bad
+
+
+AUTOSCALED_GPU = ("--set", "sttConfig.autoscaling.gpu.enabled=true", "--set", "sttConfig.autoscaling.gpu.maxReplicas=4")
+
+
+def test_the_operator_autoscales_by_default_and_no_hpa_or_keda_is_rendered(helm: str) -> None:
+    docs = render(helm, "1.33.0", *AUTOSCALED_GPU)
+    assert not [d for d in docs if d["kind"] in ("HorizontalPodAutoscaler", "ScaledObject")]
+    assert find(docs, "SttConfig", "stt")["spec"]["autoscaling"]["gpu"]["enabled"] is True
+    assert env_of(deployments(docs)["stt-controller"])["STT_EXTERNALLY_SCALED"] == ""
+
+
+def test_keda_engine_renders_a_scaled_object_and_hands_the_backend_off(helm: str) -> None:
+    keda = ("--set", "autoscaling.engine=keda", "--set", "autoscaling.keda.prometheusAddress=http://prom:9090")
+    docs = render(
+        helm, "1.33.0", *keda, *AUTOSCALED_GPU, "--set", "sttConfig.autoscaling.gpu.targetStreamsPerReplica=100"
+    )
+    so = find(docs, "ScaledObject", "stt-base-gpu")
+    assert so["apiVersion"] == "keda.sh/v1alpha1" and so["spec"]["scaleTargetRef"] == {"name": "stt-base-gpu"}
+    assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (0, 4)  # KEDA may go to zero
+    (trigger,) = so["spec"]["triggers"]
+    assert trigger["type"] == "prometheus" and trigger["metadata"]["threshold"] == "100"
+    assert trigger["metadata"]["query"] == 'sum(stt_proxy_sessions_active{namespace="stt"})'
+    behavior = so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] == 900 == so["spec"]["cooldownPeriod"]
+    assert not [d for d in docs if d["kind"] == "ScaledObject" and "cpu" in d["metadata"]["name"]]
+    # the operator must not fight it: autoscaling off in the SttConfig, the backend handed off
+    assert find(docs, "SttConfig", "stt")["spec"]["autoscaling"]["gpu"]["enabled"] is False
+    assert env_of(deployments(docs)["stt-controller"])["STT_EXTERNALLY_SCALED"] == "gpu"
+    r = subprocess.run(
+        [helm, "template", "stt", str(CHART), *AUTOSCALED_GPU, "--set", "autoscaling.engine=keda"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode != 0 and "autoscaling.keda.prometheusAddress is required" in r.stderr
+
+
+# kubernetes-validate has no 1.20 schemas: v2beta2 is checked against 1.25's, its last release.
+@pytest.mark.parametrize(
+    ("kube_version", "api", "schema"),
+    [("1.20.2", "autoscaling/v2beta2", "1.25.0"), ("1.33.0", "autoscaling/v2", "1.33.0")],
+)
+def test_hpa_engine_renders_a_valid_hpa_per_enabled_backend(
+    helm: str, kube_version: str, api: str, schema: str
+) -> None:
+    both = ("--set", "sttConfig.autoscaling.cpu.enabled=true", "--set", "sttConfig.autoscaling.gpu.minReplicas=1")
+    docs = render(helm, kube_version, "--set", "autoscaling.engine=hpa", *AUTOSCALED_GPU, *both)
+    hpas = {d["metadata"]["name"]: d for d in docs if d["kind"] == "HorizontalPodAutoscaler"}
+    assert set(hpas) == {"stt-base-gpu", "stt-base-cpu"}
+    for name, hpa in hpas.items():
+        assert hpa["apiVersion"] == api and hpa["spec"]["scaleTargetRef"]["name"] == name
+        kubernetes_validate.validate(hpa, schema, strict=True)
+        (metric,) = hpa["spec"]["metrics"]
+        assert metric["external"]["metric"]["name"] == "stt_proxy_sessions_active"
+    assert hpas["stt-base-cpu"]["spec"]["metrics"][0]["external"]["target"]["averageValue"] == "3"
+    assert env_of(deployments(docs)["stt-controller"])["STT_EXTERNALLY_SCALED"] == "gpu,cpu"
+    # the HPA cannot scale to zero: refused with the way out named
+    r = subprocess.run(
+        [helm, "template", "stt", str(CHART), "--set", "autoscaling.engine=hpa", *AUTOSCALED_GPU],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode != 0 and "minReplicas=0 needs autoscaling.engine operator or keda" in r.stderr

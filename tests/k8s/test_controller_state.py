@@ -97,9 +97,9 @@ def test_transition_time_moves_only_when_status_changes() -> None:
 
 
 def test_stale_bound_covers_an_attempt_whose_every_call_ran_to_its_timeout() -> None:
-    assert resync_stale_after_s(15, 5) == 180  # the chart's defaults: 4 x 15 + 12 x 2 x 5
-    assert resync_stale_after_s(15, 5, retries=0) == 120
-    slowest_attempt = RESYNC_MAX_CALLS * 2 * 5
+    assert resync_stale_after_s(15, 5) == 255  # the chart's defaults: 4 x 15 + (19 x 2 + 1) x 5
+    assert resync_stale_after_s(15, 5, retries=0) == 160
+    slowest_attempt = (RESYNC_MAX_CALLS * 2 + 1) * 5
     assert resync_stale_after_s(15, 5) > 15 + slowest_attempt  # one period late and the slowest attempt
 
 
@@ -119,3 +119,21 @@ def test_failing_attempts_keep_the_operator_alive_and_are_counted() -> None:
     beat.finished(210.0, ok=True)
     assert (beat.last_ok, beat.consecutive_failures) == (True, 0)
     assert beat.stuck(270.1)  # then nothing finishes any more: stuck
+
+
+def test_the_status_patch_removes_what_the_new_status_no_longer_has() -> None:
+    from controller.state import merge_patch
+
+    previous = {
+        "routing": "gpu",
+        "autoscaling": {"gpu": {"streams": 4, "desiredReplicas": 2}, "cpu": {"desiredReplicas": 1}},
+        "conditions": [{"type": "Ready"}],
+    }
+    new = {"routing": "gpu", "autoscaling": {"gpu": {"desiredReplicas": 2}}, "conditions": []}
+    assert merge_patch(previous, new) == {
+        "routing": "gpu",
+        "autoscaling": {"gpu": {"desiredReplicas": 2, "streams": None}, "cpu": None},
+        "conditions": [],  # lists are replaced whole by a merge patch
+    }
+    assert merge_patch(previous, {"routing": "cpu"})["autoscaling"] is None
+    assert merge_patch({}, new) == new

@@ -22,6 +22,7 @@ from prometheus_client import REGISTRY
 
 from controller import kube
 from controller import operator as op
+from controller.autoscaler import Autoscaler
 
 NS = "stt"
 DEPLOYMENTS = "apps/v1/deployments"
@@ -293,3 +294,136 @@ async def test_liveness_fails_while_the_resync_is_stuck_not_while_it_fails(kmock
         gate.set()
         op._cluster = kube.Cluster(api, timeout_s=0.5)
         await poll(session, url, lambda s, b: s == 200 and b["resync"]["lastAttemptOk"] is True, within=15)
+
+
+# --- autoscaling: the real operator code, load read over HTTP from a metrics server ------------
+
+ENDPOINTS = "v1/endpoints"
+
+
+@pytest.fixture
+def proxy_load(kmock, monkeypatch) -> Iterator:
+    """One "proxy pod" (a loopback metrics server) behind the proxy metrics Service's Endpoints."""
+    from tests.k8s.test_controller_load import exposition, metrics_server
+
+    with metrics_server(exposition()) as server:
+        monkeypatch.setattr(op, "AUTOSCALER", Autoscaler(op.PROXY_METRICS_SERVICE, server.port))
+        kmock.objects[ENDPOINTS, NS, op.PROXY_METRICS_SERVICE] = {
+            "apiVersion": "v1",
+            "kind": "Endpoints",
+            "metadata": {"name": op.PROXY_METRICS_SERVICE, "namespace": NS},
+            "subsets": [{"addresses": [{"ip": "127.0.0.1"}], "ports": [{"name": "metrics", "port": server.port}]}],
+        }
+
+        def streams(n: int) -> None:
+            server.text = exposition(ws=n)
+
+        streams.server = server
+        yield streams
+
+
+def events(kmock) -> list[dict[str, Any]]:
+    return [r.data for r in kmock[km.action.CREATE, km.resource("v1/events")]]
+
+
+async def test_autoscaling_scales_gpu_from_zero_on_load_and_back_to_zero(kmock, cluster, proxy_load) -> None:
+    auto = {"enabled": True, "minReplicas": 0, "maxReplicas": 2, "targetStreamsPerReplica": 2}
+    auto |= {"scaleDownStabilizationSeconds": 0}
+    spec = {"routing": "auto", "gpuReplicas": 1, "autoscaling": {"gpu": auto}}
+    kmock.objects[CONFIGS, NS, "stt"] = sttconfig(spec)
+    await apply(spec)  # no stream yet: the fixed gpuReplicas (1) is ignored, min 0 holds
+    assert latest(kmock, DEPLOYMENTS, "stt-base-gpu")["spec"]["replicas"] == 0
+    status = latest(kmock, CONFIGS, "stt")["status"]
+    assert status["autoscaling"]["gpu"]["streams"] == 0 and status["gpuReplicasDesired"] == 0
+    assert "cpu" not in status["autoscaling"]
+
+    proxy_load(3)  # 3 streams at 2 per replica: 2 replicas, from zero
+    await asyncio.to_thread(op.correct_drift, NS, "stt", True)
+    assert latest(kmock, DEPLOYMENTS, "stt-base-gpu")["spec"]["replicas"] == 2
+    gpu = latest(kmock, CONFIGS, "stt")["status"]["autoscaling"]["gpu"]
+    assert (gpu["streams"], gpu["desiredReplicas"], gpu["reason"]) == (3, 2, "ScaleFromZero")
+    assert gpu["lastScaleTime"] and not gpu["atMax"]
+    (event,) = events(kmock)
+    assert event["reason"] == "ScaleFromZero" and event["type"] == "Normal"
+    assert event["involvedObject"]["kind"] == "SttConfig" and event["involvedObject"]["name"] == "stt"
+    assert REGISTRY.get_sample_value("stt_controller_autoscaler_replicas_desired", {"backend": "gpu"}) == 2
+
+    # A Deployment event (pods came up) keeps the autoscaler's count: it is not "drift".
+    kmock.objects[DEPLOYMENTS, NS, "stt-base-gpu"] = deployment("stt-base-gpu", "base", 2, 2)
+    await asyncio.to_thread(op.deployment_changed, namespace=NS)
+    assert latest(kmock, DEPLOYMENTS, "stt-base-gpu")["spec"]["replicas"] == 2
+    assert latest(kmock, CONFIGS, "stt")["status"]["activeBackend"] == "gpu"
+
+    proxy_load(9)  # over max x target: held at max, a Warning event once, the at-max gauge
+    await asyncio.to_thread(op.correct_drift, NS, "stt", True)
+    await asyncio.to_thread(op.correct_drift, NS, "stt", True)
+    warnings = [e for e in events(kmock) if e["type"] == "Warning"]
+    assert [e["reason"] for e in warnings] == ["AtMax"]
+    assert latest(kmock, CONFIGS, "stt")["status"]["autoscaling"]["gpu"]["atMax"] is True
+    assert REGISTRY.get_sample_value("stt_controller_autoscaler_at_max", {"backend": "gpu"}) == 1
+
+    proxy_load(0)  # load gone and a 0 s window: back to zero
+    await asyncio.to_thread(op.correct_drift, NS, "stt", True)
+    assert latest(kmock, DEPLOYMENTS, "stt-base-gpu")["spec"]["replicas"] == 0
+    assert latest(kmock, CONFIGS, "stt")["status"]["autoscaling"]["gpu"]["reason"] == "ScaleToZero"
+    assert events(kmock)[-1]["reason"] == "ScaleToZero"
+
+
+async def test_autoscaling_holds_when_a_proxy_cannot_be_read(kmock, cluster, proxy_load) -> None:
+    kmock.objects[DEPLOYMENTS, NS, "stt-base-gpu"] = deployment("stt-base-gpu", "base", 2, 2)
+    auto = {"enabled": True, "maxReplicas": 4, "targetStreamsPerReplica": 1, "scaleDownStabilizationSeconds": 0}
+    spec = {"routing": "gpu", "autoscaling": {"gpu": auto}}
+    kmock.objects[CONFIGS, NS, "stt"] = sttconfig(spec)
+    proxy_load.server.text = "garbage {{{"
+    await apply(spec)
+    assert latest(kmock, DEPLOYMENTS, "stt-base-gpu")["spec"]["replicas"] == 2  # neither up nor down
+    gpu = latest(kmock, CONFIGS, "stt")["status"]["autoscaling"]["gpu"]
+    assert "streams" not in gpu and gpu["reason"] == "LoadUnknown" and "unread" in gpu["message"]
+
+
+async def test_cpu_autoscaling_under_cpu_routing_leaves_gpu_at_its_idle_count(kmock, cluster, proxy_load) -> None:
+    kmock.objects[DEPLOYMENTS, NS, "stt-base-gpu"] = deployment("stt-base-gpu", "base", 1, 1)
+    autoscaling = {
+        "cpu": {"enabled": True, "minReplicas": 1, "maxReplicas": 3, "targetStreamsPerReplica": 2},
+        "gpu": {"enabled": True, "minReplicas": 1, "maxReplicas": 4},
+    }
+    spec = {"routing": "cpu", "gpuIdleReplicas": 0, "autoscaling": autoscaling}
+    kmock.objects[CONFIGS, NS, "stt"] = sttconfig(spec)
+    proxy_load(5)
+    await apply(spec)
+    assert latest(kmock, DEPLOYMENTS, "stt-base-cpu")["spec"]["replicas"] == 3
+    assert latest(kmock, DEPLOYMENTS, "stt-base-gpu")["spec"]["replicas"] == 0  # cpu routing: gpuIdleReplicas
+    status = latest(kmock, CONFIGS, "stt")["status"]
+    assert set(status["autoscaling"]) == {"cpu"} and status["cpuReplicasDesired"] == 3
+
+
+async def test_turning_autoscaling_off_restores_the_fixed_counts(kmock, cluster, proxy_load) -> None:
+    auto = {"enabled": True, "minReplicas": 0, "maxReplicas": 3, "targetStreamsPerReplica": 1}
+    spec = {"routing": "gpu", "gpuReplicas": 1, "autoscaling": {"gpu": auto}}
+    kmock.objects[CONFIGS, NS, "stt"] = sttconfig(spec)
+    proxy_load(3)
+    await apply(spec)
+    assert latest(kmock, DEPLOYMENTS, "stt-base-gpu")["spec"]["replicas"] == 3
+    off = {"routing": "gpu", "gpuReplicas": 1, "autoscaling": {"gpu": {**auto, "enabled": False}}}
+    kmock.objects[CONFIGS, NS, "stt"] = sttconfig(off, generation=2)
+    await apply(off, generation=2)
+    assert latest(kmock, DEPLOYMENTS, "stt-base-gpu")["spec"]["replicas"] == 1
+    assert "autoscaling" not in latest(kmock, CONFIGS, "stt")["status"]
+
+
+async def test_a_backend_an_hpa_or_keda_scales_is_left_alone(kmock, cluster, proxy_load, monkeypatch) -> None:
+    """``autoscaling.engine: keda``: the operator neither resets what KEDA asked for to the fixed
+    count nor autoscales it too, even when the SttConfig says so, and reports KEDA's number."""
+    monkeypatch.setattr(op, "EXTERNALLY_SCALED", frozenset({"gpu"}))
+    kmock.objects[DEPLOYMENTS, NS, "stt-base-gpu"] = deployment("stt-base-gpu", "base", 3, 2)
+    auto = {"enabled": True, "maxReplicas": 8, "targetStreamsPerReplica": 1}
+    spec = {"routing": "gpu", "gpuReplicas": 1, "cpuReplicas": 2, "autoscaling": {"gpu": auto}}
+    kmock.objects[CONFIGS, NS, "stt"] = sttconfig(spec)
+    proxy_load(6)
+    await apply(spec)
+    await asyncio.to_thread(op.correct_drift, NS, "stt", True)
+    assert latest(kmock, DEPLOYMENTS, "stt-base-gpu")["spec"]["replicas"] == 3  # KEDA's, untouched
+    assert latest(kmock, DEPLOYMENTS, "stt-base-cpu")["spec"]["replicas"] == 2  # still the operator's
+    status = latest(kmock, CONFIGS, "stt")["status"]
+    assert status["gpuReplicasDesired"] == 3 and "autoscaling" not in status
+    assert not events(kmock)

@@ -40,7 +40,7 @@ def promtool() -> str:
 def test_promtool_check_rules(promtool: str) -> None:
     result = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 12 rules found" in result.stdout
+    assert "SUCCESS: 13 rules found" in result.stdout
 
 
 def test_promtool_unit_tests_pass(promtool: str) -> None:
@@ -187,7 +187,7 @@ def test_literals_and_identifiers() -> None:
 
 def test_rules_and_dashboard_are_read_completely() -> None:
     rules = rules_expressions(RULES)
-    assert len(rules) == 12 and all(r.kind == ALERT for r in rules)
+    assert len(rules) == 13 and all(r.kind == ALERT for r in rules)
     graph = dashboard_expressions(DASHBOARD)
     assert all("$" not in e.expr for e in graph), "unsubstituted template variable"
     assert any(e.source.startswith("dashboard variable") for e in graph)

@@ -55,6 +55,10 @@ ALLOWED_MISSING = {
     "dashboard panel 'Reconciliations by result' target A",
     "dashboard panel 'SttConfig apply time' target A",
     "dashboard panel 'SttConfig apply time' target B",
+    "dashboard panel 'Autoscaler: live streams and replicas' target A",
+    "dashboard panel 'Autoscaler: live streams and replicas' target B",
+    "dashboard panel 'Autoscaler: scale events and unread loads' target A",
+    "dashboard panel 'Autoscaler: scale events and unread loads' target B",
     "dashboard panel 'Client chunks per second' target A",
     "dashboard panel 'Client chunks per second' target B",
     "dashboard panel 'Client chunks per second' target C",
@@ -62,6 +66,7 @@ ALLOWED_MISSING = {
     "dashboard panel 'Client lag' target A",
     "rules alert SttReconciliationFailing",
     "rules alert SttGpuReplicasNotReady",
+    "rules alert SttAutoscalerAtMax",
     "rules alert SttClientDroppingChunks",
 }
 
@@ -297,7 +302,7 @@ def test_prometheus_evaluates_every_rule_and_the_cuda_alert_is_pending(live: Liv
         if cuda or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    assert len(rules) == 12
+    assert len(rules) == 13
     assert {name: (r["health"], r.get("lastError")) for name, r in rules.items() if r["health"] != "ok"} == {}
     assert [(a["state"], a["labels"]["instance"]) for a in cuda] == [("pending", gpu_instance)]
     assert rules["SttHighErrorRatio"]["alerts"] == []  # only 4xx were sent

@@ -126,3 +126,23 @@ lifecycle:
 {{- define "stt.drainEnv" -}}
 - {name: UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN, value: {{ .Values.shutdown.drainSeconds | quote }}}
 {{- end -}}
+
+{{/* The HPA API: autoscaling/v2 where the cluster serves it (1.23+), autoscaling/v2beta2 before. */}}
+{{- define "stt.hpaApiVersion" -}}
+{{- if and (.Capabilities.APIVersions.Has "autoscaling/v2") (semverCompare ">=1.23-0" .Capabilities.KubeVersion.Version) -}}
+autoscaling/v2
+{{- else -}}
+autoscaling/v2beta2
+{{- end -}}
+{{- end -}}
+
+{{/* The backends an HPA or KEDA scales (autoscaling.engine), for the operator to leave alone. */}}
+{{- define "stt.externallyScaled" -}}
+{{- $out := list -}}
+{{- if ne .Values.autoscaling.engine "operator" -}}
+{{- range $backend := list "gpu" "cpu" -}}
+{{- if (index $.Values.sttConfig.autoscaling $backend).enabled }}{{ $out = append $out $backend }}{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- join "," $out -}}
+{{- end -}}
