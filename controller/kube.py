@@ -45,6 +45,7 @@ class Names:
     gpu: str
     detector: str
     detector_container: str = "tiny"
+    transcriber_container: str = "base"  # in both the CPU and the GPU Deployment
 
 
 def load_config() -> None:
@@ -204,6 +205,21 @@ def container_env(deployment: dict[str, Any], container: str) -> dict[str, str]:
     return {
         e["name"]: e.get("value", "") for e in container_spec(deployment, container).get("env") or [] if "name" in e
     }
+
+
+def rollout_done(deployment: dict[str, Any] | None) -> bool:
+    """Whether every replica runs the Deployment's current template and is ready (what
+    ``kubectl rollout status`` waits for)."""
+    if deployment is None:
+        return False
+    meta, spec, status = deployment.get("metadata") or {}, deployment.get("spec") or {}, deployment.get("status") or {}
+    want = int(spec.get("replicas") or 0)
+    return (
+        int(status.get("observedGeneration") or 0) >= int(meta.get("generation") or 0)
+        and int(status.get("updatedReplicas") or 0) >= want
+        and int(status.get("readyReplicas") or 0) >= want
+        and int(status.get("replicas") or 0) <= want  # no old pod left
+    )
 
 
 def ready_replicas(deployment: dict[str, Any] | None) -> int | None:

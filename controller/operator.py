@@ -27,8 +27,9 @@ operator whose resync is stuck; a resync that keeps failing on API errors stays 
 
 What it does on create/update/resume of the spec: scale the GPU Deployment (``gpuReplicas``
 while routing is ``gpu``/``auto``, ``gpuIdleReplicas`` while ``cpu``), scale the CPU Deployment,
-set the detector's default (``STT_DETECTOR`` on the tiny Deployment: a rolling update), then write
-the status.
+set the detector's default (``STT_DETECTOR`` on the tiny Deployment: a rolling update) and each
+transcriber's model (``spec.models``: ``STT_MODEL``, a rolling update; ``status.models`` says
+when it is done), then write the status.
 
 Autoscaling (``spec.autoscaling.<gpu|cpu>.enabled``): on every resync (``STT_STATUS_RESYNC_S``)
 and every spec change, the operator reads the live streams from the proxies, asks
@@ -72,10 +73,12 @@ from controller.kube import (
     describe_error,
     load_config,
     ready_replicas,
+    rollout_done,
 )
 from controller.state import (
     Observed,
     ResyncHeartbeat,
+    Rollout,
     Spec,
     autoscaling_status,
     compute_status,
@@ -133,7 +136,14 @@ def observe(c: Cluster, namespace: str) -> Observed:
     det = c.read_deployment(namespace, NAMES.detector)
     # No STT_DETECTOR in the pod template means the tiny service's own default, silero.
     detector = (container_env(det, NAMES.detector_container).get("STT_DETECTOR") or "silero") if det else None
-    return Observed(ready_replicas(cpu), ready_replicas(gpu), ready_replicas(det), detector, asked(cpu), asked(gpu))
+    rollouts = {
+        backend: Rollout(container_env(d, NAMES.transcriber_container).get("STT_MODEL"), rollout_done(d))
+        for backend, d in (("cpu", cpu), ("gpu", gpu))
+        if d is not None
+    }
+    return Observed(
+        ready_replicas(cpu), ready_replicas(gpu), ready_replicas(det), detector, asked(cpu), asked(gpu), rollouts
+    )
 
 
 def asked(deployment: dict[str, Any] | None) -> int | None:
@@ -210,6 +220,13 @@ def reconcile(c: Cluster, namespace: str, spec: Spec) -> list[str]:
         changed.append(f"{NAMES.cpu} replicas={spec.cpu_replicas}")
     if c.set_env(namespace, NAMES.detector, NAMES.detector_container, "STT_DETECTOR", spec.detector):
         changed.append(f"{NAMES.detector} STT_DETECTOR={spec.detector}")
+    # A model change is a rolling update: new pods load it and become ready before the Service
+    # sends them work, and old ones drain (the CPU side surges; the GPU side, short of GPUs,
+    # replaces a pod at a time while the proxy falls back to CPU).
+    for backend, model in spec.models.items():
+        deployment = NAMES.gpu if backend == "gpu" else NAMES.cpu
+        if c.set_env(namespace, deployment, NAMES.transcriber_container, "STT_MODEL", model):
+            changed.append(f"{deployment} STT_MODEL={model}")
     return changed
 
 

@@ -8,10 +8,11 @@ in the resource and ``active_backend`` in the proxy's ``/gpu-status`` tell the s
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from controller.autoscaling import Decision, Policy, policies_from_spec
+from controller.autoscaling import BACKENDS, Decision, Policy, policies_from_spec
 
 ROUTING_MODES = ("cpu", "gpu", "auto")
 DETECTORS = ("silero", "whisper-tiny")
@@ -29,6 +30,8 @@ class Spec:
     detector: str = "silero"
     # Enabled ``spec.autoscaling`` backends ("gpu", "cpu") and their policies; empty: fixed counts.
     autoscaling: dict[str, Policy] = field(default_factory=dict)
+    # ``spec.models``: the Whisper model per backend ("gpu", "cpu"); absent: the pods' own setting.
+    models: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any] | None) -> Spec:
@@ -48,7 +51,8 @@ class Spec:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"spec.{key}={value!r}: must be a non-negative integer")
         autoscaling = policies_from_spec(spec.get("autoscaling"))
-        return cls(routing=routing, detector=detector, autoscaling=autoscaling, **values)
+        models = models_from_spec(spec.get("models"))
+        return cls(routing=routing, detector=detector, autoscaling=autoscaling, models=models, **values)
 
     def autoscaled(self) -> dict[str, Policy]:
         """The backends the autoscaler drives now: the GPU side only while routing may use it
@@ -76,6 +80,35 @@ class Spec:
         return self.gpu_replicas if self.routing in ("gpu", "auto") else self.gpu_idle_replicas
 
 
+MODEL_CHARS = re.compile(r"[A-Za-z0-9._/@-]{1,256}")
+
+
+def models_from_spec(models: dict | None) -> dict[str, str]:
+    """``spec.models`` checked: per backend a model name the transcriber resolves (a provisioned
+    name such as ``base`` or ``tiny.en``, an absolute directory in the pod such as a mounted
+    volume, or a hub name such as ``Systran/faster-whisper-small``), as
+    :func:`services.common.models.resolve_model` does. The CRD's pattern refuses the rest first."""
+    out: dict[str, str] = {}
+    for backend, model in (models or {}).items():
+        if backend not in BACKENDS:
+            raise ValueError(f"spec.models.{backend}: unknown backend (use {', '.join(BACKENDS)})")
+        if not isinstance(model, str) or not MODEL_CHARS.fullmatch(model) or ".." in model.split("/"):
+            raise ValueError(
+                f"spec.models.{backend}={model!r}: a model name (base, tiny.en, org/name) or an absolute "
+                "directory, at most 256 of A-Z a-z 0-9 . _ / @ -"
+            )
+        out[backend] = model
+    return out
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One transcriber Deployment's model and whether its pods all run the current template."""
+
+    model: str | None  # STT_MODEL in its pod template (None: unset, the image's default)
+    done: bool  # every replica updated and ready (the Deployment controller has seen the change)
+
+
 @dataclass(frozen=True)
 class Observed:
     """Ready pod counts read from the Deployments' status (``None``: the Deployment is missing)."""
@@ -87,6 +120,7 @@ class Observed:
     # The Deployments' spec.replicas: what an HPA or KEDA asks for where one scales a backend.
     cpu_replicas: int | None = None
     gpu_replicas: int | None = None
+    rollouts: dict[str, Rollout] = field(default_factory=dict)  # per backend, for status.models
 
 
 def active_backend(routing: str, observed: Observed) -> str:
@@ -200,7 +234,24 @@ def compute_status(
     }
     if autoscaling:
         status["autoscaling"] = autoscaling
+    if spec.models:
+        status["models"] = models_status(spec, observed)
     return status
+
+
+def models_status(spec: Spec, observed: Observed) -> dict[str, Any]:
+    """``status.models.<backend>``: the model asked for, the one in the pod template, and whether
+    the rollout to it is done (every pod updated and ready: from then on only it answers)."""
+    out: dict[str, Any] = {}
+    for backend, model in spec.models.items():
+        rollout = observed.rollouts.get(backend)
+        serving = rollout.model if rollout else None
+        out[backend] = {
+            "requested": model,
+            "template": serving or "",
+            "rolledOut": bool(rollout and rollout.done and serving == model),
+        }
+    return out
 
 
 def merge_patch(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:

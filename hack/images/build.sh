@@ -146,8 +146,9 @@ for img in "${IMAGES[@]}"; do
   case "$img" in
     tiny) d=$(model_layer tiny.en); dirs="\"$d\""; ports='"5004"'; cmd=$(uvicorn_cmd tiny 5004)
           SIZES[$img]=$(( BASE_MB + $(du -sm "$d" | cut -f1) )) ;;
-    base) d=$(model_layer base); dirs="\"$d\""; ports='"5002"'; cmd=$(uvicorn_cmd base 5002)
-          SIZES[$img]=$(( BASE_MB + $(du -sm "$d" | cut -f1) )) ;;
+    base) d=$(model_layer base); d2=$(model_layer tiny.en); dirs="\"$d\", \"$d2\""
+          ports='"5002"'; cmd=$(uvicorn_cmd base 5002)
+          SIZES[$img]=$(( BASE_MB + $(du -sm "$d" | cut -f1) + $(du -sm "$d2" | cut -f1) )) ;;
     proxy) ports='"5001"'; cmd=$(uvicorn_cmd proxy 5001); SIZES[$img]=$BASE_MB ;;
     controller) cmd='["kopf","run","--standalone","--all-namespaces","-m","controller.operator"]'
                 SIZES[$img]=$BASE_MB ;;

@@ -40,6 +40,7 @@ import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from faster_whisper.tokenizer import _LANGUAGE_CODES
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.base import metrics
 from services.base.batcher import Batcher, Priority
@@ -209,6 +210,33 @@ async def lifespan(app: FastAPI):
 
 
 app = create_app("base", "Whisper transcription of audio chunks and whole files (faster-whisper).", lifespan)
+
+
+class ModelHeader:
+    """``X-STT-Model`` on every answer once the model is loaded, whatever its format (a plain
+    ``text`` or ``srt`` transcript has no field to carry it), so that every transcript says
+    which model produced it, also across a model swap. Pure ASGI: the body streams through
+    untouched and ``receive`` is not wrapped (the hang-up watch reads it)."""
+
+    def __init__(self, inner: ASGIApp) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        engine = app.state.engine if scope["type"] == "http" else None
+        if engine is None:
+            await self.inner(scope, receive, send)
+            return
+        model = engine.model_name.encode("latin-1", "replace")
+
+        async def send_with_model(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-stt-model", model)]
+            await send(message)
+
+        await self.inner(scope, receive, send_with_model)
+
+
+app.add_middleware(ModelHeader)
 
 
 def model_call_hung() -> str | None:

@@ -8,6 +8,11 @@ refuses to start: a package from a small publisher could change under us.
 
 Run ``python -m services.common.models fetch base tiny.en`` to provision ahead of time
 (``make models`` does); services call :func:`resolve_model` at start-up.
+
+On a cluster, other models (a hub's, at a pinned revision, or a directory) go into a model store
+shared by the transcriber pods: ``python -m services.common.models store --into DIR --spec JSON``
+fetches each once, verifies every file's sha256 and only then gives it its name
+(:func:`cache_model`); the chart runs it as a Job (``modelStore.fetch``), never at request time.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -88,9 +95,10 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify(name: str, directory: Path) -> None:
-    """Raise :class:`ModelError` unless ``directory`` holds the complete, untampered model."""
-    expected = KNOWN_MODELS[name].sha256
+def verify(name: str, directory: Path, expected: dict[str, str] | None = None) -> None:
+    """Raise :class:`ModelError` unless ``directory`` holds the complete, untampered model:
+    every file of ``expected`` (by default the known model's list) with its sha256, and no other."""
+    expected = KNOWN_MODELS[name].sha256 if expected is None else expected
     missing = [f for f in (*REQUIRED_FILES, *expected) if not (directory / f).is_file()]
     if missing:
         raise ModelError(f"model {name!r} in {directory} lacks {', '.join(dict.fromkeys(missing))}")
@@ -172,6 +180,89 @@ def provision(name: str) -> Path:
     return target
 
 
+CACHE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One pinned model for a shared model store (the chart's ``modelStore.fetch``).
+
+    ``source``: ``hf://<org>/<repo>@<revision>`` (a model hub, at a pinned revision) or
+    ``file:///<directory>`` (a directory: a copy staged by hand, or a local stand-in for the hub
+    in tests). ``sha256``: every file of the model and its digest, as for the known models: the
+    hub's files are pinned too, and a file that is not listed is not fetched.
+    """
+
+    name: str
+    source: str
+    sha256: dict[str, str]
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> CacheEntry:
+        name, source, sha = raw.get("name"), raw.get("source"), raw.get("sha256")
+        if not isinstance(name, str) or not CACHE_NAME.fullmatch(name):
+            raise ModelError(f"model store entry name={name!r}: a directory name (A-Z a-z 0-9 . _ -)")
+        if not isinstance(source, str) or not (
+            (source.startswith("hf://") and "@" in source[5:] and source[5:].split("@")[1])
+            or source.startswith("file:///")
+        ):
+            raise ModelError(
+                f"model store entry {name}: source={source!r}: use hf://<org>/<repo>@<revision> or file:///<dir>"
+            )
+        if not isinstance(sha, dict) or not all(
+            isinstance(f, str) and "/" not in f and isinstance(d, str) and SHA256.fullmatch(d) for f, d in sha.items()
+        ):
+            raise ModelError(f"model store entry {name}: sha256 must map each file name to its 64-hex digest")
+        missing = [f for f in REQUIRED_FILES if f not in sha]
+        if missing:
+            raise ModelError(f"model store entry {name}: sha256 lacks {', '.join(missing)}")
+        return cls(name, source, dict(sha))
+
+
+def _fetch(entry: CacheEntry, into: Path) -> None:
+    """Put exactly the listed files of ``entry.source`` into ``into`` (not yet verified)."""
+    if entry.source.startswith("file://"):
+        source = Path(entry.source[len("file://") :])
+        for file in entry.sha256:
+            if (source / file).is_file():
+                shutil.copyfile(source / file, into / file)
+        return
+    from huggingface_hub import snapshot_download  # faster-whisper's own hub client
+
+    repo, _, revision = entry.source[len("hf://") :].partition("@")
+    snapshot_download(repo_id=repo, revision=revision, local_dir=into, allow_patterns=list(entry.sha256))
+    shutil.rmtree(into / ".cache", ignore_errors=True)  # the hub client's own bookkeeping
+
+
+def cache_model(entry: CacheEntry, store: Path) -> Path:
+    """Fetch ``entry`` into ``store/<name>`` once, verified, and return that directory.
+
+    A model already there and intact is not fetched again, so a store shared by many pods (or
+    refilled at each ``helm upgrade``) costs one download. The files are staged beside the
+    target and verified before the directory appears under its name, so a reader never sees a
+    half-written or unverified model; one that fails verification is replaced.
+    """
+    target = store / entry.name
+    if target.is_dir():
+        try:
+            verify(entry.name, target, entry.sha256)
+            return target
+        except ModelError as exc:
+            log.warning("%s; fetching it again", exc)
+            shutil.rmtree(target)
+    store.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=store, prefix=f".{entry.name}.") as tmp:
+        staging = Path(tmp) / "model"
+        staging.mkdir()
+        log.info("fetching model %s from %s", entry.name, entry.source)
+        _fetch(entry, staging)
+        verify(entry.name, staging, entry.sha256)
+        staging.rename(target)
+    log.info("model %s ready in %s", entry.name, target)
+    return target
+
+
 def resolve_model(spec: str) -> str:
     """Turn a model setting into something ``WhisperModel`` loads.
 
@@ -192,10 +283,22 @@ def main(argv: list[str] | None = None) -> int:
     fetch = sub.add_parser("fetch", help="download, assemble and verify models")
     fetch.add_argument("names", nargs="+", choices=sorted(KNOWN_MODELS))
     sub.add_parser("path", help="print the cache directory")
+    store = sub.add_parser("store", help="fetch pinned models (hub or directory) into a model store, verified")
+    store.add_argument("--into", required=True, type=Path, help="the store directory (a shared volume)")
+    store.add_argument("--spec", required=True, help='JSON list of {"name", "source", "sha256"} entries')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "path":
         print(cache_dir())
+        return 0
+    if args.command == "store":
+        try:
+            entries = [CacheEntry.from_dict(e) for e in json.loads(args.spec)]
+            for entry in entries:
+                print(cache_model(entry, args.into))
+        except (ModelError, ValueError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         return 0
     try:
         for name in args.names:

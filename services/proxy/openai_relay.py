@@ -67,6 +67,7 @@ async def stream_transcription(
     headers = {"X-STT-Backend": backend.name}
     if reason:
         headers["X-STT-Fallback"] = reason
+    headers.update({k: response.headers[k] for k in PASSED_HEADERS if k in response.headers})
     if response.status != 200 or response.content_type != "text/event-stream":
         try:
             payload = await response.read()
@@ -74,7 +75,6 @@ async def stream_transcription(
             response.close()
             raise ApiError(504, "backend_timeout", f"the {backend.name} backend stopped answering; retry") from None
         response.release()
-        headers.update({k: response.headers[k] for k in PASSED_HEADERS if k in response.headers})
         return Response(payload, response.status, headers, response.headers.get("content-type"))
     return StreamingResponse(
         relay(response, backend), media_type="text/event-stream", headers={**headers, **SSE_HEADERS}

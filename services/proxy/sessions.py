@@ -359,11 +359,13 @@ class StreamSession:
         offset = start / SAMPLE_RATE
         utterance_end = self.policy.utterance_end
         update = self.policy.update(Segment.parse(answer.get("segments") or [], offset), offset)
-        await self._send_update(update, end, answer.get("backend"))
+        await self._send_update(update, end, answer.get("backend"), answer.get("model"))
         if utterance_end is not None and self.policy.utterance_end is None:
             await self._utterance_ended("silence", utterance_end)  # this decode committed the utterance whole
 
-    async def _send_update(self, update: Update, decoded_end: int, backend: str | None) -> None:
+    async def _send_update(
+        self, update: Update, decoded_end: int, backend: str | None, model: str | None = None
+    ) -> None:
         now = self.clock()
         arrived = self._arrivals.at(decoded_end)
         if arrived is not None and update.partial:
@@ -382,6 +384,7 @@ class StreamSession:
                     "settled_sample": self.policy.settled,
                     "keep_from_sample": self.policy.keep_from,
                     "backend": backend,
+                    "model": model,
                 }
             )
         await self.emit(

@@ -39,8 +39,8 @@ class Upstream:
 # timeouts are caught before these): safe to retry on the other backend.
 CONNECT_ERRORS = (aiohttp.ClientConnectionError,)
 T = TypeVar("T")
-# Backend headers worth passing to the caller (backpressure hints).
-PASSED_HEADERS = ("retry-after",)
+# Backend headers worth passing to the caller: backpressure hints, and the model that answered.
+PASSED_HEADERS = ("retry-after", "x-stt-model")
 # Answers that mean "not now, here": the other side is tried when it is ready.
 BUSY_STATUSES = (429, 503)
 # Paths whose callers wait with a short timeout of their own (the client's 180 s per chunk,

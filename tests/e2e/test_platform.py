@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -152,6 +153,7 @@ def installed(kube: Kube, chart) -> dict:
 def test_install_reports_status(kube: Kube, installed) -> None:
     cfg = kube.sttconfig()
     autoscaling = cfg["spec"].pop("autoscaling")
+    assert cfg["spec"].pop("models") == {"cpu": "base", "gpu": "base"}  # the chart's, now the SttConfig's
     assert cfg["spec"] == {
         "routing": "cpu",
         "gpuReplicas": 1,
@@ -739,7 +741,7 @@ def test_autoscaling_takes_gpu_from_zero_to_two_and_back_under_live_streams(
     from corpus import long_recording
 
     down_window_s = 30
-    recordings = [long_recording(50, seed=500), long_recording(125, seed=501)]
+    recordings = [long_recording(50, seed=500), long_recording(150, seed=501)]
     auto = {
         "enabled": True,
         "minReplicas": 0,
@@ -815,6 +817,96 @@ def test_autoscaling_takes_gpu_from_zero_to_two_and_back_under_live_streams(
     kube.kubectl("patch", "sttconfig", RELEASE, "--type", "merge", "-p", json.dumps(off))
     wait_for("proxies routing cpu", lambda: proxy_modes(kube) == {"cpu"}, timeout=30)
     wait_for("autoscaling gone from the status", lambda: "autoscaling" not in kube.sttconfig()["status"], timeout=60)
+
+
+def test_a_model_swap_under_load_fails_no_request(kube: Kube, installed, proxy_forward: PortForward, clip) -> None:
+    """``spec.models.cpu`` base -> tiny.en while two clients keep sending chunks: the CPU
+    Deployment rolls (the new pod loads tiny.en and is ready before the old one drains), no
+    request fails, every answer names the model that produced it (body and header), and once
+    the old pod is gone only tiny.en answers. Then back to base the same way."""
+    assert kube.sttconfig()["spec"]["routing"] == "cpu"
+    url = proxy_forward.url
+    body = clip.path.read_bytes()
+    answers: list[tuple[float, float, int, str]] = []  # (sent, answered, status, model)
+    retried: list[int] = []
+    stop = threading.Event()
+
+    def send() -> None:
+        """Chunks back to back; a 429/503 with Retry-After is waited out and sent again (what
+        clients are told to do, and what stt-client does); anything else not a 200 fails."""
+        with httpx.Client(timeout=120) as http:
+            while not stop.is_set():
+                sent = time.monotonic()
+                try:
+                    for _ in range(30):
+                        r = http.post(
+                            f"{url}/transcribe",
+                            content=body,
+                            headers={"Content-Type": "audio/wav"},
+                            params={"language": "en"},
+                        )
+                        if r.status_code not in (429, 503) or "retry-after" not in r.headers:
+                            break
+                        retried.append(r.status_code)
+                        time.sleep(float(r.headers["retry-after"]))
+                    model = r.json().get("model", "") if r.status_code == 200 else r.text[:200]
+                    if r.status_code == 200 and r.headers.get("x-stt-model") != model:  # must say the same
+                        model = f"header {r.headers.get('x-stt-model')!r} but body {model!r}"
+                    answers.append((sent, time.monotonic(), r.status_code, model))
+                except httpx.HTTPError as exc:
+                    answers.append((sent, time.monotonic(), 0, f"{type(exc).__name__}: {exc}"))
+
+    def swap(model: str) -> dict[str, float]:
+        answers.clear()
+        retried.clear()
+        threads = [threading.Thread(target=send, daemon=True) for _ in range(2)]
+        for t in threads:
+            t.start()
+        time.sleep(5)  # answers from the old model first
+        asked = time.monotonic()
+        patch = {"spec": {"models": {"cpu": model}}}
+        kube.kubectl("patch", "sttconfig", RELEASE, "--type", "merge", "-p", json.dumps(patch))
+        wait_for(
+            f"status.models.cpu rolled out to {model}",
+            lambda: (
+                (kube.sttconfig()["status"].get("models") or {}).get("cpu", {}).get("rolledOut")
+                and kube.sttconfig()["status"]["models"]["cpu"]["requested"] == model
+            ),
+            timeout=300,
+            interval=1,
+        )
+        done = time.monotonic()
+        # The old pod stops taking work when it is deleted, but finishes what it holds (preStop,
+        # drain): only once it is gone is every answer the new model's.
+        wait_for("the old CPU pod gone", lambda: len(kube.pods("base-cpu")) == 1, timeout=360, interval=1)
+        gone = time.monotonic()
+        time.sleep(8)  # answers from the new model only
+        stop.set()
+        for t in threads:
+            t.join(timeout=130)
+        stop.clear()
+        failed = [a for a in answers if a[2] != 200]
+        assert not failed, f"{len(failed)} of {len(answers)} requests failed during the swap: {failed[:3]}"
+        models = [a[3] for a in answers]
+        assert model in models and len(set(models)) == 2, set(models)
+        after = {a[3] for a in answers if a[0] > gone}
+        assert after == {model}, f"requests sent after the old pod was gone got {after}"
+        first_new = min(a[1] for a in answers if a[3] == model)
+        return {
+            "requests": len(answers),
+            "first answer from the new model": first_new - asked,
+            "status.models rolledOut": done - asked,
+            "old pod gone": gone - asked,
+            "retried after 429/503": len(retried),
+        }
+
+    to_tiny = swap("tiny.en")
+    back = swap("base")
+    for name, figures in (("base -> tiny.en", to_tiny), ("tiny.en -> base", back)):
+        print(f"MODEL SWAP {name}: {figures}", flush=True)
+        record(f"model swap {name}: first answer from the new model", figures["first answer from the new model"])
+        record(f"model swap {name}: status.models rolledOut", figures["status.models rolledOut"])
+        record(f"model swap {name}: old pod gone", figures["old pod gone"])
 
 
 def test_upgrade_rollback_uninstall_leave_nothing_behind(kube: Kube, installed, chart) -> None:

@@ -317,6 +317,7 @@ def test_default_sttconfig_is_a_post_install_hook_matching_the_crd(helm: str) ->
         "gpuIdleReplicas": 0,
         "cpuReplicas": 1,
         "detector": "whisper-tiny",
+        "models": {"cpu": "base", "gpu": "base"},
         "autoscaling": {
             backend: {
                 "enabled": False,
@@ -554,3 +555,64 @@ def test_hpa_engine_renders_a_valid_hpa_per_enabled_backend(
         text=True,
     )
     assert r.returncode != 0 and "minReplicas=0 needs autoscaling.engine operator or keda" in r.stderr
+
+
+def test_one_rule_for_model_names_in_the_crd_the_chart_and_the_operator(helm: str) -> None:
+    """The CRD's pattern, the chart's values schema and the operator's check are the same rule."""
+    import json
+
+    from controller.state import MODEL_CHARS
+
+    crd = find(render(helm), "CustomResourceDefinition", "sttconfigs.stt.platform.io")
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    values = json.loads((CHART / "values.schema.json").read_text())["properties"]
+    patterns = {spec["models"]["properties"][b]["pattern"] for b in ("cpu", "gpu")}
+    patterns |= {values[k]["properties"]["model"]["pattern"] for k in ("baseCpu", "baseGpu")}
+    assert patterns == {f"^{MODEL_CHARS.pattern}$"}
+    r = subprocess.run(
+        [helm, "template", "stt", str(CHART), "--set", "baseGpu.model=small; rm"], capture_output=True, text=True
+    )
+    assert r.returncode != 0 and "values don't meet the specifications" in r.stderr
+
+
+SHA = {"model.bin": "1" * 64, "config.json": "2" * 64, "tokenizer.json": "3" * 64}
+
+
+def test_the_model_store_is_filled_by_a_hook_job_and_mounted_read_only_in_the_transcribers(helm: str) -> None:
+    import json
+
+    store = ("--set", "modelStore.volume.persistentVolumeClaim.claimName=whisper-models")
+    fetch = [{"name": "small", "source": "hf://Systran/faster-whisper-small@536b066", "sha256": SHA}]
+    docs = render(
+        helm,
+        "1.33.0",
+        *store,
+        "--set-json",
+        f"modelStore.fetch={json.dumps(fetch)}",
+        "--set",
+        "baseGpu.model=/models/small",
+    )
+    for name in ("stt-base-gpu", "stt-base-cpu"):
+        pod = deployments(docs)[name]["spec"]["template"]["spec"]
+        assert {"name": "models", "mountPath": "/models", "readOnly": True} in pod["containers"][0]["volumeMounts"]
+        assert {"name": "models", "persistentVolumeClaim": {"claimName": "whisper-models"}} in pod["volumes"]
+    for name in ("stt-tiny", "stt-proxy"):
+        assert "models" not in [v["name"] for v in deployments(docs)[name]["spec"]["template"]["spec"]["volumes"]]
+    assert find(docs, "SttConfig", "stt")["spec"]["models"]["gpu"] == "/models/small"
+    job = find(docs, "Job", "stt-model-store")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][:6] == ["python", "-m", "services.common.models", "store", "--into", "/models"]
+    assert json.loads(container["command"][-1]) == fetch  # exactly the pinned entries
+    assert {"name": "models", "mountPath": "/models"} in container["volumeMounts"]  # writable here only
+    assert container["securityContext"]["runAsNonRoot"] is True
+    kubernetes_validate.validate(job, "1.33.0", strict=True)
+    # nothing to fetch, or no volume: no Job
+    assert not [d for d in render(helm, "1.33.0", *store) if d["kind"] == "Job"]
+    bad = [{"name": "small", "source": "https://example.com/small", "sha256": SHA}]
+    r = subprocess.run(
+        [helm, "template", "stt", str(CHART), *store, "--set-json", f"modelStore.fetch={json.dumps(bad)}"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode != 0 and "values don't meet the specifications" in r.stderr

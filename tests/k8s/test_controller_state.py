@@ -137,3 +137,54 @@ def test_the_status_patch_removes_what_the_new_status_no_longer_has() -> None:
     }
     assert merge_patch(previous, {"routing": "cpu"})["autoscaling"] is None
     assert merge_patch({}, new) == new
+
+
+def test_models_are_checked_per_backend() -> None:
+    from controller.state import models_from_spec
+
+    good = {"cpu": "tiny.en", "gpu": "/models/whisper-small-ct2"}
+    assert Spec.from_dict({"models": good}).models == good
+    assert models_from_spec({"gpu": "Systran/faster-whisper-small"}) == {"gpu": "Systran/faster-whisper-small"}
+    for bad, says in (
+        ({"tpu": "base"}, "spec.models.tpu: unknown backend"),
+        ({"cpu": "base; rm -rf /"}, "spec.models.cpu='base; rm -rf /'"),
+        ({"cpu": "/models/../etc"}, "spec.models.cpu='/models/../etc'"),
+        ({"gpu": ""}, "spec.models.gpu=''"),
+        ({"gpu": 3}, "spec.models.gpu=3"),
+    ):
+        with pytest.raises(ValueError) as err:
+            models_from_spec(bad)
+        assert says in str(err.value)
+
+
+def test_status_says_when_a_model_rollout_is_done() -> None:
+    from controller.state import Rollout
+
+    spec = Spec(models={"cpu": "tiny.en"})
+    rolling = Observed(1, 0, 1, rollouts={"cpu": Rollout("tiny.en", done=False)})
+    assert compute_status(spec, rolling, 2, None, "t0")["models"] == {
+        "cpu": {"requested": "tiny.en", "template": "tiny.en", "rolledOut": False}
+    }
+    done = Observed(1, 0, 1, rollouts={"cpu": Rollout("tiny.en", done=True)})
+    assert compute_status(spec, done, 2, None, "t0")["models"]["cpu"]["rolledOut"] is True
+    # the template still has the old model (the operator has not written it yet): not rolled out
+    old = Observed(1, 0, 1, rollouts={"cpu": Rollout("base", done=True)})
+    assert compute_status(spec, old, 2, None, "t0")["models"]["cpu"]["rolledOut"] is False
+    assert "models" not in compute_status(Spec(), done, 2, None, "t0")
+
+
+@pytest.mark.parametrize(
+    ("status", "done"),
+    [
+        ({"observedGeneration": 3, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2}, True),
+        ({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2}, False),  # not seen yet
+        ({"observedGeneration": 3, "replicas": 3, "updatedReplicas": 2, "readyReplicas": 3}, False),  # old pod left
+        ({"observedGeneration": 3, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 1}, False),  # not ready
+    ],
+)
+def test_a_rollout_is_done_when_every_pod_runs_the_template_and_is_ready(status: dict, done: bool) -> None:
+    from controller.kube import rollout_done
+
+    deployment = {"metadata": {"generation": 3}, "spec": {"replicas": 2}, "status": status}
+    assert rollout_done(deployment) is done
+    assert rollout_done(None) is False

@@ -427,3 +427,27 @@ async def test_a_backend_an_hpa_or_keda_scales_is_left_alone(kmock, cluster, pro
     status = latest(kmock, CONFIGS, "stt")["status"]
     assert status["gpuReplicasDesired"] == 3 and "autoscaling" not in status
     assert not events(kmock)
+
+
+async def test_a_model_change_rolls_the_transcriber_and_the_status_follows_the_rollout(kmock, cluster) -> None:
+    env = [{"name": "STT_MODEL", "value": "base"}, {"name": "STT_DEVICE", "value": "cpu"}]
+    kmock.objects[DEPLOYMENTS, NS, "stt-base-cpu"] = deployment("stt-base-cpu", "base", 1, 1, env)
+    spec = {"routing": "cpu", "models": {"cpu": "tiny.en"}}
+    kmock.objects[CONFIGS, NS, "stt"] = sttconfig(spec)
+    await apply(spec)
+    cpu = latest(kmock, DEPLOYMENTS, "stt-base-cpu")
+    env_now = cpu["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "STT_MODEL", "value": "tiny.en"} in env_now
+    assert {"name": "STT_DEVICE", "value": "cpu"} in env_now  # the rest untouched
+    models = latest(kmock, CONFIGS, "stt")["status"]["models"]
+    assert models == {"cpu": {"requested": "tiny.en", "template": "tiny.en", "rolledOut": False}}
+
+    # the Deployment controller finished the rollout: every pod updated and ready
+    cpu["metadata"]["generation"] = 2
+    cpu["status"] = {"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1}
+    kmock.objects[DEPLOYMENTS, NS, "stt-base-cpu"] = cpu
+    await asyncio.to_thread(op.deployment_changed, namespace=NS)
+    assert latest(kmock, CONFIGS, "stt")["status"]["models"]["cpu"]["rolledOut"] is True
+    patches = len(kmock["patch"])
+    await apply(spec)  # in place: no second rollout
+    assert not [r for r in list(kmock["patch"])[patches:] if "/deployments/" in str(r.url)]

@@ -52,7 +52,7 @@ async def hanging() -> AsyncIterator[SimpleNamespace]:
     batcher = Batcher(model, max_batch=8, window_ms=0, hang_seconds=0.3, hang_seconds_per_audio_second=0.1)
     batcher.start()
     try:
-        async with serving(SimpleNamespace(batcher=batcher)) as client:
+        async with serving(SimpleNamespace(batcher=batcher, model_name="stub")) as client:
             yield SimpleNamespace(client=client, model=model, batcher=batcher)
     finally:
         model.release.set()

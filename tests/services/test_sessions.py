@@ -238,6 +238,8 @@ def test_a_streamed_recording_is_as_accurate_as_the_http_chunk_pipeline(stack: S
     assert kinds[0] == "session.started" and kinds[-1] == "session.ended"
     assert kinds.index("transcript.partial") < kinds.index("transcript.committed")
     committed = " ".join(e["text"] for e in events if e["type"] == "transcript.committed")
+    # each committed piece says which backend and model decoded it
+    assert {(e["backend"], e["model"]) for e in events if e["type"] == "transcript.committed"} == {("cpu", "base")}
     # Committed text is append-only: the final text is exactly the committed events, in order.
     assert committed.split() == events[-1]["text"].split()
     ws_wer = wer(clip.text, events[-1]["text"])

@@ -50,6 +50,7 @@ def test_transcribe_real_speech_through_the_proxy(stack: Stack, librivox) -> Non
         body = r.json()
         assert r.headers["x-stt-backend"] == "cpu" and body["backend"] == "cpu"
         assert body["model"] == "base" and body["device"] == "cpu" and body["compute_type"] == "int8"
+        assert r.headers["x-stt-model"] == "base"  # passed on by the proxy from the backend
         assert body["language"] == "en"
         words = [w for s in body["segments"] for w in s["words"]]
         assert words and all(0 <= w["start"] <= w["end"] <= body["duration_s"] + 0.5 for w in words)
@@ -116,6 +117,7 @@ def test_openai_compatible_endpoint_formats(stack: Stack, librivox) -> None:
     assert as_json.status_code == 200 and wer(librivox[1].text, as_json.json()["text"]) < 0.2
     text = httpx.post(url, files=files, data={"response_format": "text"}, timeout=60)
     assert text.headers["content-type"].startswith("text/plain") and "ill" in text.text.lower()
+    assert text.headers["x-stt-model"] == "base"  # a plain-text transcript still says its model
     srt = httpx.post(url, files=files, data={"response_format": "srt"}, timeout=60).text
     assert srt.startswith("1\n00:00:") and " --> " in srt
     vtt = httpx.post(url, files=files, data={"response_format": "vtt"}, timeout=60).text

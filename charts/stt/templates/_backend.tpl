@@ -1,6 +1,7 @@
 {{/*
 A backend Deployment + Service (tiny, base-cpu, base-gpu): same shape, different settings.
 Args (dict): root, component, image, port, replicas, env (list), values (the component's values),
+transcriber (base-cpu/base-gpu: mounts the model store),
 gpu (bool).
 */}}
 {{- define "stt.backend" -}}
@@ -95,7 +96,17 @@ spec:
             {{- include "stt.containerSecurityContext" $root | nindent 12 }}
           volumeMounts:
             - {name: tmp, mountPath: /tmp}
+            {{- if and .transcriber $root.Values.modelStore.volume }}
+            - {name: models, mountPath: /models, readOnly: true}
+            {{- end }}
       volumes:
         - name: tmp
           emptyDir: {sizeLimit: 512Mi}
+        {{- if .transcriber }}
+        {{- with $root.Values.modelStore.volume }}
+        {{- /* the model store (spec.models: /models/<directory>), read-only here */}}
+        - name: models
+          {{- toYaml . | nindent 10 }}
+        {{- end }}
+        {{- end }}
 {{- end -}}
