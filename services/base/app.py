@@ -218,11 +218,12 @@ class ModelHeader:
     which model produced it, also across a model swap. Pure ASGI: the body streams through
     untouched and ``receive`` is not wrapped (the hang-up watch reads it)."""
 
-    def __init__(self, inner: ASGIApp) -> None:
-        self.inner = inner
+    def __init__(self, app: ASGIApp) -> None:  # Starlette passes it by this name (0.36)
+        self.inner = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        engine = app.state.engine if scope["type"] == "http" else None
+        # scope["app"] is this service's FastAPI app, set before the middleware stack runs.
+        engine = scope["app"].state.engine if scope["type"] == "http" else None
         if engine is None:
             await self.inner(scope, receive, send)
             return
