@@ -170,7 +170,8 @@ def test_install_reports_status(kube: Kube, installed) -> None:
     printed = kube.kubectl("get", "stc").stdout  # short name and printer columns
     assert re.search(r"^stt\s+cpu\s+cpu\s+0\s+1\s+True", printed, re.M), printed
     # the operator runs in the cluster, as a pod with its own ServiceAccount
-    (ctrl,) = kube.pods("controller")
+    # (a pod of an earlier install may still be terminating)
+    (ctrl,) = [p for p in kube.pods("controller") if not p["metadata"].get("deletionTimestamp")]
     assert ctrl["spec"]["serviceAccountName"] == f"{RELEASE}-controller"
     assert kube.json("get", "deployment", f"{RELEASE}-base-gpu")["spec"]["replicas"] == 0
 
@@ -866,15 +867,12 @@ def test_a_model_swap_under_load_fails_no_request(kube: Kube, installed, proxy_f
         asked = time.monotonic()
         patch = {"spec": {"models": {"cpu": model}}}
         kube.kubectl("patch", "sttconfig", RELEASE, "--type", "merge", "-p", json.dumps(patch))
-        wait_for(
-            f"status.models.cpu rolled out to {model}",
-            lambda: (
-                (kube.sttconfig()["status"].get("models") or {}).get("cpu", {}).get("rolledOut")
-                and kube.sttconfig()["status"]["models"]["cpu"]["requested"] == model
-            ),
-            timeout=300,
-            interval=1,
-        )
+
+        def rolled_out() -> bool:
+            cpu = (kube.sttconfig()["status"].get("models") or {}).get("cpu", {})  # one read: one status
+            return cpu.get("requested") == model and cpu.get("rolledOut") is True
+
+        wait_for(f"status.models.cpu rolled out to {model}", rolled_out, timeout=300, interval=1)
         done = time.monotonic()
         # The old pod stops taking work when it is deleted, but finishes what it holds (preStop,
         # drain): only once it is gone is every answer the new model's.
