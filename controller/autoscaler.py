@@ -22,7 +22,7 @@ from typing import Any
 
 from controller import metrics as m
 from controller.autoscaling import AT_MAX, Decision, Policy, State, decide, hold, streams_per_backend
-from controller.kube import API_ERRORS, TIMEOUT_S, Cluster, Names, describe_error, ready_replicas
+from controller.kube import API_ERRORS, TIMEOUT_S, Cluster, Names, asked, describe_error, ready_replicas
 from controller.load import Reading, proxy_addresses, read_streams
 
 log = logging.getLogger("stt.controller")
@@ -94,7 +94,7 @@ class Autoscaler:
             decisions: dict[str, Decision] = {}
             changes: list[tuple[str, int, Decision]] = []
             for backend, policy in policies.items():
-                current = int(((deployments[backend] or {}).get("spec") or {}).get("replicas") or 0)
+                current = asked(deployments[backend]) or 0
                 state = self._states.get((*key, backend), State())
                 streams = load.get(backend)
                 if streams is None:

@@ -222,6 +222,11 @@ def rollout_done(deployment: dict[str, Any] | None) -> bool:
     )
 
 
+def asked(deployment: dict[str, Any] | None) -> int | None:
+    """A Deployment's ``spec.replicas`` (``None``: no such Deployment)."""
+    return None if deployment is None else int((deployment.get("spec") or {}).get("replicas") or 0)
+
+
 def ready_replicas(deployment: dict[str, Any] | None) -> int | None:
     if deployment is None:
         return None

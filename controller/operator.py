@@ -69,6 +69,7 @@ from controller.kube import (
     TIMEOUT_S,
     Cluster,
     Names,
+    asked,
     container_env,
     describe_error,
     load_config,
@@ -144,11 +145,6 @@ def observe(c: Cluster, namespace: str) -> Observed:
     return Observed(
         ready_replicas(cpu), ready_replicas(gpu), ready_replicas(det), detector, asked(cpu), asked(gpu), rollouts
     )
-
-
-def asked(deployment: dict[str, Any] | None) -> int | None:
-    """A Deployment's ``spec.replicas`` (``None``: no such Deployment)."""
-    return None if deployment is None else int((deployment.get("spec") or {}).get("replicas") or 0)
 
 
 def operator_scaled(spec: Spec) -> dict[str, Policy]:
