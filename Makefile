@@ -49,9 +49,10 @@ test: models corpus audio-libs browser monitoring-tools k8s-tools ## Run every t
 test-fast: install ## Only the fast unit tests (no models, no processes)
 	$(PY) -m pytest -q -m "not slow"
 
-lint: install ## ruff check and format check
+lint: install ## ruff, the role boundaries (import-linter: pyproject.toml) and the format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: install ## Apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .

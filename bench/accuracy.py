@@ -33,9 +33,9 @@ from bench.streaming import PREVIOUS_DEFAULT, stream
 from client.sources import ArraySource
 from client.stitcher import join_words
 from client.ws_transport import WsSettings, WsTransport
-from services.common.audio import to_wav_bytes
+from core.audio import to_wav_bytes
+from core.vocabulary import SAMPLE_RATE
 
-SAMPLE_RATE = 16_000
 PATHS = ("whole_file", "streamed", "previous_default")
 
 

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE_RATE = 16_000
+from core.vocabulary import SAMPLE_RATE
+
 BATCH_SIZES = (1, 4, 16, 64)
 
 

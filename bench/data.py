@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.vocabulary import SAMPLE_RATE
 from corpus import Clip, long_recording, nonspeech_clips, speech_clips
 
-SAMPLE_RATE = 16_000
 SELECTION_SEED = 2026
 
 

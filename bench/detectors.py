@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 
 from bench.metrics import summarize_ms
-from services.common.audio import to_wav_bytes
+from core.audio import to_wav_bytes
 
 NAMES = ("silero", "whisper-tiny")
 

@@ -27,8 +27,9 @@ import httpx
 import numpy as np
 
 from bench.open_loop import post
+from core.audio import to_wav_bytes
+from core.vocabulary import SAMPLE_RATE
 from corpus import long_recording
-from services.common.audio import SAMPLE_RATE, to_wav_bytes
 from services.local_stack import Stack, free_port
 
 CHUNK_S = 3.0

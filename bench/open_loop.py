@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 import httpx
 import numpy as np
 
+from core.audio import to_wav_bytes
+from core.vocabulary import SAMPLE_RATE
 from corpus import long_recording
-from services.common.audio import SAMPLE_RATE, to_wav_bytes
 from services.local_stack import Stack, free_port
 
 CHUNK_S = 3.0

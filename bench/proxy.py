@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 
 from bench.metrics import percentile, summarize_ms
-from services.common.audio import to_wav_bytes
+from core.audio import to_wav_bytes
 
 
 def run(base_url: str, proxy_url: str, pairs: int, tick: Callable[[], None]) -> dict:

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.streaming import PREVIOUS_DEFAULT
-from client.chunker import SAMPLE_RATE, Chunker
+from client.chunker import Chunker
+from core.vocabulary import SAMPLE_RATE
 from corpus.devset import CATEGORIES
 from corpus.fetch import Clip
 

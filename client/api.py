@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import httpx
 import numpy as np
 
-from services.common.audio import to_wav_bytes
-from services.common.commit_policy import Segment, Word
+from core.audio import to_wav_bytes
+from core.commit_policy import Segment, Word
 
 __all__ = ["ChunkResult", "PermanentError", "RetryableError", "Segment", "SttApi", "Word", "parse_result"]
 

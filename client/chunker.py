@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-SAMPLE_RATE = 16_000
+from core.vocabulary import SAMPLE_RATE
+
 LEAD_S = 1.0
 
 

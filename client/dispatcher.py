@@ -29,10 +29,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from client.api import ChunkResult, PermanentError, RetryableError, Word
-from client.chunker import SAMPLE_RATE, Chunk
+from client.chunker import Chunk
 from client.spill import ChunkStore
 from client.stats import ABORTED, DAMAGED_SPILL, ERROR, MALFORMED_ANSWER, REFUSED, Stats
-from services.common.commit_policy import CommitPolicy, Update
+from core.commit_policy import CommitPolicy, Update
+from core.vocabulary import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from client.api import Word
 from client.stitcher import join_words
-from services.common.subtitles import to_srt, to_vtt
+from core.subtitles import to_srt, to_vtt
 
 FORMATS = (".txt", ".jsonl", ".srt", ".vtt")
 

@@ -3,7 +3,7 @@
 Two commit policies (``Settings.policy``, docs/client.md): ``stitch`` sends overlapping 3 s
 chunks with left context and merges their edges (:mod:`client.stitcher`); ``agreement`` cuts the
 stream into steps and, each step, re-decodes the uncommitted audio as one window and commits
-what two decodes agree on (:mod:`services.common.commit_policy`).
+what two decodes agree on (:mod:`core.commit_policy`).
 
 Two tasks run side by side: the producer reads the source and cuts chunks (never waiting on
 the network, so capture cannot be held up by a slow or dead service), and the consumer takes
@@ -33,8 +33,9 @@ from client.sources import ArraySource, Source, level_dbfs
 from client.spill import ChunkStore, LeftoverRun, default_spill_root, find_leftovers
 from client.stats import DAMAGED_SPILL, Stats
 from client.stitcher import Stitcher, join_words
-from client.ws_transport import SAMPLE_RATE, AudioLog, WsFatalError, WsSettings, WsTransport
-from services.common.commit_policy import CommitPolicy, PolicyConfig
+from client.ws_transport import AudioLog, WsFatalError, WsSettings, WsTransport
+from core.commit_policy import CommitPolicy, PolicyConfig
+from core.vocabulary import SAMPLE_RATE
 
 POLICIES = ("stitch", "agreement")
 

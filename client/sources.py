@@ -23,8 +23,8 @@ from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 
-from client.chunker import SAMPLE_RATE
-from services.common.audio import AudioLimits, decode_audio
+from core.audio import AudioLimits, decode_audio
+from core.vocabulary import SAMPLE_RATE
 
 BLOCK_S = 0.1  # 100 ms blocks: fine enough for a level meter, coarse enough to be cheap
 

@@ -48,7 +48,8 @@ from typing import Any
 
 import numpy as np
 
-from client.chunker import SAMPLE_RATE, Chunk
+from client.chunker import Chunk
+from core.vocabulary import SAMPLE_RATE
 
 try:  # POSIX; elsewhere runs are not locked (a second client at once could replay a live run's files)
     import fcntl

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from difflib import SequenceMatcher
 
 from client.api import Word
-from services.common.commit_policy import Transcript, join_words, norm
+from core.commit_policy import Transcript, join_words, norm
 
 __all__ = ["Stitcher", "join_words", "norm"]
 

@@ -65,11 +65,11 @@ from client.sources import Source, level_dbfs
 from client.spill import LeftoverRun, SpillRun, default_spill_root, load_segment
 from client.stats import Stats
 from client.stitcher import join_words
-from services.common.commit_policy import PolicyConfig, word_key
+from core.commit_policy import PolicyConfig, word_key
+from core.vocabulary import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16_000
 FRAME_SAMPLES = SAMPLE_RATE  # at most 1 s per binary frame (32 KB; the proxy takes up to 256 KB)
 STREAM_PATH = "/v1/stream"
 # Close codes after which the same request will never work: policy (bad options, origin),

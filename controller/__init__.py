@@ -10,10 +10,7 @@ Modules: ``operator`` (kopf handlers), ``kube`` (its API calls), ``state`` (spec
 rules, pure), ``autoscaling`` (the scaling rule, pure), ``load`` (live streams read from the
 proxies), ``autoscaler`` (the rule's memory, Events and metrics), ``metrics``.
 
+The resource's names and the routing rule it shares with the proxy are :mod:`core.vocabulary`.
+
 Entry point: ``kopf run --standalone -m controller.operator`` (``--namespace`` or ``--all-namespaces``).
 """
-
-GROUP = "stt.platform.io"
-VERSION = "v1alpha1"
-KIND = "SttConfig"
-PLURAL = "sttconfigs"

@@ -31,6 +31,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from core.vocabulary import BACKENDS
+
 SCALE_UP = "ScaleUp"
 SCALE_FROM_ZERO = "ScaleFromZero"
 SCALE_DOWN = "ScaleDown"
@@ -204,7 +206,6 @@ def hold(current: int, policy: Policy, state: State, why: str) -> Decision:
     return Decision(replicas, state, LOAD_UNKNOWN, f"load unknown ({why}){change}", False)
 
 
-BACKENDS = ("gpu", "cpu")
 # The CRD's names (spec.autoscaling.<backend>.*) for the Policy's fields.
 SPEC_FIELDS = {
     "minReplicas": "min_replicas",

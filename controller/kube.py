@@ -25,8 +25,8 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from controller import GROUP, KIND, PLURAL, VERSION
-from services.common.settings import env_float
+from core.settings import env_float
+from core.vocabulary import GROUP, KIND, PLURAL, VERSION
 
 log = logging.getLogger("stt.controller")
 

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from core.vocabulary import ROUTING_MODES
+
 if TYPE_CHECKING:
     from controller.autoscaling import Decision
 
@@ -71,7 +73,7 @@ def publish_autoscaler(decisions: dict[str, Decision], streams: dict[str, float 
 
 
 def publish(routing: str, gpu_desired: int, gpu_ready: int) -> None:
-    for mode in ("cpu", "gpu", "auto"):
+    for mode in ROUTING_MODES:
         ROUTING_MODE.labels(mode).set(1 if mode == routing else 0)
     GPU_REPLICAS_DESIRED.set(gpu_desired)
     GPU_REPLICAS_READY.set(gpu_ready)

@@ -59,7 +59,6 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import start_http_server
 
-from controller import GROUP, PLURAL, VERSION
 from controller import metrics as m
 from controller.autoscaler import Autoscaler
 from controller.autoscaling import Policy
@@ -86,7 +85,8 @@ from controller.state import (
     merge_patch,
     resync_stale_after_s,
 )
-from services.common.settings import env_int
+from core.settings import env_int
+from core.vocabulary import GROUP, PLURAL, VERSION
 
 log = logging.getLogger("stt.controller")
 

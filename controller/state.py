@@ -1,9 +1,8 @@
 """What the SttConfig asks for, what is really running, and the status that says so.
 
 Pure functions (no API calls) so that every status rule is unit-tested without a cluster. The
-rules mirror the proxy's own routing choice (:func:`services.proxy.backends.choose`): in
-``gpu``/``auto`` mode a ready GPU pod serves, otherwise the CPU side does, so ``activeBackend``
-in the resource and ``active_backend`` in the proxy's ``/gpu-status`` tell the same story.
+backend that serves is the proxy's own rule (:func:`core.vocabulary.serving_backend`), so
+``activeBackend`` in the resource and ``active_backend`` in the proxy's ``/gpu-status`` tell the same story.
 """
 
 from __future__ import annotations
@@ -12,10 +11,8 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from controller.autoscaling import BACKENDS, Decision, Policy, policies_from_spec
-
-ROUTING_MODES = ("cpu", "gpu", "auto")
-DETECTORS = ("silero", "whisper-tiny")
+from controller.autoscaling import Decision, Policy, policies_from_spec
+from core.vocabulary import BACKENDS, DEFAULT_DETECTOR, DETECTORS, ROUTING_MODES, serving_backend
 
 
 @dataclass(frozen=True)
@@ -27,7 +24,7 @@ class Spec:
     gpu_replicas: int = 1
     gpu_idle_replicas: int = 0
     cpu_replicas: int = 1
-    detector: str = "silero"
+    detector: str = DEFAULT_DETECTOR
     # Enabled ``spec.autoscaling`` backends ("gpu", "cpu") and their policies; empty: fixed counts.
     autoscaling: dict[str, Policy] = field(default_factory=dict)
     # ``spec.models``: the Whisper model per backend ("gpu", "cpu"); absent: the pods' own setting.
@@ -124,15 +121,8 @@ class Observed:
 
 
 def active_backend(routing: str, observed: Observed) -> str:
-    """The backend the proxy serves from now, by the proxy's own rule (``backends.choose``)."""
-    cpu, gpu = observed.cpu_ready or 0, observed.gpu_ready or 0
-    if routing in ("gpu", "auto") and gpu > 0:
-        return "gpu"
-    if cpu > 0:
-        return "cpu"
-    if gpu > 0:
-        return "gpu"
-    return "none"
+    """The backend the proxy serves from now, by the proxy's own rule (:func:`core.vocabulary.serving_backend`)."""
+    return serving_backend(routing, bool(observed.cpu_ready), bool(observed.gpu_ready)) or "none"
 
 
 def _condition(ctype: str, ok: bool, reason: str, message: str, generation: int | None) -> dict[str, Any]:

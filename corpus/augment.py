@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-SAMPLE_RATE = 16_000
+from core.vocabulary import SAMPLE_RATE
+
 Regions = list[tuple[float, float]]
 
 # G.711 µ-law on the 14-bit scale of the ITU reference code (g711.c): bias 0x84, clip 32635.

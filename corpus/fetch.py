@@ -19,9 +19,8 @@ from typing import Literal
 import av
 import numpy as np
 
-from services.common.audio import to_wav_bytes
-
-SAMPLE_RATE = 16_000
+from core.audio import to_wav_bytes
+from core.vocabulary import SAMPLE_RATE
 
 # Pinned Debian bookworm packages and the sha256 of each .deb as downloaded.
 PACKAGES: dict[str, tuple[str, str]] = {

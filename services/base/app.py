@@ -42,13 +42,16 @@ from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.audio import AudioLimits, decode_audio
+from core.errors import ApiError
+from core.settings import env_choice, env_float, env_int, env_str
+from core.subtitles import to_srt, to_vtt
+from core.vocabulary import SAMPLE_RATE, WHISPER_WINDOW_S
 from services.base import metrics
 from services.base.batcher import Batcher, Priority
 from services.base.transcriber import BatchTranscriber, DeviceInfo, Result, load_model
 from services.base.transcriber import Request as Chunk
 from services.common.app import create_app, load_in_background, require_ready
-from services.common.audio import SAMPLE_RATE, AudioLimits, decode_audio
-from services.common.errors import ApiError
 from services.common.hangup import unless_caller_leaves
 from services.common.limits import DEADLINE_HEADER
 from services.common.memory import Budget, decoded_budget_bytes, max_upload_bytes, request_reservation
@@ -64,13 +67,12 @@ from services.common.openai_api import (
     parse_flag,
     served_models,
 )
-from services.common.settings import env_choice, env_float, env_int, env_origins, env_str
+from services.common.settings import env_origins
 from services.common.speech import shared_detector, speech_spans
-from services.common.subtitles import to_srt, to_vtt
 from services.common.upload import form_text, read_upload
 
 log = logging.getLogger("stt.base")
-WINDOW = 30.0
+
 # Whisper conditions on at most ~224 prompt tokens; 2000 characters is more than that in any
 # language, and the same bound as /transcribe-chunk's ``prompt`` query parameter.
 MAX_PROMPT_CHARS = 2000
@@ -104,13 +106,13 @@ class Settings:
         self.hang_seconds = env_float("STT_HANG_SECONDS", 30.0, minimum=1.0)
         self.hang_seconds_per_audio_second = env_float("STT_HANG_SECONDS_PER_AUDIO_SECOND", 2.0, minimum=0.0)
         self.max_queue_wait_s = env_float("STT_MAX_QUEUE_WAIT_S", 10.0, minimum=0.1)
-        self.chunk_limits = AudioLimits(env_float("STT_MAX_CHUNK_SECONDS", WINDOW, minimum=1.0))
+        self.chunk_limits = AudioLimits(env_float("STT_MAX_CHUNK_SECONDS", WHISPER_WINDOW_S, minimum=1.0))
         self.file_limits = AudioLimits(env_float("STT_MAX_FILE_SECONDS", 3600.0, minimum=1.0))
         self.max_upload_bytes = max_upload_bytes()
         self.allowed_origins = env_origins("STT_ALLOWED_ORIGINS")
         self.decoded_bytes_in_flight = decoded_budget_bytes()
-        if self.chunk_limits.max_seconds > WINDOW:
-            raise ValueError(f"STT_MAX_CHUNK_SECONDS may not exceed Whisper's {WINDOW:.0f} s window")
+        if self.chunk_limits.max_seconds > WHISPER_WINDOW_S:
+            raise ValueError(f"STT_MAX_CHUNK_SECONDS may not exceed Whisper's {WHISPER_WINDOW_S:.0f} s window")
 
 
 class Engine:
@@ -329,8 +331,8 @@ def speech_windows(samples: np.ndarray) -> list[tuple[int, int]]:
     detector as the live path's (:func:`services.common.speech.speech_spans`: every 3 s piece the
     client would send), so a stretch the live path would transcribe is never dropped here."""
     windows: list[tuple[int, int]] = []
-    limit = int(WINDOW * SAMPLE_RATE)
-    for start, end in speech_spans(samples, shared_detector(), max_span_s=WINDOW - 1, min_silence_ms=500):
+    limit = int(WHISPER_WINDOW_S * SAMPLE_RATE)
+    for start, end in speech_spans(samples, shared_detector(), max_span_s=WHISPER_WINDOW_S - 1, min_silence_ms=500):
         if windows and end - windows[-1][0] <= limit:
             windows[-1] = (windows[-1][0], end)
         else:

@@ -52,6 +52,8 @@ from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from core.errors import ApiError
+from core.vocabulary import SAMPLE_RATE
 from services.base.metrics import (
     BATCH_CANCELLED,
     BATCH_EXPIRED,
@@ -62,8 +64,6 @@ from services.base.metrics import (
     QUEUE_WAIT_SECONDS,
 )
 from services.base.transcriber import Request, Result
-from services.common.audio import SAMPLE_RATE
-from services.common.errors import ApiError
 
 log = logging.getLogger(__name__)
 # Weight of the newest live call in the moving average that estimates a new chunk's wait.

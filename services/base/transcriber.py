@@ -22,12 +22,12 @@ from faster_whisper import WhisperModel
 from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import get_suppressed_tokens
 
-from services.common.audio import SAMPLE_RATE
+from core.vocabulary import SAMPLE_RATE, WHISPER_WINDOW_S
 from services.common.level import raised
 
 log = logging.getLogger(__name__)
 
-WINDOW_SECONDS = 30.0
+
 HOP_SAMPLES = 160  # one mel frame: Whisper's feature extractor gives len(samples) // 160 frames
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"
 APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
@@ -334,7 +334,7 @@ class BatchTranscriber:
     def window_frames(self, longest: int) -> int:
         """Encoder input length for a batch whose longest item has ``longest`` feature frames."""
         fps = self.model.frames_per_second
-        full = int(WINDOW_SECONDS * fps)
+        full = int(WHISPER_WINDOW_S * fps)
         if self.encoder_pad_seconds is None:
             return full
         wanted = longest + int(self.encoder_pad_seconds * fps)

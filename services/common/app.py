@@ -19,7 +19,8 @@ from contextlib import AbstractAsyncContextManager
 from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 
-from services.common.errors import ApiError, error_body, install_error_handlers
+from core.errors import ApiError, error_body
+from services.common.errors import install_error_handlers
 from services.common.limits import ConcurrencyLimitMiddleware, max_concurrency
 from services.common.logs import configure_logging
 from services.common.memory import BodyBudgetMiddleware, body_budget_bytes, max_upload_bytes
@@ -112,7 +113,7 @@ def load_in_background(app: FastAPI, load: Callable[[], Awaitable[None]]) -> asy
 
 def require_ready(app: FastAPI) -> None:
     """Answer 503 (with the reason) to work that arrives before the models are loaded."""
-    from services.common.errors import ApiError
+    from core.errors import ApiError
 
     readiness: Readiness = app.state.readiness
     if not readiness.ready:

@@ -1,8 +1,5 @@
-"""One error shape for every service: ``{"error": {"code", "message"}}`` with a 4xx/5xx status.
-
-Clients (and people reading curl output) get a machine-readable ``code`` and a ``message``
-that says what was wrong and what to send instead.
-"""
+"""How the services render errors: :class:`core.errors.ApiError` (the one shape every role
+shares) and FastAPI's own validation and routing errors, all as ``{"error": {"code", "message"}}``."""
 
 from __future__ import annotations
 
@@ -13,22 +10,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.errors import ApiError, error_body
+
 log = logging.getLogger(__name__)
-
-
-class ApiError(Exception):
-    """An error the caller can act on; rendered as JSON with its HTTP status."""
-
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
-
-
-def error_body(code: str, message: str) -> dict:
-    return {"error": {"code": code, "message": message}}
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from starlette.types import Receive
 
-from services.common.errors import ApiError
+from core.errors import ApiError
 
 T = TypeVar("T")
 

@@ -29,9 +29,9 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from services.common.errors import error_body
+from core.errors import error_body
+from core.settings import env_int
 from services.common.metrics import HTTP_HEADER_REJECTIONS
-from services.common.settings import env_int
 
 # 16 KiB, as Node.js's default --max-http-header-size: several times what a browser with a few
 # cookies sends (~1-4 KiB) and above nginx's 8 KiB per header line, while the buffering it

@@ -18,9 +18,9 @@ import json
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from services.common.errors import error_body
+from core.errors import error_body
+from core.settings import env_int
 from services.common.metrics import HTTP_OVERLOAD_REJECTIONS
-from services.common.settings import env_int
 
 # How long the caller will still wait, in milliseconds from when the request arrives: the proxy
 # sends its chunk timeout, and the base service drops work still queued when it passes (504),

@@ -30,9 +30,9 @@ import threading
 from prometheus_client import Counter, Gauge
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.common.errors import ApiError, error_body
+from core.errors import ApiError, error_body
+from core.settings import env_int
 from services.common.limits import EXEMPT_PATHS, RETRY_AFTER_S, refuse_unread
-from services.common.settings import env_int
 
 MIB = 1024 * 1024
 # Every service's STT_MAX_UPLOAD_BYTES default (read once, by max_upload_bytes, for the services'

@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Iterable
 
-from services.common.errors import ApiError
+from core.errors import ApiError
 
 # OpenAI streams only these formats: subtitles and verbose_json need the whole file's timing.
 STREAM_FORMATS = ("json", "text")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from starlette.requests import HTTPConnection
 
-from services.common.errors import ApiError
+from core.errors import ApiError
 from services.common.settings import DEFAULT_PORTS, normalize_origin
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from core.vocabulary import SAMPLE_RATE
 from services.common.level import normalized
 
-SAMPLE_RATE = 16_000
 FRAME = 512  # Silero's window at 16 kHz (32 ms)
 FRAME_MS = FRAME * 1000 / SAMPLE_RATE
 

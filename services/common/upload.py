@@ -22,8 +22,8 @@ from fastapi import Request
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from services.common.audio import ACCEPTED, AudioError, check_declared_type, parse_content_type
-from services.common.errors import ApiError
+from core.audio import ACCEPTED, AudioError, check_declared_type, parse_content_type
+from core.errors import ApiError
 
 # Any one non-file multipart part: generous for a 2000-character prompt in 4-byte UTF-8.
 MAX_FORM_FIELD_BYTES = 16 * 1024

@@ -43,8 +43,8 @@ from pathlib import Path
 
 from starlette.requests import HTTPConnection
 
-from services.common.errors import ApiError
-from services.common.settings import SettingsError, env_float, env_str
+from core.errors import ApiError
+from core.settings import SettingsError, env_float, env_str
 from services.proxy import metrics
 
 log = logging.getLogger("stt.proxy.auth")

@@ -42,12 +42,14 @@ import aiohttp
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 
+from core.audio import check_declared_type, parse_content_type
+from core.errors import ApiError
+from core.settings import env_bool, env_choice, env_float, env_int, env_str
+from core.vocabulary import ROUTING_MODES, RoutingMode
 from services.common.app import create_app
-from services.common.audio import check_declared_type, parse_content_type
-from services.common.errors import ApiError
 from services.common.memory import max_upload_bytes
 from services.common.openai_api import wants_stream
-from services.common.settings import env_bool, env_choice, env_float, env_int, env_origins, env_str
+from services.common.settings import env_origins
 from services.common.upload import read_body
 from services.proxy import metrics, openai_relay
 from services.proxy.api_keys import ApiKeyGuard, install_log_redaction, require_api_key
@@ -55,7 +57,7 @@ from services.proxy.backends import Backend, HealthChecker, choose
 from services.proxy.ops import OpsServer, build_ops_app, ops_host_from_env, ops_port_from_env
 from services.proxy.page import router as page_router
 from services.proxy.realtime import router as realtime_router
-from services.proxy.routing import Mode, RoutingStore, make_store
+from services.proxy.routing import RoutingStore, make_store
 from services.proxy.sessions import Limits
 from services.proxy.stream_ws import SessionGate, SessionSettings
 from services.proxy.stream_ws import router as stream_router
@@ -77,7 +79,7 @@ class Settings:
         self.gpu_url = env_str("STT_GPU_BACKEND_URL", "-").rstrip("/")
         self.gpu_url = "" if self.gpu_url == "-" else self.gpu_url
         self.detector_url = env_str("STT_DETECTOR_URL", "http://127.0.0.1:5004").rstrip("/")
-        self.mode = Mode(env_choice("STT_ROUTING_MODE", "cpu", tuple(m.value for m in Mode)))
+        self.mode = RoutingMode(env_choice("STT_ROUTING_MODE", RoutingMode.CPU, ROUTING_MODES))
         self.source = env_choice("STT_ROUTING_SOURCE", "local", ("local", "kubernetes"))
         self.admin_token = env_str("STT_ADMIN_TOKEN", "-")
         token_file = env_str("STT_ADMIN_TOKEN_FILE", "-")
@@ -182,8 +184,8 @@ app.include_router(realtime_router, tags=["streaming"])
 app.include_router(page_router)  # the browser page at / (services/proxy/page.py)
 
 
-def _publish_mode(mode: Mode) -> None:
-    for m in Mode:
+def _publish_mode(mode: RoutingMode) -> None:
+    for m in RoutingMode:
         metrics.MODE.labels(m.value).set(1 if m is mode else 0)
 
 
@@ -283,7 +285,7 @@ def _status(detail: bool = True) -> dict:
     ``/gpu-toggle``'s answer). Else what a user of the service needs: the mode, by which side a
     transcription would be served now and whether one would be; nothing about how the release
     is built (URLs, errors, detector)."""
-    mode: Mode = app.state.routing.mode
+    mode: RoutingMode = app.state.routing.mode
     route = choose(mode, app.state.cpu, app.state.gpu)
     status = {"mode": mode.value, "source": app.state.routing.source, "active_backend": route.order[0].name}
     if not detail:
@@ -330,14 +332,14 @@ async def gpu_toggle(request: Request) -> dict:
     if raw.strip():
         try:
             payload = json.loads(raw)
-            mode = Mode(payload["mode"])
+            mode = RoutingMode(payload["mode"])
         except (ValueError, TypeError, KeyError):
             metrics.ADMIN_ACTIONS.labels("gpu-toggle", "bad_request").inc()
             raise ApiError(
                 400, "bad_mode", 'send JSON like {"mode": "gpu"} with mode cpu, gpu or auto, or an empty body to flip'
             ) from None
     else:
-        mode = Mode.CPU if store.mode in (Mode.GPU, Mode.AUTO) else Mode.GPU
+        mode = RoutingMode.CPU if store.mode in (RoutingMode.GPU, RoutingMode.AUTO) else RoutingMode.GPU
     try:
         await store.set_mode(mode)
     except ApiError:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from core.vocabulary import CPU, GPU, RoutingMode, serving_backend
 from services.proxy.metrics import BACKEND_READY
-from services.proxy.routing import Mode
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +57,20 @@ class Route:
     fallback_reason: str | None = None
 
 
-def choose(mode: Mode, cpu: Backend, gpu: Backend) -> Route:
-    if mode is Mode.CPU:
-        if cpu.ready or not gpu.ready:
-            return Route([cpu, gpu] if gpu.configured else [cpu], "cpu")
-        return Route([gpu, cpu], "cpu", "cpu backend not ready")
-    # gpu or auto: prefer the GPU side when it can serve.
-    if gpu.ready:
-        return Route([gpu, cpu], "gpu")
-    order = [cpu, gpu] if gpu.configured else [cpu]
-    if mode is Mode.AUTO:  # in auto mode, serving on CPU without a ready GPU is the plan
-        return Route(order, "cpu")
-    return Route(order, "gpu", "gpu backend not configured" if not gpu.configured else "gpu backend not ready")
+def choose(mode: RoutingMode, cpu: Backend, gpu: Backend) -> Route:
+    """The order to try the backends in: the one :func:`core.vocabulary.serving_backend` names
+    first (the CPU side when nothing is ready: it is tried anyway), the other as the fallback."""
+    if serving_backend(mode, cpu.ready, gpu.ready) == GPU:
+        order = [gpu, cpu]
+    else:
+        order = [cpu, gpu] if gpu.configured else [cpu]
+    # in auto mode, serving on CPU without a ready GPU is the plan, not a fallback
+    wanted = GPU if mode is RoutingMode.GPU or (mode is RoutingMode.AUTO and gpu.ready) else CPU
+    if order[0].name == wanted:
+        return Route(order, wanted)
+    if wanted == CPU:
+        return Route(order, wanted, "cpu backend not ready")
+    return Route(order, wanted, "gpu backend not configured" if not gpu.configured else "gpu backend not ready")
 
 
 class HealthChecker:

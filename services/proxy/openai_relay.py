@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from fastapi.responses import Response, StreamingResponse
 
-from services.common.errors import ApiError
+from core.errors import ApiError
 from services.common.openai_api import error_event, merge_models, model_list
 from services.proxy.backends import Backend
 from services.proxy.upstream import PASSED_HEADERS, Upstreams

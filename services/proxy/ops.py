@@ -32,10 +32,10 @@ from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from core.settings import SettingsError, env_int, env_str
 from services.common.errors import install_error_handlers
 from services.common.http_protocol import BoundedHttpToolsProtocol
 from services.common.metrics import metrics_response
-from services.common.settings import SettingsError, env_int, env_str
 
 log = logging.getLogger(__name__)
 # A scrape or a status read is one short request: the ops listener does not need the proxy's

@@ -31,7 +31,7 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from services.common.errors import ApiError
+from core.errors import ApiError
 
 router = APIRouter()
 

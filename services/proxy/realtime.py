@@ -47,7 +47,7 @@ import numpy as np
 from fastapi import APIRouter, Query, WebSocket
 from starlette.websockets import WebSocketState
 
-from services.common.commit_policy import Word, join_words
+from core.commit_policy import Word, join_words
 from services.proxy import metrics
 from services.proxy.sessions import (
     SAMPLE_RATE,

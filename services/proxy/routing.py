@@ -8,27 +8,22 @@ this process (``local``). Both implement :class:`RoutingStore`.
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Protocol
 
-
-class Mode(StrEnum):
-    CPU = "cpu"
-    GPU = "gpu"
-    AUTO = "auto"
+from core.vocabulary import RoutingMode
 
 
 class RoutingStore(Protocol):
     source: str
 
     @property
-    def mode(self) -> Mode: ...
+    def mode(self) -> RoutingMode: ...
 
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
 
-    async def set_mode(self, mode: Mode) -> Mode:
+    async def set_mode(self, mode: RoutingMode) -> RoutingMode:
         """Change the mode at its source of truth; returns the mode now in force."""
         ...
 
@@ -38,11 +33,11 @@ class LocalRoutingStore:
 
     source = "local"
 
-    def __init__(self, initial: Mode):
+    def __init__(self, initial: RoutingMode):
         self._mode = initial
 
     @property
-    def mode(self) -> Mode:
+    def mode(self) -> RoutingMode:
         return self._mode
 
     async def start(self) -> None:
@@ -51,12 +46,12 @@ class LocalRoutingStore:
     async def stop(self) -> None:
         return None
 
-    async def set_mode(self, mode: Mode) -> Mode:
+    async def set_mode(self, mode: RoutingMode) -> RoutingMode:
         self._mode = mode
         return mode
 
 
-def make_store(source: str, initial: Mode) -> RoutingStore:
+def make_store(source: str, initial: RoutingMode) -> RoutingStore:
     if source == "local":
         return LocalRoutingStore(initial)
     if source == "kubernetes":

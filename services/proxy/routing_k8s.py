@@ -29,13 +29,12 @@ from typing import Any
 
 import httpx
 
-from services.common.errors import ApiError
+from core.errors import ApiError
+from core.vocabulary import GROUP, PLURAL, VERSION, RoutingMode
 from services.proxy import metrics
-from services.proxy.routing import Mode
 
 log = logging.getLogger("stt.proxy.routing")
 
-GROUP, VERSION, PLURAL = "stt.platform.io", "v1alpha1", "sttconfigs"
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
@@ -94,7 +93,7 @@ class KubernetesRoutingStore:
 
     def __init__(
         self,
-        initial: Mode,
+        initial: RoutingMode,
         name: str | None = None,
         namespace: str | None = None,
         access: ApiAccess | None = None,
@@ -113,7 +112,7 @@ class KubernetesRoutingStore:
         self.resource_version: str | None = None
 
     @property
-    def mode(self) -> Mode:
+    def mode(self) -> RoutingMode:
         return self._mode
 
     @property
@@ -121,9 +120,9 @@ class KubernetesRoutingStore:
         return f"/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}/{PLURAL}"
 
     def _set(self, obj: dict[str, Any], why: str) -> None:
-        raw = (obj.get("spec") or {}).get("routing", Mode.CPU.value)
+        raw = (obj.get("spec") or {}).get("routing", RoutingMode.CPU.value)
         try:
-            mode = Mode(raw)
+            mode = RoutingMode(raw)
         except ValueError:
             log.error("SttConfig %s/%s has spec.routing=%r; keeping %s", self.namespace, self.name, raw, self._mode)
             return
@@ -131,7 +130,7 @@ class KubernetesRoutingStore:
         if mode is not self._mode:
             log.info("routing mode %s -> %s (%s, SttConfig %s/%s)", self._mode, mode, why, self.namespace, self.name)
         self._mode = mode
-        for m in Mode:
+        for m in RoutingMode:
             metrics.MODE.labels(m.value).set(1 if m is mode else 0)
         self.synced.set()
 
@@ -233,7 +232,7 @@ class KubernetesRoutingStore:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
 
-    async def set_mode(self, mode: Mode) -> Mode:
+    async def set_mode(self, mode: RoutingMode) -> RoutingMode:
         """PATCH ``spec.routing``: exactly what ``kubectl edit sttconfig`` does."""
         if self._client is None or self._access is None:
             raise ApiError(503, "routing_store_unavailable", "the routing store has not started yet; retry shortly")

@@ -2,7 +2,7 @@
 
 A session runs the pipeline ``stt-client --policy agreement`` runs on the user's machine, here
 in the proxy: the audio is cut into steps (3 s), each step is checked by the detector, and
-the window the commit policy asks for (:mod:`services.common.commit_policy`, the same module
+the window the commit policy asks for (:mod:`core.commit_policy`, the same module
 the client uses) is transcribed through the routed backends (:mod:`services.proxy.upstream`),
 so sessions share the backends' batching with every other request and follow the routing
 mode and its fallback.
@@ -35,13 +35,13 @@ from typing import Protocol
 
 import numpy as np
 
-from services.common.commit_policy import CommitPolicy, PolicyConfig, Segment, Update, Word, join_words
-from services.common.errors import ApiError
+from core.commit_policy import CommitPolicy, PolicyConfig, Segment, Update, Word, join_words
+from core.errors import ApiError
+from core.vocabulary import SAMPLE_RATE
 from services.proxy import metrics
 
 log = logging.getLogger("stt.proxy.sessions")
 
-SAMPLE_RATE = 16_000
 PCM_TYPE = "audio/pcm;rate=16000"
 
 Emit = Callable[[dict], Awaitable[None]]

@@ -14,12 +14,12 @@ from typing import TypeVar
 import aiohttp
 from starlette.types import Receive
 
+from core.errors import ApiError
+from core.vocabulary import RoutingMode
 from services.common import hangup
-from services.common.errors import ApiError
 from services.common.limits import DEADLINE_HEADER
 from services.proxy import metrics
 from services.proxy.backends import Backend, Route, choose
-from services.proxy.routing import Mode
 
 # What is sent upstream: bytes, or an upload's one buffer as a payload (openai_relay.UploadPayload).
 Body = bytes | aiohttp.payload.Payload
@@ -95,7 +95,7 @@ class Upstreams:
         cpu: Backend,
         gpu: Backend,
         detector: Backend,
-        mode: Callable[[], Mode],
+        mode: Callable[[], RoutingMode],
         chunk_timeout_s: float | None = None,
         detect_timeout_s: float | None = None,
     ) -> None:
@@ -123,7 +123,7 @@ class Upstreams:
         return self.client.post(url, data=body, headers=headers, **extra)
 
     @property
-    def mode(self) -> Mode:
+    def mode(self) -> RoutingMode:
         return self._mode()
 
     def route(self) -> Route:

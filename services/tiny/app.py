@@ -21,34 +21,35 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import FastAPI, Query, Request
 
+from core.audio import AudioLimits, decode_audio
+from core.errors import ApiError
+from core.settings import env_float, env_int, env_str
+from core.vocabulary import DEFAULT_DETECTOR, DETECTORS, WHISPER_WINDOW_S
 from services.common.app import create_app, load_in_background, require_ready
-from services.common.audio import AudioLimits, decode_audio
-from services.common.errors import ApiError
 from services.common.memory import max_upload_bytes
 from services.common.metrics import MODEL_LOAD_SECONDS
 from services.common.models import resolve_model
-from services.common.settings import env_float, env_int, env_origins, env_str
+from services.common.settings import env_origins
 from services.common.upload import read_upload
 from services.tiny.detectors import Detector, SileroDetector, WhisperTinyDetector, timed
 from services.tiny.metrics import AUDIO_SECONDS, DECISIONS, DETECT_SECONDS
 
 log = logging.getLogger("stt.tiny")
-DETECTOR_NAMES = ("silero", "whisper-tiny")
 
 
 class Settings:
     def __init__(self) -> None:
-        self.default_detector = env_str("STT_DETECTOR", "silero")
-        self.enabled = [d.strip() for d in env_str("STT_DETECTORS", "silero,whisper-tiny").split(",") if d.strip()]
-        unknown = [d for d in [*self.enabled, self.default_detector] if d not in DETECTOR_NAMES]
+        self.default_detector = env_str("STT_DETECTOR", DEFAULT_DETECTOR)
+        self.enabled = [d.strip() for d in env_str("STT_DETECTORS", ",".join(DETECTORS)).split(",") if d.strip()]
+        unknown = [d for d in [*self.enabled, self.default_detector] if d not in DETECTORS]
         if unknown:
-            raise ValueError(f"unknown detector(s) {unknown}; choose from {DETECTOR_NAMES}")
+            raise ValueError(f"unknown detector(s) {unknown}; choose from {DETECTORS}")
         if self.default_detector not in self.enabled:
             self.enabled.append(self.default_detector)
         self.tiny_model = env_str("STT_TINY_MODEL", "tiny.en")
         self.vad_threshold = env_float("STT_VAD_THRESHOLD", 0.5, minimum=0.0)
         self.vad_min_speech_ms = env_int("STT_VAD_MIN_SPEECH_MS", 250, minimum=0)
-        self.limits = AudioLimits(max_seconds=env_float("STT_MAX_CHUNK_SECONDS", 30.0, minimum=1.0))
+        self.limits = AudioLimits(max_seconds=env_float("STT_MAX_CHUNK_SECONDS", WHISPER_WINDOW_S, minimum=1.0))
         self.max_upload_bytes = max_upload_bytes()
         self.allowed_origins = env_origins("STT_ALLOWED_ORIGINS")
 

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from services.common.audio import SAMPLE_RATE
+from core.vocabulary import SAMPLE_RATE
 from services.common.speech import FRAME, SpeechDetector, speech_regions
 
 __all__ = ["FRAME", "Detection", "Detector", "SileroDetector", "WhisperTinyDetector", "speech_regions", "timed"]

@@ -2,6 +2,8 @@
 
 from prometheus_client import Counter, Histogram
 
+from core.vocabulary import DETECTORS
+
 DECISIONS = Counter(
     "stt_detector_decisions_total", "Detection answers by outcome (speech, no_speech, error)", ["detector", "outcome"]
 )
@@ -14,6 +16,6 @@ DETECT_SECONDS = Histogram(
 AUDIO_SECONDS = Counter("stt_detector_audio_seconds_total", "Seconds of audio examined", ["detector"])
 
 # Create the known series at 0 so that rate()/increase() also see the first event.
-for _detector in ("silero", "whisper-tiny"):
+for _detector in DETECTORS:
     for _outcome in ("speech", "no_speech", "error"):
         DECISIONS.labels(_detector, _outcome)

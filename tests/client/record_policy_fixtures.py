@@ -5,7 +5,7 @@ stack: ``python -m services.local_stack up``; the corpus: ``python -m corpus``) 
 
 - ``agreement-120s.json``: the 124 s recording ``corpus.long_recording(120, seed=0)`` (the
   stitcher's fixture recording, whose offline words are in ``offline-120s.json``) streamed
-  step by step through :class:`~services.common.commit_policy.CommitPolicy` with its default
+  step by step through :class:`~core.commit_policy.CommitPolicy` with its default
   settings: for every step the detector's verdict, the window the policy asked for and the
   real ``/transcribe`` answer for it (segments as the service returned them, times from the
   window's start);
@@ -34,10 +34,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from core.audio import to_wav_bytes
+from core.commit_policy import CommitPolicy, PolicyConfig, Segment
 from corpus import long_recording, nonspeech_clips, speech_clips
 from corpus.fetch import read_wav
-from services.common.audio import to_wav_bytes
-from services.common.commit_policy import CommitPolicy, PolicyConfig, Segment
 
 DATA = Path(__file__).parent / "data"
 SR = 16_000

@@ -14,7 +14,7 @@ import pytest
 
 from client import sources
 from client.sources import ArraySource, CallbackCapture, SourceError, StdinSource, file_source, level_dbfs
-from services.common.audio import to_wav_bytes
+from core.audio import to_wav_bytes
 
 
 def device_block(frames: int, value: float) -> np.ndarray:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from client.chunker import SAMPLE_RATE, Chunker
+from client.chunker import Chunker
+from core.vocabulary import SAMPLE_RATE
 
 
 def ramp(seconds: float) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The agreement commit policy (``services/common/commit_policy.py``) on recorded service answers.
+"""The agreement commit policy (``core/commit_policy.py``) on recorded service answers.
 
 ``data/agreement-*.json`` and ``data/thank-you.json`` hold, step by step, what the real
 detector said and what the real base service answered for each window the policy asked for
@@ -20,15 +20,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.client_eval import boundary_errors, wer
 from client.api import ChunkResult, RetryableError, Word
 from client.cli import main as cli_main
 from client.dispatcher import Backoff
-from client.evaluate import boundary_errors, wer
 from client.pipeline import Pipeline, Settings
 from client.sources import ArraySource
 from client.stats import Stats
 from client.stitcher import join_words as stitcher_join_words
-from services.common.commit_policy import (
+from core.commit_policy import (
     CommitPolicy,
     PolicyConfig,
     Segment,
@@ -264,7 +264,7 @@ def test_a_decode_is_due_every_step_and_when_an_utterance_ends() -> None:
 def test_the_module_imports_without_the_clients_dependencies() -> None:
     """A server-side session (the proxy) imports it too: standard library only."""
     code = (
-        "import sys, services.common.commit_policy; "
+        "import sys, core.commit_policy; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in {'client', 'numpy', 'httpx', 'av'}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
@@ -459,7 +459,7 @@ def test_decodes_that_skip_the_start_of_speech_are_not_agreed_on(max_gap_s: floa
     """Whisper can begin two answers in a row seconds into speech (a French dev-set prompt lost
     "veuillez appuyer sur 1 ... appuyez sur 2" so). Agreeing on them would commit past words
     never written; with the gap guard they stay partial until a decode covers the gap."""
-    from services.common.commit_policy import Word as PolicyWord
+    from core.commit_policy import Word as PolicyWord
 
     policy = CommitPolicy(PolicyConfig(max_gap_s=max_gap_s))
     committed: list[str] = []

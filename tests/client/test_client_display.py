@@ -17,7 +17,7 @@ from client.display import Display, progress, speed
 from client.pipeline import Pipeline, Settings
 from client.sources import ArraySource, StdinSource, file_source
 from client.stats import Stats
-from services.common.audio import to_wav_bytes
+from core.audio import to_wav_bytes
 
 WORDS = [Word(**w) for w in json.loads((Path(__file__).parent / "data" / "words-40s.json").read_text())]
 

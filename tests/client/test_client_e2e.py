@@ -1,7 +1,7 @@
 """The real ``stt-client`` process against the real local stack (tiny, base, proxy) with real speech.
 
 Recordings are kept short (30-45 s) because two CPU cores are shared by the whole suite; the
-long measurement lives in ``python -m client.evaluate``.
+long measurement lives in ``python -m bench.client_eval``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from client.evaluate import wer
+from bench.client_eval import wer
 from corpus import long_recording
 from corpus.fetch import write_wav
 from services.local_stack import free_port

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.client_eval import boundary_errors, wer
 from client.api import Word
-from client.evaluate import boundary_errors, wer
 from client.stitcher import Stitcher, join_words, norm
 
 WORDS = [Word(**w) for w in json.loads((Path(__file__).parent / "data" / "words-40s.json").read_text())]

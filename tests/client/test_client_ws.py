@@ -25,7 +25,7 @@ import httpx
 import numpy as np
 import pytest
 
-from client.evaluate import wer
+from bench.client_eval import wer
 from client.stitcher import norm
 from corpus import long_recording
 from corpus.fetch import read_wav

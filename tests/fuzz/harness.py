@@ -35,7 +35,7 @@ import numpy as np
 from hypothesis import HealthCheck, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
-from services.common.audio import (
+from core.audio import (
     DEMUXERS,
     FFMPEG_GUARD,
     RAW_PCM_TYPES,

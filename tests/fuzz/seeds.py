@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from hypothesis import strategies as st
 
-from services.common.audio import DECLARED_FORMATS, to_wav_bytes
+from core.audio import DECLARED_FORMATS, to_wav_bytes
 from tests.services.test_audio import encode, tone, wav
 from tests.services.test_untrusted_audio import LABELS, PLANTED, TRICKS
 

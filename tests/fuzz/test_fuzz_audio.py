@@ -20,7 +20,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from services.common.audio import (
+from core.audio import (
     DECLARED_FORMATS,
     DEMUXERS,
     SAMPLE_RATE,

@@ -22,7 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from starlette.requests import Request
 
-from services.common.errors import ApiError
+from core.errors import ApiError
 from services.common.openai_api import wants_stream
 from services.common.upload import MAX_FORM_FIELD_BYTES, MAX_FORM_FIELDS, Upload, form_text, read_upload
 from tests.fuzz.harness import FuzzRun, fuzz_settings, new_fds, open_fds

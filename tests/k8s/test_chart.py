@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import json
 import subprocess
 
 import kubernetes_validate
@@ -13,6 +14,7 @@ import pytest
 import yaml
 
 from controller.autoscaling import DEFAULT_POLICIES
+from core.vocabulary import BACKENDS, DEFAULT_DETECTOR, DETECTORS, GROUP, KIND, PLURAL, ROUTING_MODES, VERSION
 from tests.k8s.tools import CHART
 
 # Objects whose schema comes from a CRD (ours or the Prometheus operator's): not in
@@ -616,3 +618,21 @@ def test_the_model_store_is_filled_by_a_hook_job_and_mounted_read_only_in_the_tr
         text=True,
     )
     assert r.returncode != 0 and "values don't meet the specifications" in r.stderr
+
+
+def test_the_crd_and_the_values_schema_speak_core_vocabulary(helm: str) -> None:
+    """The names the operator, the proxy and the detector use (core.vocabulary) are the ones the
+    API server and `helm install` accept: a mode or detector added on one side only fails here."""
+    crd = find(render(helm), "CustomResourceDefinition", f"{PLURAL}.{GROUP}")
+    assert (crd["spec"]["group"], crd["spec"]["names"]["kind"], crd["spec"]["names"]["plural"]) == (GROUP, KIND, PLURAL)
+    assert [v["name"] for v in crd["spec"]["versions"]] == [VERSION]
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+    spec, status = schema["spec"]["properties"], schema["status"]["properties"]
+    assert spec["routing"]["enum"] == list(ROUTING_MODES)
+    assert spec["detector"]["enum"] == list(DETECTORS) and spec["detector"]["default"] == DEFAULT_DETECTOR
+    assert set(spec["models"]["properties"]) == set(spec["autoscaling"]["properties"]) == set(BACKENDS)
+    assert set(status["activeBackend"]["enum"]) == {*BACKENDS, "none"}
+
+    values = json.loads((CHART / "values.schema.json").read_text())["properties"]["sttConfig"]["properties"]
+    assert values["routing"]["enum"] == list(ROUTING_MODES)
+    assert values["detector"]["enum"] == list(DETECTORS)

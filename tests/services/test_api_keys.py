@@ -28,8 +28,8 @@ from prometheus_client import REGISTRY
 from starlette.requests import HTTPConnection
 
 from client.api import PermanentError, RetryableError, SttApi
+from core.settings import SettingsError
 from services.common.openai_api import served_models
-from services.common.settings import SettingsError
 from services.proxy import api_keys
 from services.proxy.api_keys import (
     ApiKey,
@@ -586,7 +586,7 @@ def test_stt_client_cli_streams_with_the_key_from_stt_api_key(
 ) -> None:
     """The microphone client as a user runs it: the key from STT_API_KEY goes on every request
     (http) and on the WebSocket upgrade (ws); without it the client stops and says why."""
-    from services.common.audio import to_wav_bytes
+    from core.audio import to_wav_bytes
 
     url, _ = keyed
     audio = tmp_path / "two-seconds.wav"

@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 
-from services.common.audio import AudioError, AudioLimits, decode_audio, to_wav_bytes
+from core.audio import AudioError, AudioLimits, decode_audio, to_wav_bytes
 
 LIMITS = AudioLimits(max_seconds=30)
 RATE = 16_000
@@ -126,7 +126,7 @@ def decode_in_child(data: bytes) -> str:
     then fails one test instead of ending the test run."""
     code = (
         "import sys, numpy as np\n"
-        "from services.common.audio import AudioError, AudioLimits, decode_audio\n"
+        "from core.audio import AudioError, AudioLimits, decode_audio\n"
         "try:\n"
         "    s = decode_audio(sys.stdin.buffer.read(), 'audio/wav', AudioLimits(30))\n"
         "    print('ok', s.size, float(np.abs(s).max()))\n"

@@ -20,12 +20,12 @@ import httpx
 import numpy as np
 import pytest
 
+from core.errors import ApiError
+from core.vocabulary import SAMPLE_RATE
 from services.base import app as base
 from services.base.batcher import Batcher, Priority
 from services.base.metrics import BATCH_CANCELLED, BATCH_EXPIRED
 from services.base.transcriber import Request, Result
-from services.common.audio import SAMPLE_RATE
-from services.common.errors import ApiError
 from tests.services.base_harness import serving
 
 

@@ -14,9 +14,9 @@ import httpx
 import numpy as np
 import pytest
 
+from core.vocabulary import SAMPLE_RATE
 from services.base.batcher import Batcher, _Call
 from services.base.transcriber import Request, Result
-from services.common.audio import SAMPLE_RATE
 from tests.services.base_harness import serving
 
 

@@ -35,7 +35,8 @@ import numpy as np
 import pytest
 import yaml
 
-from services.common.audio import SAMPLE_RATE, AudioLimits, decode_audio
+from core.audio import AudioLimits, decode_audio
+from core.vocabulary import SAMPLE_RATE
 from services.local_stack import Stack, free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -263,7 +264,7 @@ async def call(app, scope: dict, receive) -> tuple[int, list[dict]]:
 
 
 async def test_body_budget_refuses_past_it_and_releases_however_a_request_ends() -> None:
-    from services.common.errors import ApiError
+    from core.errors import ApiError
     from services.common.memory import BodyBudgetMiddleware
 
     seen: list[int] = []

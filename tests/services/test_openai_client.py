@@ -20,8 +20,8 @@ import pytest
 from openai.types.audio import TranscriptionTextDeltaEvent, TranscriptionTextDoneEvent
 from whisper_normalizer.english import EnglishTextNormalizer
 
-from services.common.audio import to_wav_bytes
-from services.common.errors import ApiError
+from core.audio import to_wav_bytes
+from core.errors import ApiError
 from services.common.openai_api import (
     WHISPER_ALIAS,
     check_stream_format,
@@ -229,8 +229,9 @@ def spanish_prompts(speech_clips) -> list[tuple[str, bytes, str, str]]:
     the Spanish recordings (another speaker) from the dev set's pinned Debian packages, the
     English prompt of the same name as the reference translation. Only the two Spanish
     packages are fetched when the dev set was never built."""
+    from core.vocabulary import SAMPLE_RATE
     from corpus import devset
-    from corpus.fetch import SAMPLE_RATE, _decode, apt_download, cache_dir
+    from corpus.fetch import _decode, apt_download, cache_dir
 
     tree = devset.dev_root() / "debs"
     if not (tree / ".complete").is_file():

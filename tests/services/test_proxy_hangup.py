@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from services.common.errors import ApiError
+from core.errors import ApiError
 from services.proxy import metrics
 from services.proxy.upstream import unless_caller_leaves
 from tests.services.proxy_harness import ThreadedServer, running_proxy

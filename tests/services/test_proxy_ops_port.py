@@ -22,7 +22,7 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 
-from services.common.settings import SettingsError
+from core.settings import SettingsError
 from services.local_stack import Stack, free_port, free_ports
 from services.proxy.ops import ops_port_from_env
 from tests.services.proxy_harness import ThreadedServer, running_proxy, start_proxy

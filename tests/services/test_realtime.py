@@ -25,9 +25,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from whisper_normalizer.english import EnglishTextNormalizer
 
+from core.vocabulary import SAMPLE_RATE
 from services.proxy import realtime
 from services.proxy.realtime import ALAW, ULAW, RealtimeTranscription, StreamResampler
-from services.proxy.sessions import SAMPLE_RATE, StreamSession
+from services.proxy.sessions import StreamSession
 from services.proxy.stream_ws import SessionGate, SessionSettings
 
 normalize = EnglishTextNormalizer()

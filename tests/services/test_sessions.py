@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from whisper_normalizer.english import EnglishTextNormalizer
 
-from services.common.errors import ApiError
+from core.errors import ApiError
 from services.local_stack import Stack, free_port
 from services.proxy.sessions import Limits, SessionOptions, StreamSession, TooFarBehindError
 from services.proxy.stream_ws import ClientNotReadingError, EventSender
@@ -226,7 +226,7 @@ def stream_file(url: str, pcm: bytes, frame: int = 3200, extra: list | None = No
 
 @pytest.mark.slow
 def test_a_streamed_recording_is_as_accurate_as_the_http_chunk_pipeline(stack: Stack) -> None:
-    from client.evaluate import stream as http_stream
+    from bench.client_eval import stream as http_stream
     from client.pipeline import Settings
     from client.stitcher import join_words
     from corpus import long_recording

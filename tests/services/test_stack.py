@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from whisper_normalizer.english import EnglishTextNormalizer
 
-from services.common.audio import to_wav_bytes
+from core.audio import to_wav_bytes
 from services.common.models import provision
 from services.local_stack import Stack, free_port, free_ports
 from tests.conftest import ADMIN_TOKEN, wav_bytes

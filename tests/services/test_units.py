@@ -9,12 +9,12 @@ import time
 import numpy as np
 import pytest
 
+from core.errors import ApiError
+from core.vocabulary import RoutingMode
 from services.base.batcher import Batcher
 from services.base.transcriber import Request, Result
-from services.common.errors import ApiError
 from services.common.models import KNOWN_MODELS, ModelError, provision, verify
 from services.proxy.backends import Backend, choose
-from services.proxy.routing import Mode
 from services.tiny.detectors import speech_regions
 
 
@@ -27,12 +27,12 @@ def backends(cpu_ready: bool, gpu_ready: bool, gpu_configured: bool = True) -> t
 @pytest.mark.parametrize(
     ("mode", "cpu_ready", "gpu_ready", "first", "reason"),
     [
-        (Mode.CPU, True, True, "cpu", None),
-        (Mode.CPU, False, True, "gpu", "cpu backend not ready"),
-        (Mode.GPU, True, True, "gpu", None),
-        (Mode.GPU, True, False, "cpu", "gpu backend not ready"),
-        (Mode.AUTO, True, True, "gpu", None),
-        (Mode.AUTO, True, False, "cpu", None),  # no GPU in auto mode is the plan, not a fallback
+        (RoutingMode.CPU, True, True, "cpu", None),
+        (RoutingMode.CPU, False, True, "gpu", "cpu backend not ready"),
+        (RoutingMode.GPU, True, True, "gpu", None),
+        (RoutingMode.GPU, True, False, "cpu", "gpu backend not ready"),
+        (RoutingMode.AUTO, True, True, "gpu", None),
+        (RoutingMode.AUTO, True, False, "cpu", None),  # no GPU in auto mode is the plan, not a fallback
     ],
 )
 def test_choose_routes_by_mode_and_health(mode, cpu_ready, gpu_ready, first, reason) -> None:
@@ -43,7 +43,7 @@ def test_choose_routes_by_mode_and_health(mode, cpu_ready, gpu_ready, first, rea
 
 
 def test_choose_without_gpu_configured() -> None:
-    route = choose(Mode.GPU, *backends(True, False, gpu_configured=False))
+    route = choose(RoutingMode.GPU, *backends(True, False, gpu_configured=False))
     assert [b.name for b in route.order] == ["cpu"]
     assert route.fallback_reason == "gpu backend not configured"
 

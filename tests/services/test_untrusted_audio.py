@@ -21,8 +21,7 @@ import pytest
 from fastapi import FastAPI, Request
 
 from client.sources import SourceError, file_source
-from services.common.app import create_app
-from services.common.audio import (
+from core.audio import (
     FFMPEG_GUARD,
     AudioError,
     AudioLimits,
@@ -30,8 +29,10 @@ from services.common.audio import (
     sniff_format,
     to_wav_bytes,
 )
+from core.settings import SettingsError
+from services.common.app import create_app
 from services.common.errors import install_error_handlers
-from services.common.settings import SettingsError, env_origins, normalize_origin
+from services.common.settings import env_origins, normalize_origin
 from services.common.upload import MAX_FORM_FIELD_BYTES, form_text, read_upload
 from tests.services.test_audio import encode, tone
 

@@ -17,10 +17,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from services.common.errors import ApiError
+from core.errors import ApiError
+from core.vocabulary import RoutingMode
 from services.common.limits import DEADLINE_HEADER
 from services.proxy.backends import Backend
-from services.proxy.routing import Mode
 from services.proxy.upstream import Upstreams
 
 OK = b'{"text":"hello"}'
@@ -72,7 +72,10 @@ async def pair(
         aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as client,
     ):
         detector = Backend("detector", None)
-        yield Upstreams(client, cpu, gpu, detector, lambda: Mode.CPU, chunk_timeout_s, detect_timeout_s=0.5), gpu_seen
+        yield (
+            Upstreams(client, cpu, gpu, detector, lambda: RoutingMode.CPU, chunk_timeout_s, detect_timeout_s=0.5),
+            gpu_seen,
+        )
 
 
 async def chunk(up: Upstreams):
@@ -139,7 +142,7 @@ async def test_a_connect_timeout_is_a_connection_failure_not_a_read_timeout() ->
     cpu, gpu = Backend("cpu", "http://cpu"), Backend("gpu", "http://gpu")
     cpu.ready = gpu.ready = True
     async with aiohttp.ClientSession() as client:
-        up = Upstreams(client, cpu, gpu, Backend("detector", None), lambda: Mode.CPU)
+        up = Upstreams(client, cpu, gpu, Backend("detector", None), lambda: RoutingMode.CPU)
 
         async def send(b: Backend) -> str:
             if b.name == "cpu":
@@ -169,7 +172,7 @@ async def test_a_request_on_a_connection_the_backend_just_closed_is_sent_again_t
     cpu.ready = gpu.ready = True
     sent: list[str] = []
     async with aiohttp.ClientSession() as client:
-        up = Upstreams(client, cpu, gpu, Backend("detector", None), lambda: Mode.CPU)
+        up = Upstreams(client, cpu, gpu, Backend("detector", None), lambda: RoutingMode.CPU)
 
         async def send(b: Backend) -> str:
             sent.append(b.name)

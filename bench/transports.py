@@ -1,6 +1,6 @@
 """Compare ``--transport ws`` and ``--transport http`` on the same recording, live-paced.
 
-``python -m client.transport_bench --url http://127.0.0.1:5001 --seconds 60`` plays a recording
+``python -m bench.transports --url http://127.0.0.1:5001 --seconds 60`` plays a recording
 of real speech (:func:`corpus.long_recording`) at real-time pace, as a microphone would, through
 each transport in turn (the HTTP pipeline with the stitcher, its default; with the agreement
 policy, which is what the proxy's session runs, so the transport alone differs; and the
@@ -11,9 +11,9 @@ WebSocket session) and prints, per run:
   covering it was on screen (partial or committed), p50 / p95 over the transcript's words;
 - *first text*: seconds from the start until anything was on screen;
 - *commit*: seconds from a word's last sample until it was final (p50 / p95; words made final
-  only by the end of the stream are left out, as in :mod:`client.evaluate`).
+  only by the end of the stream are left out, as in :mod:`bench.client_eval`).
 
-Unlike :mod:`client.evaluate` (which replays in stream time, so the numbers hold on any
+Unlike :mod:`bench.client_eval` (which replays in stream time, so the numbers hold on any
 machine), these are wall-clock and include the request times of the machine they run on.
 """
 
@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.client_eval import wer
 from client.api import SttApi, Word
 from client.dispatcher import Outcome
-from client.evaluate import wer
 from client.pipeline import Pipeline, Settings
 from client.sources import ArraySource, Block
 from client.stats import Stats
@@ -145,7 +145,7 @@ async def run_ws(samples: np.ndarray, url: str, language: str) -> Run:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m client.transport_bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.transports", description=__doc__.split("\n\n")[0])
     p.add_argument("--url", default="http://127.0.0.1:5001")
     p.add_argument("--seconds", type=float, default=60.0, help="length of the recording")
     p.add_argument("--seed", type=int, default=0)

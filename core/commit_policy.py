@@ -42,7 +42,8 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-SAMPLE_RATE = 16_000
+from core.vocabulary import SAMPLE_RATE, WHISPER_WINDOW_S
+
 SENTENCE_END = (".", "?", "!", "。", "？", "！", "…", "।", "؟")
 
 
@@ -318,7 +319,7 @@ class PolicyConfig:
             raise ValueError(f"max_window_s must hold at least two steps ({2 * self.step_s:g} s) to agree on anything")
         if self.context_s < 0 or self.trim_after_s < 0:
             raise ValueError("context_s and trim_after_s must not be negative")
-        if self.max_window_s + self.context_s > 30.0:
+        if self.max_window_s + self.context_s > WHISPER_WINDOW_S:
             raise ValueError("max_window_s + context_s may not exceed Whisper's 30 s window")
 
 

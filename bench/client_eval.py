@@ -1,6 +1,6 @@
 """Measure the streaming client against one offline pass of the same model.
 
-``python -m client.evaluate --url http://127.0.0.1:5001 --seconds 180`` streams a long
+``python -m bench.client_eval --url http://127.0.0.1:5001 --seconds 180`` streams a long
 recording of real speech (:func:`corpus.long_recording`) through the client pipeline (as
 fast as the service allows), transcribes the same file in one offline faster-whisper pass
 (base, CPU, int8), and prints:
@@ -48,9 +48,9 @@ from client.pipeline import Pipeline, Settings
 from client.sources import ArraySource
 from client.stats import Stats
 from client.stitcher import join_words, norm
+from core.commit_policy import PolicyConfig
 from corpus import long_recording, nonspeech_clips
 from corpus.fetch import read_wav
-from services.common.commit_policy import PolicyConfig
 
 _normalizer = EnglishTextNormalizer()
 
@@ -225,7 +225,7 @@ def _floats(text: str) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m client.evaluate",
+        prog="python -m bench.client_eval",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawTextHelpFormatter,
     )

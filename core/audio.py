@@ -24,11 +24,11 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
-from services.common.errors import ApiError
+from core.errors import ApiError
+from core.vocabulary import SAMPLE_RATE
 
 log = logging.getLogger("stt.audio")
 
-SAMPLE_RATE = 16_000
 RAW_PCM_TYPES = {"audio/pcm", "audio/l16", "audio/x-raw", "audio/s16le", "audio/raw"}
 ACCEPTED = (
     "WAV (16/24-bit int or 32-bit float, up to 768 kHz, mono/stereo), FLAC, MP3, OGG/Opus, WebM, "
