@@ -49,10 +49,11 @@ test: models corpus audio-libs browser monitoring-tools k8s-tools ## Run every t
 test-fast: install ## Only the fast unit tests (no models, no processes)
 	$(PY) -m pytest -q -m "not slow"
 
-lint: install ## ruff, the role boundaries (import-linter: pyproject.toml) and the format check
+lint: install ## ruff, the role boundaries (import-linter), the type checker (mypy) and the format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 format: install ## Apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
