@@ -301,11 +301,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{'mode':66s} {'WER %':>6s} {'Δ off':>6s} {'dups':>4s} {'drops':>5s} {'shown p50/p95':>13s} "
         f"{'commit p50/p95':>14s} {'req ms':>6s} {'decoded':>7s} {'reqs':>4s} {'forced':>6s} {'time s':>6s}"
     )
-    for label, settings in runs:
-        if settings is None:
+    for label, config in runs:
+        if config is None:
             run = asyncio.run(stream_independent(samples, args.url, args.chunk, args.language))
         else:
-            run = asyncio.run(stream(samples, args.url, settings))
+            run = asyncio.run(stream(samples, args.url, config))
         text = join_words(run.words)
         w = wer(clip.text, text)
         errors = boundary_errors(run.words, offline, run.boundaries)
@@ -325,17 +325,17 @@ def main(argv: list[str] | None = None) -> int:
         results.append(
             {
                 "mode": label,
-                "policy": settings.policy if settings else "independent",
+                "policy": config.policy if config else "independent",
                 "wer": round(w, 2),
                 "delta_vs_offline": round(w - offline_wer, 2),
                 "boundary_duplicates": errors.duplicates,
                 "boundary_drops": errors.drops,
-                "overlap_s": settings.overlap_s if settings else 0.0,
-                "context_s": settings.context_s if settings else 0.0,
-                "prompt": settings.prompt if settings else False,
-                "step_s": settings.step_s if settings and settings.policy == "agreement" else None,
-                "window_s": settings.window_s if settings and settings.policy == "agreement" else None,
-                "trim_after_s": settings.trim_after_s if settings and settings.policy == "agreement" else None,
+                "overlap_s": config.overlap_s if config else 0.0,
+                "context_s": config.context_s if config else 0.0,
+                "prompt": config.prompt if config else False,
+                "step_s": config.step_s if config and config.policy == "agreement" else None,
+                "window_s": config.window_s if config and config.policy == "agreement" else None,
+                "trim_after_s": config.trim_after_s if config and config.policy == "agreement" else None,
                 **lat,
                 **measured,
                 "request_ms_p50": round(request_ms),

@@ -187,7 +187,7 @@ def measure(items: list[dict], model_dir: str, device: str, compute_types: list[
         load_s = time.perf_counter() - began
         print(f"{compute_type}: on {info.device} ({info.compute_type}), loaded in {load_s:.1f} s", flush=True)
         transcriber = BatchTranscriber(model)
-        run = {
+        run: dict = {  # one JSON record, filled pass by pass
             "compute_type_requested": compute_type,
             "device": info.device,
             "compute_type": info.compute_type,

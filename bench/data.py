@@ -16,6 +16,7 @@ import numpy as np
 
 from core.vocabulary import SAMPLE_RATE
 from corpus import Clip, long_recording, nonspeech_clips, speech_clips
+from corpus.fetch import Split
 
 SELECTION_SEED = 2026
 
@@ -106,7 +107,7 @@ def detector_chunks(sizes: Sizes) -> tuple[list[np.ndarray], list[tuple[str, np.
     return speech[: sizes.detector_speech_chunks], nonspeech
 
 
-def recall_set(split: str = "all") -> list[Clip]:
+def recall_set(split: Split = "all") -> list[Clip]:
     """The dev set (:mod:`corpus.devset`, fetched and built on first use) for detector recall per
     category: by default dev and held-out both, reported apart. Measuring the held-out part is
     what it is for; choosing settings by it is not."""

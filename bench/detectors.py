@@ -64,10 +64,10 @@ def run(
             tick()
     out = {}
     for name, w in work.items():
-        cost = summarize_ms(w["cost"])
+        costs = summarize_ms(w["cost"])
         out[name] = {
-            "ms_per_chunk": cost["mean"],
-            "ms_per_chunk_p50": cost["p50"],
+            "ms_per_chunk": costs["mean"],
+            "ms_per_chunk_p50": costs["p50"],
             "request_ms": summarize_ms(w["rtt"]),
             "speech_recall": round(sum(w["speech"]) / len(w["speech"]), 4),
             "speech_chunks": len(w["speech"]),

@@ -51,9 +51,9 @@ def write_transcripts(
     languages = languages or ["en"] * len(names)
     for i, (name, ref, lang) in enumerate(zip(names, references, languages, strict=True)):
         row: dict = {"name": name, "language": lang, "reference": normalize(ref, lang)}
-        for path, texts in paths.items():
+        for label, texts in paths.items():
             counts = word_errors([ref], [texts[i]], [lang])
-            row[path] = {"errors": counts.errors, "text": normalize(texts[i], lang)}
+            row[label] = {"errors": counts.errors, "text": normalize(texts[i], lang)}
         rows.append(row)
     path = out_dir / "transcripts.json"
     path.write_text(json.dumps(rows, indent=1) + "\n")

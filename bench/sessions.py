@@ -255,7 +255,7 @@ def step_latencies(timed: Timed) -> list[float]:
 
 def session_text(timed: Timed) -> str:
     """The committed transcript (``session.ended`` carries it whole)."""
-    final = next((e for _, e in reversed(timed.events) if e["type"] == "session.ended"), {})
+    final: dict = next((e for _, e in reversed(timed.events) if e["type"] == "session.ended"), {})
     return final.get("text", "")
 
 

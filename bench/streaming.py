@@ -14,6 +14,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -160,7 +161,8 @@ async def streams(
     ]
     watcher = asyncio.create_task(overloaded.wait())
     everything = asyncio.gather(*tasks)
-    await asyncio.wait([everything, watcher], return_when=asyncio.FIRST_COMPLETED)
+    racing: list[asyncio.Future[Any]] = [everything, watcher]  # futures of different results
+    await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
     gave_up = overloaded.is_set() and not everything.done()
     watcher.cancel()
     if gave_up:

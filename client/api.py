@@ -114,10 +114,13 @@ class SttApi:
         await self._client.aclose()
 
     async def _post(self, path: str, samples: np.ndarray, params: dict, timeout: float | None = None) -> dict:
-        kwargs = {"timeout": timeout} if timeout is not None else {}
         try:
             response = await self._client.post(
-                path, content=to_wav_bytes(samples), params=params, headers={"Content-Type": "audio/wav"}, **kwargs
+                path,
+                content=to_wav_bytes(samples),
+                params=params,
+                headers={"Content-Type": "audio/wav"},
+                timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
             )
         except (httpx.TransportError, httpx.TimeoutException) as exc:
             raise RetryableError(f"{type(exc).__name__}: {exc or 'no answer'} ({self.url}{path})") from None

@@ -145,7 +145,7 @@ class Pipeline:
 
     async def run(self) -> list[Word]:
         s = self.settings
-        common = {"spill_meta": s.spill_meta(), "warn": self._warn}
+        spill_meta = s.spill_meta()
         if self.policy:
             self.dispatcher = AgreementDispatcher(
                 self.api,
@@ -157,7 +157,8 @@ class Pipeline:
                 spill_dir=s.spill_dir,
                 backoff=s.backoff,
                 clock=self.clock,
-                **common,
+                spill_meta=spill_meta,
+                warn=self._warn,
             )
         else:
             self.dispatcher = Dispatcher(
@@ -173,7 +174,8 @@ class Pipeline:
                 resend_empty=s.resend_empty,
                 context_s=s.context_s,
                 clock=self.clock,
-                **common,
+                spill_meta=spill_meta,
+                warn=self._warn,
             )
         producer = asyncio.create_task(self._produce(), name="produce")
         refresher = asyncio.create_task(self._refresh(), name="refresh") if self.display else None

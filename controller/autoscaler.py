@@ -22,7 +22,7 @@ from typing import Any
 
 from controller import metrics as m
 from controller.autoscaling import AT_MAX, Decision, Policy, State, decide, hold, streams_per_backend
-from controller.kube import API_ERRORS, TIMEOUT_S, Cluster, Names, asked, describe_error, ready_replicas
+from controller.kube import API_ERRORS, Cluster, Names, asked, describe_error, ready_replicas
 from controller.load import Reading, proxy_addresses, read_streams
 
 log = logging.getLogger("stt.controller")
@@ -41,10 +41,15 @@ class Evaluation:
 
 class Autoscaler:
     """Decisions for the SttConfigs one operator manages. Thread-safe: kopf's handler threads
-    and the resync loop both evaluate."""
+    and the resync loop both evaluate.
 
-    def __init__(self, proxy_service: str, proxy_port: int) -> None:
-        self.proxy_service, self.proxy_port = proxy_service, proxy_port
+    ``proxy_service``/``proxy_port``: where the proxies' ``/metrics`` are (``STT_PROXY_METRICS_*``);
+    ``timeout_s``: the bound on reading all of them, used when the :class:`Cluster` has none
+    (``STT_K8S_TIMEOUT_S``; a reading never waits forever, even in a test).
+    """
+
+    def __init__(self, proxy_service: str, proxy_port: int, timeout_s: float) -> None:
+        self.proxy_service, self.proxy_port, self.timeout_s = proxy_service, proxy_port, timeout_s
         self._states: dict[tuple[str, str, str], State] = {}
         self._last: dict[Key, Evaluation] = {}
         self._lock = threading.Lock()
@@ -65,7 +70,7 @@ class Autoscaler:
         endpoints = c.read_endpoints(namespace, self.proxy_service)
         if endpoints is None:
             return Reading(None, 0, f"no Service {namespace}/{self.proxy_service} to find the proxies by")
-        return read_streams(proxy_addresses(endpoints), self.proxy_port, c.timeout_s or TIMEOUT_S)
+        return read_streams(proxy_addresses(endpoints), self.proxy_port, c.timeout_s or self.timeout_s)
 
     def evaluate(
         self, c: Cluster, obj: dict[str, Any], routing: str, policies: dict[str, Policy], names: Names

@@ -4,7 +4,8 @@ Every write is conditional (read, compare, patch only on a difference) so that a
 resumed operator causes no rollouts and no needless writes. The ServiceAccount in the chart
 grants exactly these verbs (see ``charts/stt/templates/rbac.yaml``).
 
-Every call is bounded: ``STT_K8S_TIMEOUT_S`` (default 5) is the whole request's timeout
+Every call is bounded: ``timeout_s`` (``STT_K8S_TIMEOUT_S``, default 5, see
+:class:`controller.settings.OperatorSettings`) is the whole request's timeout
 (connect + send + answer), and a client makes at most one retry, so one call gives up after
 about ``2 x STT_K8S_TIMEOUT_S``. Without it, the kubernetes client waits forever on an API
 server (or a connection through a dead node) that never answers, and the handler or the status
@@ -19,18 +20,16 @@ import datetime
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from core.settings import env_float
 from core.vocabulary import GROUP, KIND, PLURAL, VERSION
 
 log = logging.getLogger("stt.controller")
 
-TIMEOUT_S = env_float("STT_K8S_TIMEOUT_S", 5.0, minimum=0.1)
 # One retry: a pooled keep-alive connection that the API server closed while idle fails at once
 # and deserves a second try; more retries of a call that timed out only multiply the wait
 # (urllib3's default, 3, made a GET to a silent server take 4 x the timeout).
@@ -60,8 +59,11 @@ def load_config() -> None:
 API_ERRORS = (ApiException, urllib3.exceptions.HTTPError)
 
 
-def describe_error(exc: BaseException, timeout_s: float | None = TIMEOUT_S) -> str:
-    """One line for the status and the log: ``HTTP 403 Forbidden``, ``timed out after 5s``."""
+def describe_error(exc: BaseException, timeout_s: float | None = None) -> str:
+    """One line for the status and the log: ``HTTP 403 Forbidden``, ``timed out after 5s``.
+
+    ``timeout_s``: the timeout of the call that failed (the :class:`Cluster`'s), for the message.
+    """
     if isinstance(exc, ApiException):
         return f"HTTP {exc.status} {exc.reason}"
     reason = getattr(exc, "reason", None) or exc  # MaxRetryError wraps the last try's error
@@ -78,9 +80,12 @@ def make_api_client(configuration: client.Configuration | None = None) -> client
 
 
 class Cluster:
-    """The operator's API calls, each bounded by ``timeout_s`` (``None``: unbounded, for tests only)."""
+    """The operator's API calls, each bounded by ``timeout_s`` (``None``: unbounded, for tests only).
 
-    def __init__(self, api_client: client.ApiClient | None = None, timeout_s: float | None = TIMEOUT_S):
+    ``timeout_s`` has no default on purpose: it is a setting (``STT_K8S_TIMEOUT_S``), passed in.
+    """
+
+    def __init__(self, api_client: client.ApiClient | None = None, *, timeout_s: float | None):
         self.api = api_client or make_api_client()
         self.timeout_s = timeout_s
         self.apps = client.AppsV1Api(self.api)
@@ -167,15 +172,20 @@ class Cluster:
             "lastTimestamp": now,
             "count": 1,
         }
+        # A plain dict body, as for every other call here: the client serializes it as it is.
         self.core.create_namespaced_event(
-            meta.get("namespace"), event, _preload_content=False, _request_timeout=self.timeout_s
+            meta["namespace"],
+            event,  # type: ignore[arg-type]
+            _preload_content=False,
+            _request_timeout=self.timeout_s,
         )
 
     def read_config(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return self.custom.get_namespaced_custom_object(
+            obj = self.custom.get_namespaced_custom_object(
                 GROUP, VERSION, namespace, PLURAL, name, _request_timeout=self.timeout_s
             )
+            return cast(dict[str, Any], obj)  # the client types it as object; it is the JSON object
         except ApiException as exc:
             if exc.status == 404:
                 return None

@@ -66,8 +66,8 @@ def publish_autoscaler(decisions: dict[str, Decision], streams: dict[str, float 
                     gauge.remove(backend)
             continue
         decision = decisions[backend]
-        if streams.get(backend) is not None:
-            AUTOSCALER_STREAMS.labels(backend).set(streams[backend])
+        if (streams_now := streams.get(backend)) is not None:
+            AUTOSCALER_STREAMS.labels(backend).set(streams_now)
         AUTOSCALER_DESIRED.labels(backend).set(decision.replicas)
         AUTOSCALER_AT_MAX.labels(backend).set(1 if decision.at_max else 0)
 

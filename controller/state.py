@@ -188,8 +188,9 @@ def keep_transition_times(
     out = []
     for cond in new:
         prev = before.get(cond["type"])
-        same = prev is not None and prev.get("status") == cond["status"] and prev.get("lastTransitionTime")
-        out.append({**cond, "lastTransitionTime": prev["lastTransitionTime"] if same else now})
+        same = prev is not None and prev.get("status") == cond["status"]
+        kept = prev.get("lastTransitionTime") if same and prev is not None else None
+        out.append({**cond, "lastTransitionTime": kept or now})
     return out
 
 
@@ -209,7 +210,7 @@ def compute_status(
     (:func:`autoscaling_status`), left out when autoscaling is off.
     """
     previous = previous or {}
-    status = {
+    status: dict[str, Any] = {
         "observedGeneration": generation,
         "routing": spec.routing,
         "activeBackend": active_backend(spec.routing, observed),

@@ -141,7 +141,7 @@ def check_declared_type(content_type: str | None) -> None:
     )
 
 
-def sniff_format(data: bytes) -> str | None:
+def sniff_format(data: bytes | bytearray) -> str | None:
     """The accepted demuxer the bytes' own signature names, or None.
 
     Only magic numbers at fixed offsets are read: RIFF/RF64/BW64 + WAVE, ``fLaC``, ``OggS``,
@@ -168,7 +168,7 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def _is_mpeg_audio_frame(head: bytes) -> bool:
+def _is_mpeg_audio_frame(head: bytes | bytearray) -> bool:
     """An MPEG-1/2/2.5 Layer I-III frame header: 11 sync bits, then no reserved field values.
 
     The checks on the reserved values keep AAC ADTS (layer bits 00) and random 0xFFFx bytes out.
@@ -422,16 +422,16 @@ def _decode_container(
             ) from None
     finally:
         container.close()
-    out = samples.finish()
+    decoded = samples.finish()
     # A float WAV can carry NaN and infinities, which FFmpeg passes on (its resampler smears a
     # NaN over its neighbours) and clipping keeps: replace them, so the samples are in [-1, 1].
     # In place and a block at a time: np.nan_to_num makes three masks of the whole array (and
     # a plain np.clip a copy), together more than the samples themselves.
-    for start in range(0, out.size, CLEAN_BLOCK):
-        block = out[start : start + CLEAN_BLOCK]
+    for start in range(0, decoded.size, CLEAN_BLOCK):
+        block = decoded[start : start + CLEAN_BLOCK]
         np.clip(block, -1.0, 1.0, out=block)  # infinities become +-1; NaN stays NaN
         block[np.isnan(block)] = 0.0
-    return out
+    return decoded
 
 
 def to_wav_bytes(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:

@@ -588,12 +588,11 @@ class CommitPolicy(Transcript):
 
 
 def _as_segments(hypothesis: Sequence[Segment] | Sequence[Word]) -> list[Segment]:
-    if not hypothesis:
-        return []
-    if isinstance(hypothesis[0], Segment):
-        return list(hypothesis)  # type: ignore[arg-type]
-    words = list(hypothesis)  # plain words: one segment of unknown confidence
-    return [Segment(words[0].start, words[-1].end, words)]  # type: ignore[arg-type]
+    segments = [s for s in hypothesis if isinstance(s, Segment)]
+    if segments or not hypothesis:
+        return segments
+    words = [w for w in hypothesis if isinstance(w, Word)]  # plain words: one segment of unknown confidence
+    return [Segment(words[0].start, words[-1].end, words)]
 
 
 def _agreed_prefix(previous: Sequence[Word], new: Sequence[Word], max_shift_s: float) -> int:

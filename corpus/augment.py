@@ -129,11 +129,11 @@ def speech_extent(
     threshold = max(level.max() - below_peak_db, np.percentile(level, 10) + 10.0, -70.0)
     active = level > threshold
     regions: list[list[int]] = []
-    for i in np.flatnonzero(active):
+    for i in map(int, np.flatnonzero(active)):
         if regions and (i - regions[-1][1]) * frame_s <= min_gap_s:
             regions[-1][1] = i + 1
         else:
-            regions.append([int(i), int(i) + 1])
+            regions.append([i, i + 1])
     return [(round(a * frame_s, 3), round(b * frame_s, 3)) for a, b in regions if (b - a) * frame_s >= 0.05]
 
 

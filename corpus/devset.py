@@ -349,8 +349,10 @@ def pip_sdist(name: str, spec: Sdist, tree: Path) -> Path:
                     if m.isfile() and any(m.name.startswith(f"{top}/{p}") for p in spec.members)
                 ]
                 # filter= exists from Python 3.11.4 (Debian 12 ships 3.11.2); members are checked above
-                safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-                tar.extractall(tree / "pypi", members=wanted, **safe)
+                if hasattr(tarfile, "data_filter"):
+                    tar.extractall(tree / "pypi", members=wanted, filter="data")
+                else:
+                    tar.extractall(tree / "pypi", members=wanted)
         stamp.write_text(top)
     return tree / "pypi" / stamp.read_text()
 
@@ -552,12 +554,12 @@ def build(root: Path | None = None) -> Path:
     for lang in ASTERISK_VOICES:
         for name, text, src in _asterisk_prompts(tree, lang):
             samples = _decode(src, fmt="g722", rate=SAMPLE_RATE)
-            clip = f"asterisk-{lang}-{name}"
+            clip_name = f"asterisk-{lang}-{name}"
             b.add(
-                clip,
+                clip_name,
                 samples,
                 "other-languages",
-                key=clip,
+                key=clip_name,
                 text=text,
                 language=lang,
                 timing="energy",

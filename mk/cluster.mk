@@ -43,6 +43,6 @@ cluster-tools: ## kubectl + helm into /var/tmp/stt-k8s/bin (no cluster)
 cluster-status: ## kubectl get nodes and pods
 	@$(KUBECTL) get nodes -o wide && $(KUBECTL) get pods -A -o wide
 
-# build the real Dockerfiles with podman (no Docker here) to prove they work; ~5 min
-images-dockerfile-check: ## Build the real Dockerfiles with podman (no Docker here; ~5 min)
+# build every CPU target of the real Dockerfile with podman (no Docker here) and check what each image carries; ~5 min
+images-dockerfile-check: ## Build the Dockerfile targets with podman, check each role image (no Docker here; ~5 min)
 	@bash hack/images/dockerfile-check.sh

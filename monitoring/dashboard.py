@@ -31,7 +31,12 @@ def m(metric: str, matchers: str = "") -> str:
 
 
 def q(expr: str, legend: str = "", ref: str = "A", instant: bool = False) -> dict:
-    target = {"datasource": DATASOURCE, "expr": expr, "legendFormat": legend or "__auto", "refId": ref}
+    target: dict[str, object] = {
+        "datasource": DATASOURCE,
+        "expr": expr,
+        "legendFormat": legend or "__auto",
+        "refId": ref,
+    }
     if instant:
         target.update(instant=True, range=False, format="table")
     return target

@@ -11,11 +11,17 @@ What "finds series" means per kind of expression:
 
 - dashboard targets and recording rules: the whole expression must return at least one series;
 - alerting rules: an alert that is quiet returns nothing by design, so the whole expression is
-  only checked for errors; its *signals* must have series. The expression is split at its
-  top-level comparison (``> 3``, ``== 0``) and set operators (``and``, ``unless``, ``or``),
-  parentheses are unwrapped, and every operand that is not a number literal is evaluated on its
-  own: both sides of ``and`` and of a comparison, the left side of ``unless``, at least one side
-  of ``or``.
+  only checked for errors; its *signals* must have series. The expression is broken at its
+  comparisons (``> 3``, ``== 0``) and set operators (``and``, ``unless``, ``or``) as the
+  parser groups them, parentheses are unwrapped, and every operand that is not a number
+  literal is evaluated on its own: both sides of ``and`` and of a comparison, the left side of
+  ``unless``, at least one side of ``or``.
+
+Before anything is sent to Prometheus, every expression is parsed with the ``promql-parser``
+package (a port of Prometheus' own parser): one that does not parse fails with the parser's
+message (``parse error: unclosed left parenthesis``), and the syntax tree, not a text scanner,
+says where the signals are and which metrics an expression names (``--allow-missing-prefix``).
+``syntax_check`` does the parsing alone, without a Prometheus.
 
 Dashboard template variables are substituted first: ``$__rate_interval`` and ``$__interval``
 become ``--rate-interval`` (1m), ``$__range`` becomes ``--range`` (1h), and query/custom
@@ -34,25 +40,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
+import promql_parser
 import yaml
 
 GRAPH, ALERT, RECORD = "graph", "alert", "record"
-
-_LITERAL = re.compile(r"[-+]?((\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?|0x[0-9a-fA-F]+|inf|nan)", re.IGNORECASE)
-_IDENT_CHARS = re.compile(r"[A-Za-z0-9_:]")
-# Modifiers that may follow a binary operator before its right operand.
-_MODIFIER = re.compile(r"\s*(bool\b|(on|ignoring)\s*\([^)]*\)|(group_left|group_right)\s*(\([^)]*\))?)", re.IGNORECASE)
-_COMPARISONS = ("==", "!=", ">=", "<=", ">", "<")
-# PromQL precedence, lowest first: or < and/unless < comparisons < arithmetic.
-_LEVELS: tuple[tuple[str, ...], ...] = (("or",), ("and", "unless"), _COMPARISONS)
 
 
 @dataclass(frozen=True)
@@ -135,10 +136,16 @@ def substitute(expr: str, variables: dict[str, str]) -> str:
     values = {"__rate_interval": "1m", "__interval": "1m", "__range": "1h", **variables}
     for name in sorted(values, key=len, reverse=True):  # $namespace_x before $namespace
         value = values[name]
-        expr = re.sub(r"\$\{" + re.escape(name) + r"(:[^}]*)?\}", lambda _m, v=value: v, expr)
+        # A replacement function, not a string: re.sub would read backslashes in the value.
+        expr = re.sub(r"\$\{" + re.escape(name) + r"(:[^}]*)?\}", _constant(value), expr)
         expr = expr.replace(f"[[{name}]]", value)
-        expr = re.sub(r"\$" + re.escape(name) + r"(?![A-Za-z0-9_])", lambda _m, v=value: v, expr)
+        expr = re.sub(r"\$" + re.escape(name) + r"(?![A-Za-z0-9_])", _constant(value), expr)
     return expr
+
+
+def _constant(value: str) -> Callable[[re.Match[str]], str]:
+    """A ``re.sub`` replacement that inserts ``value`` verbatim."""
+    return lambda _match: value
 
 
 def _grafana_function_to_promql(query: str) -> str | None:
@@ -153,89 +160,64 @@ def _grafana_function_to_promql(query: str) -> str | None:
     return None  # label_values(label) and metrics(...) need no series to be useful
 
 
-# --- splitting an expression into the signals an alert compares ------------------------------
+# --- parsing: the signals an alert compares, the metrics an expression names -----------------
+
+# Binary operators at which an alert is broken into signals: comparisons and the set operators.
+# Arithmetic (``a / b``) stays one signal: its operands are meaningless on their own.
+_COMPARISONS = frozenset({"==", "!=", ">=", "<=", ">", "<"})
+_SET_OPERATORS = frozenset({"and", "or", "unless"})
+_NAME = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
+_LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def _scan(expr: str) -> Iterable[tuple[int, str]]:
-    """Yield (index, char) for characters at nesting depth 0 outside string literals."""
-    depth = 0
-    quote: str | None = None
-    i = 0
-    while i < len(expr):
-        char = expr[i]
-        if quote:
-            if char == "\\" and quote != "`":
-                i += 2
-                continue
-            if char == quote:
-                quote = None
-        elif char in "\"'`":
-            quote = char
-        elif char in "([{":
-            depth += 1
-        elif char in ")]}":
-            depth -= 1
-        elif depth == 0:
-            yield i, char
-        i += 1
+class PromQLSyntaxError(ValueError):
+    """An expression the PromQL parser rejects; the message is the parser's."""
 
 
-def _split_top_level(expr: str, operators: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Split ``expr`` at the given top-level binary operators; returns (operands, operators)."""
-    cuts: list[tuple[int, int, str]] = []
-    skip_until = -1
-    for i, _char in _scan(expr):
-        if i < skip_until:
-            continue
-        for op in operators:
-            if op.isalpha():
-                end = i + len(op)
-                word = expr[i:end]
-                before = expr[i - 1] if i else " "
-                after = expr[end] if end < len(expr) else " "
-                if word.lower() == op and not _IDENT_CHARS.match(before) and not _IDENT_CHARS.match(after):
-                    cuts.append((i, end, op))
-                    skip_until = end
-                    break
-            elif expr.startswith(op, i):
-                # '>' must not be the tail of '>=' etc.; '=' and '!' alone are not operators here.
-                cuts.append((i, i + len(op), op))
-                skip_until = i + len(op)
-                break
-    operands, ops, start = [], [], 0
-    for begin, end, op in cuts:
-        operands.append(expr[start:begin])
-        ops.append(op)
-        start = end
-    operands.append(expr[start:])
-    cleaned = []
-    for index, operand in enumerate(operands):
-        if index:
-            while True:  # drop `bool`, `on(...)`, `group_left(...)` that belong to the operator
-                match = _MODIFIER.match(operand)
-                if not match or not match.group(0).strip():
-                    break
-                operand = operand[match.end() :]
-        cleaned.append(operand.strip())
-    return cleaned, ops
+def parse(expr: str) -> promql_parser.Expr:
+    """The expression's syntax tree, from the ``promql-parser`` package (a port of Prometheus'
+    own parser): operator precedence, strings, ``on()``/``bool`` modifiers and function
+    signatures are its business, not a scanner's here.
+
+    Raises :class:`PromQLSyntaxError` with the parser's message when the expression is invalid.
+    """
+    try:
+        return promql_parser.parse(expr)
+    except ValueError as exc:
+        raise PromQLSyntaxError(f"parse error: {exc}") from exc
 
 
-def _unwrap(expr: str) -> str:
-    """Strip parentheses that enclose the whole expression."""
-    expr = expr.strip()
-    while expr.startswith("(") and expr.endswith(")"):
-        depth = 0
-        for i, char in enumerate(expr):
-            depth += char == "("
-            depth -= char == ")"
-            if depth == 0 and i < len(expr) - 1:
-                return expr  # the first parenthesis closes before the end: "(a) / (b)"
-        expr = expr[1:-1].strip()
-    return expr
+def syntax_error(expr: str) -> str | None:
+    """The parser's complaint about ``expr``, or None when it parses."""
+    try:
+        parse(expr)
+    except PromQLSyntaxError as exc:
+        return str(exc)
+    return None
+
+
+def _unparen(node: promql_parser.Expr) -> promql_parser.Expr:
+    """The expression inside any parentheses that enclose all of it."""
+    while isinstance(node, promql_parser.ParenExpr):
+        node = node.expr
+    return node
+
+
+def _is_number(node: promql_parser.Expr) -> bool:
+    """A number literal, possibly parenthesised or signed (``(3)``, ``-1e3``)."""
+    node = _unparen(node)
+    while isinstance(node, promql_parser.UnaryExpr):
+        node = _unparen(node.expr)
+    return isinstance(node, promql_parser.NumberLiteral)
 
 
 def is_literal(expr: str) -> bool:
-    return bool(_LITERAL.fullmatch(_unwrap(expr)))
+    """True for a number literal: an alert's threshold, which needs no series. False for
+    anything else, an expression that does not parse included."""
+    try:
+        return _is_number(parse(expr))
+    except PromQLSyntaxError:
+        return False
 
 
 @dataclass
@@ -245,38 +227,199 @@ class Signal:
     op: str | None  # None for a leaf
     expr: str
     children: list[Signal] = field(default_factory=list)
+    literal: bool = False  # a number literal: nothing to evaluate
 
 
 def signals(expr: str) -> Signal:
-    """Break an expression at its lowest-precedence top-level comparison or set operator."""
-    expr = _unwrap(expr)
-    for level in _LEVELS:
-        operands, ops = _split_top_level(expr, level)
-        if ops:
-            # Mixed operators of one level ("a > 1 and b == 0" is split at "and" first anyway).
-            return Signal(ops[0], expr, [signals(o) for o in operands])
-    return Signal(None, expr)
+    """Break an expression at its comparisons and set operators, as the parser groups them
+    (``or`` binds loosest, then ``and``/``unless``, then comparisons); enclosing parentheses
+    are dropped and each operand is rendered back into PromQL to be queried on its own.
+
+    Raises :class:`PromQLSyntaxError` when the expression does not parse.
+    """
+    return _signal(parse(expr))
+
+
+def _signal(node: promql_parser.Expr) -> Signal:
+    node = _unparen(node)
+    if isinstance(node, promql_parser.BinaryExpr):
+        op = str(node.op).lower()
+        if op in _COMPARISONS or op in _SET_OPERATORS:
+            return Signal(op, render(node), [_signal(node.lhs), _signal(node.rhs)])
+    return Signal(None, render(node), literal=_is_number(node))
 
 
 def identifiers(expr: str) -> set[str]:
-    """Metric-like names in an expression (outside strings and label matchers)."""
-    outside = []
-    depth_braces, quote = 0, None
-    for char in expr:
-        if quote:
-            if char == quote:
-                quote = None
-            continue
-        if char in "\"'`":
-            quote = char
-            outside.append(" ")
-            continue
-        if char == "{":
-            depth_braces += 1
-        elif char == "}":
-            depth_braces -= 1
-        outside.append(char if depth_braces == 0 else " ")
-    return set(re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", "".join(outside)))
+    """The metric names an expression selects: the name of every vector selector, and the
+    value of every positive ``__name__`` matcher. Function, label and aggregation names are not
+    metrics and are left out, and so is everything inside strings.
+
+    Raises :class:`PromQLSyntaxError` when the expression does not parse.
+    """
+    names: set[str] = set()
+    for node in _nodes(parse(expr)):
+        if isinstance(node, promql_parser.VectorSelector):
+            if node.name:
+                names.add(node.name)
+            groups = [node.matchers.matchers, *(node.matchers.or_matchers or [])]
+            for matcher in (m for group in groups for m in group):
+                if matcher.name == "__name__" and matcher.op in (promql_parser.MatchOp.Equal, promql_parser.MatchOp.Re):
+                    names.add(matcher.value)
+    return names
+
+
+def _nodes(node: promql_parser.Expr) -> Iterator[promql_parser.Expr]:
+    """Every node of the tree, depth first (written out rather than ``promql_parser.walk``,
+    which older releases of the package lack)."""
+    yield node
+    if isinstance(node, promql_parser.BinaryExpr):
+        yield from _nodes(node.lhs)
+        yield from _nodes(node.rhs)
+    elif isinstance(node, promql_parser.AggregateExpr):
+        if isinstance(node.param, promql_parser.Expr):
+            yield from _nodes(node.param)
+        yield from _nodes(node.expr)
+    elif isinstance(node, promql_parser.Call):
+        for arg in node.args:
+            yield from _nodes(arg)
+    elif isinstance(node, promql_parser.MatrixSelector):
+        yield from _nodes(node.vector_selector)
+    elif isinstance(node, (promql_parser.ParenExpr, promql_parser.UnaryExpr, promql_parser.SubqueryExpr)):
+        yield from _nodes(node.expr)
+
+
+# --- rendering a syntax tree back into PromQL ---------------------------------------------------
+# Why not ``str(node)``: the package's own printing is for reading, not for Prometheus. It writes
+# ``a{}`` for ``a``, prints label values without escaping (``"b\d"`` for ``"b\\d"``, which
+# Prometheus rejects) and has changed between releases. An operand of an alert is sent to
+# Prometheus as it is rendered here, so this renders exactly what was parsed, parentheses
+# included (the tree keeps them), and quotes every string.
+
+
+def render(node: promql_parser.Expr) -> str:
+    """PromQL text that parses back into ``node``."""
+    if isinstance(node, promql_parser.NumberLiteral):
+        return _number(node.val)
+    if isinstance(node, promql_parser.StringLiteral):
+        return _string(node.val)
+    if isinstance(node, promql_parser.ParenExpr):
+        return f"({render(node.expr)})"
+    if isinstance(node, promql_parser.UnaryExpr):
+        return f"-{render(node.expr)}"
+    if isinstance(node, promql_parser.VectorSelector):
+        return _selector(node) + _offset_at(node.offset, node.at)
+    if isinstance(node, promql_parser.MatrixSelector):
+        selector = node.vector_selector
+        return f"{_selector(selector)}[{_duration(node.range)}]" + _offset_at(selector.offset, selector.at)
+    if isinstance(node, promql_parser.SubqueryExpr):
+        step = _duration(node.step) if node.step else ""
+        return f"{render(node.expr)}[{_duration(node.range)}:{step}]" + _offset_at(node.offset, node.at)
+    if isinstance(node, promql_parser.Call):
+        return f"{node.func.name}({', '.join(render(arg) for arg in node.args)})"
+    if isinstance(node, promql_parser.AggregateExpr):
+        grouping = ""
+        if node.modifier is not None:
+            keyword = "by" if node.modifier.type == promql_parser.AggModifierType.By else "without"
+            grouping = f" {keyword} ({_labels(node.modifier.labels)}) "
+        args = [render(node.param)] if isinstance(node.param, promql_parser.Expr) else []
+        return f"{node.op}{grouping}({', '.join([*args, render(node.expr)])})"
+    if isinstance(node, promql_parser.BinaryExpr):
+        return f"{render(node.lhs)} {str(node.op).lower()}{_bin_modifier(node.modifier)} {render(node.rhs)}"
+    raise TypeError(f"cannot render PromQL node {type(node).__name__}: {node!r}")
+
+
+def _number(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Inf" if value > 0 else "-Inf"
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+
+
+def _string(value: str) -> str:
+    # A JSON string is a valid PromQL (Go) double-quoted string: same escapes, \uXXXX included.
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _label(name: str) -> str:
+    return name if _LABEL.fullmatch(name) else _string(name)  # Prometheus 3 quotes UTF-8 names
+
+
+def _labels(names: Iterable[str]) -> str:
+    return ", ".join(_label(n) for n in names)
+
+
+_MATCH_OPS = {"Equal": "=", "NotEqual": "!=", "Re": "=~", "NotRe": "!~"}
+
+
+def _matcher(matcher: promql_parser.Matcher) -> str:
+    op = _MATCH_OPS[str(matcher.op).rsplit(".", 1)[-1]]
+    return f"{_label(matcher.name)}{op}{_string(matcher.value)}"
+
+
+def _selector(node: promql_parser.VectorSelector) -> str:
+    """``name{matchers}`` without offset or ``@``, which follow a range when there is one."""
+    name = node.name or ""
+    inside: list[str] = []
+    if name and not _NAME.fullmatch(name):
+        inside.append(_string(name))  # a UTF-8 metric name goes inside the braces, quoted
+        name = ""
+    groups = [g for g in [node.matchers.matchers, *(node.matchers.or_matchers or [])] if g]
+    if groups:
+        inside.append(" or ".join(", ".join(_matcher(m) for m in group) for group in groups))
+    return f"{name}{{{', '.join(inside)}}}" if inside or not name else name
+
+
+def _duration(delta: timedelta | None) -> str:
+    """Prometheus' duration syntax (``1h30m``, ``250ms``)."""
+    if delta is None:
+        return ""
+    ms = round(delta / timedelta(milliseconds=1))
+    if ms == 0:
+        return "0s"
+    sign, ms = ("-", -ms) if ms < 0 else ("", ms)
+    parts = []
+    for unit, size in (("y", 31_536_000_000), ("w", 604_800_000), ("d", 86_400_000), ("h", 3_600_000)):
+        count, ms = divmod(ms, size)
+        parts.append(f"{count}{unit}" if count else "")
+    for unit, size in (("m", 60_000), ("s", 1000), ("ms", 1)):
+        count, ms = divmod(ms, size)
+        parts.append(f"{count}{unit}" if count else "")
+    return sign + "".join(parts)
+
+
+def _offset_at(offset: timedelta | None, at: promql_parser.AtModifier | None) -> str:
+    text = f" offset {_duration(offset)}" if offset else ""
+    if at is not None:
+        kind = str(at.type).rsplit(".", 1)[-1]
+        if kind == "Start":
+            text += " @ start()"
+        elif kind == "End":
+            text += " @ end()"
+        elif at.at is not None:
+            text += f" @ {at.at.timestamp():.3f}"
+    return text
+
+
+def _bin_modifier(modifier: promql_parser.BinModifier | None) -> str:
+    if modifier is None:
+        return ""
+    text = " bool" if modifier.return_bool else ""
+    if modifier.matching is not None:
+        keyword = "on" if modifier.matching.type == promql_parser.LabelModifierType.Include else "ignoring"
+        text += f" {keyword} ({_labels(modifier.matching.labels)})"
+    card = str(modifier.card).rsplit(".", 1)[-1]
+    if card in ("ManyToOne", "OneToMany"):
+        text += " group_left" if card == "ManyToOne" else " group_right"
+        text += f" ({_labels(modifier.group_labels or [])})"
+    fill = getattr(modifier, "fill_values", None)  # Prometheus 3's fill() modifiers, newer releases
+    lhs, rhs = (fill.lhs, fill.rhs) if fill is not None else (None, None)
+    if lhs is not None and lhs == rhs:
+        text += f" fill ({_number(lhs)})"
+    else:
+        text += f" fill_left ({_number(lhs)})" if lhs is not None else ""
+        text += f" fill_right ({_number(rhs)})" if rhs is not None else ""
+    return text
 
 
 # --- asking Prometheus -----------------------------------------------------------------------
@@ -313,14 +456,14 @@ class Prometheus:
 def _evaluate_signal(prom: Prometheus, node: Signal, missing: list[str]) -> bool:
     """True when the signal has series; leaves without series are appended to ``missing``."""
     if node.op is None:
-        if is_literal(node.expr):
+        if node.literal:
             return True
         count, error = prom.query(node.expr)
         if error or not count:
             missing.append(node.expr)
             return False
         return True
-    children = [c for c in node.children if not (c.op is None and is_literal(c.expr))]
+    children = [c for c in node.children if not c.literal]
     if node.op == "or":
         trial: list[str] = []
         if any(_evaluate_signal(prom, c, trial) for c in children):
@@ -333,17 +476,36 @@ def _evaluate_signal(prom: Prometheus, node: Signal, missing: list[str]) -> bool
     return all(results)
 
 
+def syntax_check(expressions: Iterable[Expression]) -> list[Result]:
+    """Parse every expression, no Prometheus needed: a result per expression, failed with the
+    parser's message when it does not parse. The static tests run this on the shipped rules and
+    dashboard; :func:`check` runs it before asking Prometheus anything."""
+    results = []
+    for expression in expressions:
+        result = Result(expression)
+        error = syntax_error(expression.expr)
+        if error:
+            result.problems.append(error)
+        results.append(result)
+    return results
+
+
 def check(
     prom: Prometheus,
     expressions: Iterable[Expression],
     allow_missing_prefixes: Sequence[str] = (),
     allow_missing_exprs: Iterable[str] = (),
 ) -> list[Result]:
-    """Evaluate each expression once; see the module docstring for what passes."""
+    """Evaluate each expression once; see the module docstring for what passes. An expression
+    that does not parse fails with the parser's message and is not sent to Prometheus, nor
+    excused by the allowances (those are for series that are missing, not for broken queries)."""
     allowed_exprs = {" ".join(e.split()) for e in allow_missing_exprs}
     results = []
-    for expression in expressions:
-        result = Result(expression)
+    for result in syntax_check(expressions):
+        results.append(result)
+        if result.problems:
+            continue
+        expression = result.expression
         count, error = prom.query(expression.expr)
         if error:
             result.problems.append(error)
@@ -359,7 +521,6 @@ def check(
             if by_prefix or " ".join(expression.expr.split()) in allowed_exprs:
                 result.allowed_missing = True
                 result.problems = []
-        results.append(result)
     return results
 
 

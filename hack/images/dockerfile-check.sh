@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Build the real Dockerfiles without Docker: podman (runc) against a local stand-in for
+# Build the real Dockerfile without Docker: podman (runc) against a local stand-in for
 # python:3.11-slim-bookworm (the cached debootstrap rootfs + a `python` link; no registry here).
-# Proves the Dockerfiles build; the results are tagged :podman (and imported into the local
-# cluster with --import). The CUDA `gpu` target cannot be built here (no nvidia/cuda image).
+# Proves every CPU target builds, then runs each image once: its role's module imports and what
+# its role must not carry is absent (no Whisper in the proxy or operator, no kopf in the services,
+# no web framework in the operator). The results are tagged :podman (and imported into the local
+# cluster with --import). The CUDA `transcriber-gpu` target cannot be built here (no nvidia/cuda image).
 # Usage: dockerfile-check.sh [--import]       (~5 minutes on 2 cores)
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -29,15 +31,38 @@ fi
 tar --numeric-owner -C "$tmp/root" -cf "$tmp/standin.tar" .
 "${P[@]}" import -q "${change[@]}" "$tmp/standin.tar" "$STANDIN" >/dev/null
 T0=$(date +%s)
-for spec in "tiny services/tiny/Dockerfile" "base services/base/Dockerfile --target cpu" \
-            "proxy services/proxy/Dockerfile" "controller controller/Dockerfile"; do
-  read -r img df extra <<<"$spec"
-  log "podman build -f $df ${extra:-}"
-  # shellcheck disable=SC2086
-  (cd "$REPO" && "${P[@]}" build -q --network host --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
-     --build-arg PYTHON_IMAGE="$STANDIN" -f "$df" ${extra:-} -t "localhost/stt-$img:podman" . >/dev/null)
+# this machine's container may not raise rlimits: keep podman's within what it has
+LIMITS=(--ulimit nofile=1024:1024 --ulimit nproc=1024:1024)
+# image  target  module it runs  modules it must not have
+CHECKS=(
+  "tiny detector services.tiny.app kopf kubernetes"
+  "base transcriber services.base.app kopf kubernetes"
+  "proxy proxy services.proxy.app faster_whisper ctranslate2 kopf"
+  "controller operator controller.operator faster_whisper ctranslate2 fastapi uvicorn"
+)
+for spec in "${CHECKS[@]}"; do
+  read -r img target _ <<<"$spec"
+  log "podman build --target $target"
+  (cd "$REPO" && "${P[@]}" build -q --network host "${LIMITS[@]}" \
+     --build-arg PYTHON_IMAGE="$STANDIN" --target "$target" -f Dockerfile -t "localhost/stt-$img:podman" . >/dev/null)
 done
-log "all Dockerfiles built in $(( $(date +%s) - T0 ))s"
+log "all Dockerfile targets built in $(( $(date +%s) - T0 ))s"
+# as the cluster runs them: uid 10001 from the image, read-only root fs, /tmp writable
+PROBE='import importlib, sys
+importlib.import_module(sys.argv[1])
+for name in sys.argv[2:]:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        continue
+    sys.exit(f"{name} is installed, but this role must not carry it")
+print(sys.argv[1], "imports; absent:", *sys.argv[2:])'
+for spec in "${CHECKS[@]}"; do
+  read -r img _ module forbidden <<<"$spec"
+  # shellcheck disable=SC2086
+  "${P[@]}" run --rm --network none --read-only --tmpfs /tmp "${LIMITS[@]}" "localhost/stt-$img:podman" \
+    python -c "$PROBE" "$module" $forbidden >&2 || die "stt-$img: role check failed"
+done
 "${P[@]}" images --filter reference='localhost/stt-*:podman'
 if [ "${1:-}" = "--import" ]; then
   for img in tiny base proxy controller; do

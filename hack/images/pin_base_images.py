@@ -1,4 +1,4 @@
-"""Pin the Dockerfiles' base images to digests: ``image:tag`` becomes ``image:tag@sha256:<digest>``.
+"""Pin a Dockerfile's base images to digests: ``image:tag`` becomes ``image:tag@sha256:<digest>``.
 
 A tag is a pointer the registry may move at any time (python:3.11-slim-bookworm is rebuilt every
 few weeks), so a build from a tag is not reproducible and a replaced image arrives unnoticed. The
@@ -10,7 +10,7 @@ The tag stays in the reference so a reader (and this script, on the next run) kn
 Resolves each tag's current digest with ``docker buildx imagetools inspect``, ``crane digest`` or
 ``skopeo inspect --raw`` (the first one found) and rewrites ``ARG *_IMAGE=`` defaults and literal
 ``FROM`` references in place. --check only lists references that are not pinned (exit 1 if any).
-tests/hack/test_supply_chain.py uses :func:`base_image_refs` to hold every Dockerfile to this.
+tests/hack/test_supply_chain.py uses :func:`base_image_refs` to hold the project's Dockerfile to this.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-# ARG PYTHON_IMAGE=python:3.11-slim-bookworm[@sha256:...]  (the Dockerfiles' FROM lines use these)
+# ARG PYTHON_IMAGE=python:3.11-slim-bookworm[@sha256:...]  (the Dockerfile's FROM lines use these)
 ARG_RE = re.compile(r"^(?P<head>\s*ARG\s+\w*IMAGE=)(?P<ref>\S+)\s*$", re.IGNORECASE)
 # FROM [--platform=...] ref [AS name]; a ref that is a variable or an earlier stage is not a base image
 FROM_RE = re.compile(r"^(?P<head>\s*FROM\s+(?:--\S+\s+)*)(?P<ref>\S+)(?P<tail>(?:\s+AS\s+\S+)?\s*)$", re.IGNORECASE)

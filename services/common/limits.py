@@ -19,7 +19,6 @@ import json
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.errors import error_body
-from core.settings import env_int
 from services.common.metrics import HTTP_OVERLOAD_REJECTIONS
 
 # How long the caller will still wait, in milliseconds from when the request arrives: the proxy
@@ -27,7 +26,7 @@ from services.common.metrics import HTTP_OVERLOAD_REJECTIONS
 # so a chunk its client sends again is never computed twice.
 DEADLINE_HEADER = "X-Request-Deadline-Ms"
 
-# Per service, when STT_MAX_CONCURRENCY is unset.
+# Per service, when STT_MAX_CONCURRENCY is unset (the defaults of the services' settings models).
 # - base: 64, the depth of its live-chunk queue (STT_MAX_QUEUE; file windows have their own);
 #   past that the batcher refuses chunks anyway, so this cap only adds a bound on what the
 #   batcher never sees (uploads still arriving, whole files decoding) and on the uploads held in
@@ -38,11 +37,6 @@ DEADLINE_HEADER = "X-Request-Deadline-Ms"
 DEFAULT_MAX_CONCURRENCY = {"base": 64, "tiny": 64, "proxy": 256}
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 RETRY_AFTER_S = 1
-
-
-def max_concurrency(service: str) -> int:
-    """``STT_MAX_CONCURRENCY``, or the service's default (64 for a service not listed)."""
-    return env_int("STT_MAX_CONCURRENCY", DEFAULT_MAX_CONCURRENCY.get(service, 64), minimum=1)
 
 
 class ConcurrencyLimitMiddleware:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 
@@ -25,16 +24,16 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure_logging(service: str) -> None:
-    """JSON to stderr at ``STT_LOG_LEVEL`` (default info); ``STT_LOG_FORMAT=text`` for humans."""
-    level = os.environ.get("STT_LOG_LEVEL", "info").upper()
+def configure_logging(service: str, level: str = "info", log_format: str = "json") -> None:
+    """JSON to stderr at ``level`` (``STT_LOG_LEVEL``, read by the service's settings model);
+    ``log_format="text"`` (``STT_LOG_FORMAT=text``) for humans."""
     handler = logging.StreamHandler(sys.stderr)
-    if os.environ.get("STT_LOG_FORMAT", "json") == "text":
+    if log_format == "text":
         handler.setFormatter(logging.Formatter(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s"))
     else:
         handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(level.upper())
     for noisy in ("uvicorn.access", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -31,12 +31,11 @@ from prometheus_client import Counter, Gauge
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.errors import ApiError, error_body
-from core.settings import env_int
 from services.common.limits import EXEMPT_PATHS, RETRY_AFTER_S, refuse_unread
 
 MIB = 1024 * 1024
-# Every service's STT_MAX_UPLOAD_BYTES default (read once, by max_upload_bytes, for the services'
-# settings and this budget alike: a body over it, answered 413 without being read, reserves nothing).
+# Every service's STT_MAX_UPLOAD_BYTES default (read once, in the service's settings model, for
+# its handlers and this budget alike: a body over it, answered 413 without being read, reserves nothing).
 DEFAULT_MAX_UPLOAD_BYTES = 50 * MIB
 # Per service, when STT_MAX_BODY_BYTES_IN_FLIGHT is unset: at least two maximal uploads, so one
 # 50 MB upload is always taken by an idle worker, and with the idle RSS measured under the
@@ -64,20 +63,6 @@ BUDGET_REJECTIONS = Counter(
     "decoded: STT_MAX_DECODED_BYTES_IN_FLIGHT) could not hold them",
     ["service", "budget"],
 )
-
-
-def max_upload_bytes() -> int:
-    """``STT_MAX_UPLOAD_BYTES``: the largest request body any service reads (413 past it)."""
-    return env_int("STT_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES, minimum=1024)
-
-
-def body_budget_bytes(service: str) -> int:
-    """``STT_MAX_BODY_BYTES_IN_FLIGHT``, or the service's default (128 MiB for one not listed)."""
-    return env_int("STT_MAX_BODY_BYTES_IN_FLIGHT", DEFAULT_BODY_BYTES_IN_FLIGHT.get(service, 128 * MIB), minimum=1)
-
-
-def decoded_budget_bytes() -> int:
-    return env_int("STT_MAX_DECODED_BYTES_IN_FLIGHT", DEFAULT_DECODED_BYTES_IN_FLIGHT, minimum=1)
 
 
 class Budget:

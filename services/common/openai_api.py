@@ -117,7 +117,7 @@ _STREAM_NAME = b'name="stream"'
 _TRUE = re.compile(rb"[ \t]*(?:true|1|yes|on)[ \t]*", re.I)
 
 
-def wants_stream(body: bytes) -> bool:
+def wants_stream(body: bytes | bytearray) -> bool:
     """Whether a multipart body asks for ``stream=true``, found without parsing the form (the
     proxy passes the body on untouched). A wrong guess costs nothing but buffering: the proxy's
     streaming path passes a plain answer on whole, and its plain path an event stream whole.

@@ -122,9 +122,9 @@ class SpeechDetector:
     max_steadiness: float = 0.85
 
     def __post_init__(self) -> None:
-        from faster_whisper.vad import get_vad_model
+        from services.common.whisper_internals import silero_vad  # loads CTranslate2: only where used
 
-        self._model = get_vad_model()
+        self._model = silero_vad()
 
     def frame_probabilities(self, samples: np.ndarray) -> np.ndarray:
         """Silero's probability for every 32 ms frame of ``samples`` (the last one zero-padded)."""

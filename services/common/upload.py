@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import codecs
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from fastapi import Request
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
+
+if TYPE_CHECKING:  # python-multipart defines its callbacks' TypedDict for type checkers only
+    from python_multipart.multipart import MultipartCallbacks
 
 from core.audio import ACCEPTED, AudioError, check_declared_type, parse_content_type
 from core.errors import ApiError
@@ -130,7 +134,7 @@ class _FormReader:
         self._header_name = bytearray()
         self._header_value = bytearray()
         self._headers: dict[bytes, bytes] = {}
-        callbacks = {
+        callbacks: MultipartCallbacks = {
             "on_part_begin": self._begin,
             "on_part_data": self._data,
             "on_part_end": self._end,

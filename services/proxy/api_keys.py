@@ -34,7 +34,6 @@ import hashlib
 import hmac
 import logging
 import math
-import os
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -44,7 +43,7 @@ from pathlib import Path
 from starlette.requests import HTTPConnection
 
 from core.errors import ApiError
-from core.settings import SettingsError, env_float, env_str
+from services.common.settings import SettingsError
 from services.proxy import metrics
 
 log = logging.getLogger("stt.proxy.auth")
@@ -184,19 +183,24 @@ class ApiKeyGuard:
         self._buckets: dict[str, TokenBucket] = {}  # one per key name, so as many as names configured
 
     @classmethod
-    def from_env(cls, clock: Callable[[], float] = time.monotonic) -> ApiKeyGuard:
-        """``STT_API_KEYS_FILE``, ``STT_API_KEY_HASHES``, ``STT_API_KEY_RATE``, ``STT_API_KEY_BURST``."""
-        file = env_str("STT_API_KEYS_FILE", "-")
-        path = None if file == "-" else Path(file)
-        env_keys = parse_list(os.environ.get("STT_API_KEY_HASHES", ""), "STT_API_KEY_HASHES")
+    def from_settings(
+        cls,
+        keys_file: str = "",
+        key_hashes: str = "",
+        rate: float = DEFAULT_RATE,
+        burst: float = DEFAULT_BURST,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> ApiKeyGuard:
+        """The guard the proxy's settings describe: ``STT_API_KEYS_FILE`` (``keys_file``, empty:
+        none), ``STT_API_KEY_HASHES`` (``key_hashes``), ``STT_API_KEY_RATE``, ``STT_API_KEY_BURST``."""
+        path = Path(keys_file) if keys_file else None
+        env_keys = parse_list(key_hashes, "STT_API_KEY_HASHES")
         file_keys: list[ApiKey] = []
         if path is not None:
             try:
                 file_keys = parse_file(path.read_text(), f"STT_API_KEYS_FILE={path}")
             except OSError as exc:
                 raise SettingsError(f"STT_API_KEYS_FILE={path}: cannot read it ({exc.strerror})") from None
-        rate = env_float("STT_API_KEY_RATE", DEFAULT_RATE, minimum=0.0)
-        burst = env_float("STT_API_KEY_BURST", DEFAULT_BURST, minimum=1.0)
         guard = cls(_unique([*env_keys, *file_keys], "API keys"), rate=rate, burst=burst, path=path, clock=clock)
         guard._env_keys = tuple(env_keys)
         if guard.enabled:

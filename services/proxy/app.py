@@ -4,27 +4,11 @@
 routing mode picks, falling back to the other side when it is down or not ready; the answer
 says which backend served (``X-STT-Backend`` header, ``backend`` field, metrics). ``/detect``
 goes to the detector. ``/gpu-toggle`` changes the mode and needs the admin token. Settings:
-
-- ``STT_CPU_BACKEND_URL`` (http://127.0.0.1:5002), ``STT_GPU_BACKEND_URL`` (empty: no GPU side),
-  ``STT_DETECTOR_URL`` (http://127.0.0.1:5004).
-- ``STT_ROUTING_MODE`` (``cpu``): initial mode; ``STT_ROUTING_SOURCE`` (``local``): ``kubernetes``
-  makes the ``SttConfig`` resource the source of truth.
-- ``STT_ADMIN_TOKEN`` or ``STT_ADMIN_TOKEN_FILE``: bearer token for ``/gpu-toggle`` (unset: disabled).
-- ``STT_HEALTH_INTERVAL_S`` (2), ``STT_CONNECT_TIMEOUT_S`` (2), ``STT_UPSTREAM_TIMEOUT_S`` (300),
-  ``STT_CHUNK_TIMEOUT_S`` (60), ``STT_DETECT_TIMEOUT_S`` (2), ``STT_MAX_UPLOAD_BYTES`` (52428800).
-- ``STT_MAX_SESSIONS`` (64): streaming sessions one replica holds; ``STT_SESSION_MAX_FRAME_BYTES``
-  (262144), ``STT_SESSION_IDLE_TIMEOUT_S`` (60), ``STT_SESSION_MAX_BUFFER_S`` (120): see
-  ``services.proxy.stream_ws`` and docs/api.md ("Streaming sessions").
-- ``STT_ALLOWED_ORIGINS`` (empty): web origins besides this service's own allowed to POST here
-  (``/transcribe``, ``/detect``, ``/v1/audio/*``, ``/gpu-toggle``); see ``services.common.origin``.
-- ``STT_API_KEYS_FILE`` / ``STT_API_KEY_HASHES`` (unset: no keys), ``STT_API_KEY_RATE`` (10),
-  ``STT_API_KEY_BURST`` (20): optional API keys on every transcription endpoint, HTTP and
-  WebSocket, with a rate limit per key; see ``services.proxy.api_keys``.
-- ``STT_PUBLIC_DOCS`` (true): serve ``/docs``, ``/redoc`` and ``/openapi.json`` (the chart sets
-  false: the API description is not published on the public port).
-- ``STT_OPS_PORT`` (unset), ``STT_OPS_HOST`` (0.0.0.0): an internal second listener for
-  ``/metrics``, the detailed ``/gpu-status`` and ``/docs`` (the chart sets 9090); the public port
-  then answers ``/metrics`` 404 and ``/gpu-status`` with a summary. See ``services.proxy.ops``.
+:class:`services.proxy.settings.ProxySettings` (the backends' URLs, the routing mode and its
+source, the admin token, timeouts, streaming session bounds, allowed web origins, API keys
+(:mod:`services.proxy.api_keys`), ``STT_PUBLIC_DOCS`` and the ops port (:mod:`services.proxy.ops`);
+documented in docs/configuration.md), read once when this module is imported (the process's
+start-up: the ops port and ``STT_PUBLIC_DOCS`` decide which routes the app has) and passed on.
 
 A caller that hangs up before its answer has the backend call closed at once
 (:func:`services.proxy.upstream.unless_caller_leaves`), so the backend drops the work.
@@ -36,7 +20,6 @@ import json
 import logging
 import secrets
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import aiohttp
 from fastapi import Depends, FastAPI, Request
@@ -44,69 +27,46 @@ from fastapi.responses import Response
 
 from core.audio import check_declared_type, parse_content_type
 from core.errors import ApiError
-from core.settings import env_bool, env_choice, env_float, env_int, env_str
-from core.vocabulary import ROUTING_MODES, RoutingMode
+from core.vocabulary import RoutingMode
 from services.common.app import create_app
-from services.common.memory import max_upload_bytes
 from services.common.openai_api import wants_stream
-from services.common.settings import env_origins
+from services.common.settings import load_settings
 from services.common.upload import read_body
 from services.proxy import metrics, openai_relay
 from services.proxy.api_keys import ApiKeyGuard, install_log_redaction, require_api_key
 from services.proxy.backends import Backend, HealthChecker, choose
-from services.proxy.ops import OpsServer, build_ops_app, ops_host_from_env, ops_port_from_env
+from services.proxy.ops import OpsServer, build_ops_app
 from services.proxy.page import router as page_router
 from services.proxy.realtime import router as realtime_router
 from services.proxy.routing import RoutingStore, make_store
-from services.proxy.sessions import Limits
-from services.proxy.stream_ws import SessionGate, SessionSettings
+from services.proxy.settings import CHUNK_TIMEOUT_S, DETECT_TIMEOUT_S, UPSTREAM_TIMEOUT_S, ProxySettings  # noqa: F401 (re-exported)
+from services.proxy.stream_ws import SessionGate
 from services.proxy.stream_ws import router as stream_router
 from services.proxy.upstream import Upstream, Upstreams, unless_caller_leaves
 
 log = logging.getLogger("stt.proxy")
-# Upstream waits for one chunk and one detection. Twice the chunk wait (the wanted side, then
-# the other) is under stt-client's 180 s per chunk, and the detection wait under its 5 s, so the
-# proxy always answers first and a client never resends a chunk that is still being computed.
-CHUNK_TIMEOUT_S = 60.0
-# The longest wait for a backend's answer to a whole file; the chart's drain outlasts it.
-UPSTREAM_TIMEOUT_S = 300.0
-DETECT_TIMEOUT_S = 2.0
 
 
-class Settings:
-    def __init__(self) -> None:
-        self.cpu_url = env_str("STT_CPU_BACKEND_URL", "http://127.0.0.1:5002").rstrip("/")
-        self.gpu_url = env_str("STT_GPU_BACKEND_URL", "-").rstrip("/")
-        self.gpu_url = "" if self.gpu_url == "-" else self.gpu_url
-        self.detector_url = env_str("STT_DETECTOR_URL", "http://127.0.0.1:5004").rstrip("/")
-        self.mode = RoutingMode(env_choice("STT_ROUTING_MODE", RoutingMode.CPU, ROUTING_MODES))
-        self.source = env_choice("STT_ROUTING_SOURCE", "local", ("local", "kubernetes"))
-        self.admin_token = env_str("STT_ADMIN_TOKEN", "-")
-        token_file = env_str("STT_ADMIN_TOKEN_FILE", "-")
-        if token_file != "-":
-            self.admin_token = Path(token_file).read_text().strip()
-        self.admin_token = "" if self.admin_token == "-" else self.admin_token
-        self.health_interval = env_float("STT_HEALTH_INTERVAL_S", 2.0, minimum=0.1)
-        self.connect_timeout = env_float("STT_CONNECT_TIMEOUT_S", 2.0, minimum=0.1)
-        self.upstream_timeout = env_float("STT_UPSTREAM_TIMEOUT_S", UPSTREAM_TIMEOUT_S, minimum=1.0)
-        # Shorter than the client's wait per chunk (180 s) even with the other side tried after
-        # it, so a chunk is answered (or refused) before the client gives up and sends it again.
-        self.chunk_timeout = env_float("STT_CHUNK_TIMEOUT_S", CHUNK_TIMEOUT_S, minimum=1.0)
-        self.detect_timeout = env_float("STT_DETECT_TIMEOUT_S", DETECT_TIMEOUT_S, minimum=0.5)
-        self.max_upload_bytes = max_upload_bytes()
-        self.allowed_origins = env_origins("STT_ALLOWED_ORIGINS")
-        self.sessions = SessionSettings(
-            max_sessions=env_int("STT_MAX_SESSIONS", 64, minimum=0),
-            max_frame_bytes=env_int("STT_SESSION_MAX_FRAME_BYTES", 256 * 1024, minimum=1024),
-            idle_timeout_s=env_float("STT_SESSION_IDLE_TIMEOUT_S", 60.0, minimum=1.0),
-            limits=Limits(max_buffer_s=env_float("STT_SESSION_MAX_BUFFER_S", 120.0, minimum=10.0)),
+def routing_store(settings: ProxySettings) -> RoutingStore:
+    """Where the routing mode lives (``STT_ROUTING_SOURCE``), built from the settings."""
+    if settings.source == "kubernetes":
+        from services.proxy.routing_k8s import KubernetesRoutingStore
+
+        return KubernetesRoutingStore(
+            settings.mode,
+            name=settings.sttconfig_name,
+            namespace=settings.pod_namespace or None,
+            watch_timeout_s=settings.routing_watch_timeout_s,
+            api_host=settings.kubernetes_service_host,
+            api_port=settings.kubernetes_service_port,
         )
+    return make_store(settings.source, settings.mode)
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
-    settings = Settings()
-    app.state.settings = settings
+    settings: ProxySettings = app.state.settings
+    app.state.admin_token = settings.resolved_admin_token()
     app.state.cpu = Backend("cpu", settings.cpu_url)
     app.state.gpu = Backend("gpu", settings.gpu_url)
     app.state.detector = Backend("detector", settings.detector_url)
@@ -121,8 +81,10 @@ async def lifespan(app: FastAPI):
     app.state.health = HealthChecker(
         app.state.client, [app.state.cpu, app.state.gpu, app.state.detector], settings.health_interval
     )
-    app.state.api_keys = ApiKeyGuard.from_env()
-    store: RoutingStore = make_store(settings.source, settings.mode)
+    app.state.api_keys = ApiKeyGuard.from_settings(
+        settings.api_keys_file, settings.api_key_hashes, settings.api_key_rate, settings.api_key_burst
+    )
+    store = routing_store(settings)
     app.state.routing = store
     app.state.session_settings = settings.sessions
     app.state.session_gate = SessionGate(settings.sessions)
@@ -139,7 +101,7 @@ async def lifespan(app: FastAPI):
     )
     ops = None
     if OPS_PORT is not None:
-        ops = OpsServer(build_ops_app(app, _status), ops_host_from_env(), OPS_PORT)
+        ops = OpsServer(build_ops_app(app, _status), settings.ops_host, OPS_PORT)
         await ops.start()  # first: a port already taken stops the start-up here, named
     await store.start()
     await app.state.health.check_all()
@@ -154,13 +116,16 @@ async def lifespan(app: FastAPI):
     await app.state.client.close()
 
 
-# Read at import, as STT_PUBLIC_DOCS: it decides which routes the public app has.
-OPS_PORT = ops_port_from_env()
+# Read once, at import: STT_OPS_PORT and STT_PUBLIC_DOCS decide which routes the public app has.
+# A bad value stops the start here, with the variable named.
+SETTINGS = load_settings(ProxySettings)
+OPS_PORT = SETTINGS.ops_listen_port
 app = create_app(
     "proxy",
     "Single entry point: routes speech to the CPU or GPU Whisper backend.",
     lifespan,
     serve_metrics=OPS_PORT is None,
+    settings=SETTINGS,
 )
 install_log_redaction()  # before the first WebSocket line uvicorn logs with its query string
 # Routes that spend backend time (or name its models, which OpenAI's SDK asks for with the key):
@@ -177,7 +142,7 @@ def _hide_docs(app: FastAPI) -> None:
     app.openapi_url = app.docs_url = app.redoc_url = app.swagger_ui_oauth2_redirect_url = None
 
 
-if not env_bool("STT_PUBLIC_DOCS", True):
+if not SETTINGS.public_docs:
     _hide_docs(app)
 app.include_router(stream_router, tags=["streaming"])
 app.include_router(realtime_router, tags=["streaming"])
@@ -199,7 +164,7 @@ def _check_audio_type(request: Request) -> None:
 
 
 async def _route_and_call(request: Request, path: str, route_label: str) -> tuple[Upstream, Backend, str | None]:
-    settings: Settings = app.state.settings
+    settings: ProxySettings = app.state.settings
     _check_audio_type(request)
     content_type = request.headers.get("content-type", "application/octet-stream")
     body = openai_relay.UploadPayload(await read_body(request, settings.max_upload_bytes), content_type)
@@ -232,7 +197,7 @@ async def transcribe(request: Request) -> Response:
 )
 async def openai_transcriptions(request: Request) -> Response:
     """``stream=true`` answers are passed on event by event (:mod:`services.proxy.openai_relay`)."""
-    settings: Settings = app.state.settings
+    settings: ProxySettings = app.state.settings
     _check_audio_type(request)
     raw = await read_body(request, settings.max_upload_bytes)
     content_type = request.headers.get("content-type", "application/octet-stream")
@@ -270,7 +235,7 @@ async def openai_model(model_id: str) -> dict:
 
 @app.post("/detect", tags=["detect"], summary="Speech detection (passed to the detector service)", dependencies=KEYED)
 async def detect(request: Request) -> Response:
-    settings: Settings = app.state.settings
+    settings: ProxySettings = app.state.settings
     _check_audio_type(request)
     content_type = request.headers.get("content-type", "application/octet-stream")
     body = openai_relay.UploadPayload(await read_body(request, settings.max_upload_bytes), content_type)
@@ -305,7 +270,7 @@ async def gpu_status() -> dict:
 
 
 def _check_admin(request: Request) -> None:
-    token: str = app.state.settings.admin_token
+    token: str = app.state.admin_token
     if not token:
         metrics.ADMIN_ACTIONS.labels("gpu-toggle", "disabled").inc()
         raise ApiError(503, "admin_disabled", "no admin token is configured (set STT_ADMIN_TOKEN); toggling is off")

@@ -32,28 +32,15 @@ from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from core.settings import SettingsError, env_int, env_str
 from services.common.errors import install_error_handlers
 from services.common.http_protocol import BoundedHttpToolsProtocol
 from services.common.metrics import metrics_response
+from services.common.settings import SettingsError
 
 log = logging.getLogger(__name__)
 # A scrape or a status read is one short request: the ops listener does not need the proxy's
 # long drain, and it stops only after the public listener has drained (lifespan shutdown).
-OPS_GRACEFUL_SHUTDOWN_S = 2.0
-
-
-def ops_port_from_env() -> int | None:
-    """``STT_OPS_PORT``, or None when unset (or 0): one public port serves everything."""
-    port = env_int("STT_OPS_PORT", 0, minimum=0)
-    if port > 65535:
-        raise SettingsError(f"STT_OPS_PORT={port} is not a TCP port (1-65535; unset or 0: no ops port)")
-    return port or None
-
-
-def ops_host_from_env() -> str:
-    # The pod's address: Prometheus connects from outside; the NetworkPolicy limits who may.
-    return env_str("STT_OPS_HOST", "0.0.0.0")
+OPS_GRACEFUL_SHUTDOWN_S = 2
 
 
 def build_ops_app(public: FastAPI, status: Callable[[], dict]) -> FastAPI:

@@ -8,8 +8,10 @@ the resource. When the API cannot be reached the proxy keeps serving with the la
 logs it loudly and keeps re-listing (with back-off); a toggle then fails with 503 rather than
 changing one replica only.
 
-Settings: ``STT_STTCONFIG_NAME`` (``stt``), ``POD_NAMESPACE`` (the ServiceAccount's namespace),
-``STT_ROUTING_WATCH_TIMEOUT_S`` (300: server-side watch length before a routine re-watch).
+Settings (fields of :class:`services.proxy.settings.ProxySettings`, passed in by the proxy's app):
+``STT_STTCONFIG_NAME`` (``stt``), ``POD_NAMESPACE`` (the ServiceAccount's namespace),
+``STT_ROUTING_WATCH_TIMEOUT_S`` (300: server-side watch length before a routine re-watch), and the
+API server Kubernetes names in ``KUBERNETES_SERVICE_HOST``/``KUBERNETES_SERVICE_PORT``.
 Credentials: the pod's ServiceAccount (token re-read on every request, as bound tokens rotate),
 or the kubeconfig (``KUBECONFIG``) when the proxy runs outside a cluster. The ServiceAccount
 needs only get/list/watch/patch on this one ``sttconfigs`` object.
@@ -21,7 +23,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,8 +54,9 @@ class ApiAccess:
         return {"Authorization": f"Bearer {token}"} if token else {}
 
     @classmethod
-    def discover(cls) -> ApiAccess:
-        host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
+    def discover(cls, host: str | None = None, port: str | None = None) -> ApiAccess:
+        """In a pod (``host``/``port`` from ``KUBERNETES_SERVICE_HOST``/``_PORT`` and a mounted
+        ServiceAccount token): the API server with that token; else the kubeconfig."""
         if host and port and (SA_DIR / "token").is_file():
             host = f"[{host}]" if ":" in host else host
             ca = ssl.create_default_context(cafile=str(SA_DIR / "ca.crt"))
@@ -77,9 +79,7 @@ class ApiAccess:
 
 
 def _default_namespace() -> str:
-    ns = os.environ.get("POD_NAMESPACE", "").strip()
-    if ns:
-        return ns
+    """The pod's namespace from its ServiceAccount, when ``POD_NAMESPACE`` is not given."""
     try:
         return (SA_DIR / "namespace").read_text().strip()
     except OSError:
@@ -99,12 +99,15 @@ class KubernetesRoutingStore:
         access: ApiAccess | None = None,
         watch_timeout_s: int | None = None,
         sync_timeout_s: float = 5.0,
+        api_host: str | None = None,
+        api_port: str | None = None,
     ):
         self._mode = initial
-        self.name = name or os.environ.get("STT_STTCONFIG_NAME", "").strip() or "stt"
+        self.name = name or "stt"
         self.namespace = namespace or _default_namespace()
         self._access = access
-        self.watch_timeout_s = watch_timeout_s or int(os.environ.get("STT_ROUTING_WATCH_TIMEOUT_S", "300"))
+        self._api_host, self._api_port = api_host or None, api_port or None
+        self.watch_timeout_s = watch_timeout_s or 300
         self._client: httpx.AsyncClient | None = None
         self._task: asyncio.Task | None = None
         self.sync_timeout_s = sync_timeout_s
@@ -136,7 +139,7 @@ class KubernetesRoutingStore:
 
     async def start(self) -> None:
         if self._access is None:
-            self._access = ApiAccess.discover()
+            self._access = ApiAccess.discover(self._api_host, self._api_port)
         self._client = httpx.AsyncClient(
             base_url=self._access.server,
             verify=self._access.verify,

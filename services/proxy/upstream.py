@@ -117,10 +117,10 @@ class Upstreams:
 
     def _post(self, backend: Backend, path: str, body: Body, content_type: str, query: str):
         url = f"{backend.url}{path}" + (f"?{query}" if query else "")
-        timeout = self._timeouts.get(path)
-        extra = {"timeout": timeout} if timeout is not None else {}
+        # A path without a timeout of its own gets the session's (what aiohttp uses by default).
+        timeout = self._timeouts.get(path, self.client.timeout)
         headers = {"content-type": content_type, **self._headers.get(path, {})}
-        return self.client.post(url, data=body, headers=headers, **extra)
+        return self.client.post(url, data=body, headers=headers, timeout=timeout)
 
     @property
     def mode(self) -> RoutingMode:

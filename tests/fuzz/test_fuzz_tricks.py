@@ -32,8 +32,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.audio import RAW_PCM_TYPES, AudioError, AudioLimits, decode_audio, parse_content_type
 from core import audio
+from core.audio import RAW_PCM_TYPES, AudioError, AudioLimits, decode_audio, parse_content_type
 from tests.fuzz.harness import FuzzRun, OpenLog, check_decode, fuzz_settings, new_fds, open_fds
 from tests.fuzz.seeds import CANARY_WAV, PLANTED, TRICK_LABELS, Trick, contains_canary, tricks
 

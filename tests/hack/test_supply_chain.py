@@ -1,10 +1,12 @@
 """What the images install, and from what: the static half of the supply-chain checks (no network).
 
-- requirements.lock pins every runtime dependency of pyproject.toml exactly, inside its declared
-  range, with a sha256 for every file, for both image interpreters (3.11 CPU, 3.12 GPU stage);
-- every image build (the four Dockerfiles and the Docker-free hack/images/build.sh) resolves
-  nothing on its own: each pip command installs the lock with --require-hashes, or adds nothing
-  (--no-deps);
+- requirements/<role>.lock (one per image role, the pyproject.toml extra of that name) pins every
+  dependency of its role exactly, inside its declared range, with a sha256 for every file, for
+  both image interpreters (3.11 CPU, 3.12 GPU stage); the locks agree on every version they
+  share, and none carries what its role must not (Whisper in the proxy, kopf in the services...);
+- every image build (the Dockerfile's targets and the Docker-free hack/images/build.sh) resolves
+  nothing on its own: each pip command installs a lock with --require-hashes, or adds nothing
+  (--no-deps), and each target installs its own role's lock and no other;
 - every base image is pinned by digest, and ``make pin-base-images`` rewrites them correctly;
 - nothing GPU-only (NVIDIA_* env, CUDA base, nvidia/cuda packages) reaches the CPU images.
 
@@ -27,16 +29,22 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[2]
-LOCK = REPO / "requirements.lock"
-DOCKERFILES = [
-    "services/base/Dockerfile",
-    "services/tiny/Dockerfile",
-    "services/proxy/Dockerfile",
-    "controller/Dockerfile",
-]
+ROLES = ["detector", "transcriber", "proxy", "operator"]
+LOCKS = {role: REPO / "requirements" / f"{role}.lock" for role in ROLES}
+DOCKERFILE = REPO / "Dockerfile"
+# the CPU targets are the roles; transcriber-gpu is the same role on the CUDA base
+CPU_TARGETS = ROLES
+GPU_TARGET = "transcriber-gpu"
+# what each role's image must not carry (hack/images/dockerfile-check.sh checks the built images)
+FORBIDDEN = {
+    "detector": ["kopf", "kubernetes"],
+    "transcriber": ["kopf", "kubernetes"],
+    "proxy": ["faster-whisper", "ctranslate2", "onnxruntime", "kopf"],
+    "operator": ["faster-whisper", "ctranslate2", "onnxruntime", "fastapi", "starlette", "uvicorn"],
+}
 BUILD_SH = REPO / "hack" / "images" / "build.sh"
 # The interpreters the images run: python:3.11-slim / Debian bookworm's python3, and the GPU
-# stage's Ubuntu 24.04 python3 (services/base/Dockerfile, gpu-build)
+# stage's Ubuntu 24.04 python3 (Dockerfile, transcriber-gpu-venv)
 IMAGE_PYTHONS = ["3.11.2", "3.12.3"]
 GPU_WORDS = re.compile(r"NVIDIA_|cuda|cudnn|nvidia|cublas", re.IGNORECASE)
 
@@ -98,13 +106,27 @@ def parse_lock(text: str) -> list[Pin]:
     return pins
 
 
-def runtime_requirements() -> list[Requirement]:
+def role_requirements(role: str) -> list[Requirement]:
+    """The core dependencies plus the role's extra, the project's own extras it names expanded."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    return [Requirement(dep) for dep in project["dependencies"]]
+    own = canonicalize_name(project["name"])
+    result = [Requirement(dep) for dep in project["dependencies"]]
+    todo, seen = [role], set()
+    while todo:
+        extra = todo.pop()
+        if extra in seen:
+            continue
+        seen.add(extra)
+        for dep in map(Requirement, project["optional-dependencies"][extra]):
+            if canonicalize_name(dep.name) == own:
+                todo += sorted(dep.extras)
+            else:
+                result.append(dep)
+    return result
 
 
-def check_lock(text: str) -> list[str]:
-    """What is wrong with a lock against pyproject.toml's runtime dependencies (empty: nothing)."""
+def check_lock(text: str, role: str) -> list[str]:
+    """What is wrong with a role's lock against its pyproject.toml dependencies (empty: nothing)."""
     problems = []
     pins = parse_lock(text)
     for pin in pins:
@@ -114,6 +136,8 @@ def check_lock(text: str) -> list[str]:
             problems.append(f"{pin.name}: no sha256 --hash (pip --require-hashes refuses it)")
         if GPU_WORDS.search(pin.name):
             problems.append(f"{pin.name}: a GPU package in the lock the CPU images install")
+        if pin.name in FORBIDDEN[role]:
+            problems.append(f"{pin.name}: in the {role} lock, but the {role} image must not carry it")
     for python in IMAGE_PYTHONS:
         installed: dict[str, list[Pin]] = {}
         for pin in pins:
@@ -122,7 +146,7 @@ def check_lock(text: str) -> list[str]:
         for name, same in installed.items():
             if len(same) > 1:
                 problems.append(f"{name}: {len(same)} lines apply on Python {python}")
-        for req in runtime_requirements():
+        for req in role_requirements(role):
             name = canonicalize_name(req.name)
             if name not in installed:
                 problems.append(f"{req}: not in the lock for Python {python}")
@@ -131,30 +155,69 @@ def check_lock(text: str) -> list[str]:
     return problems
 
 
-def test_the_lock_pins_every_runtime_dependency_exactly_within_its_range_with_hashes() -> None:
-    text = LOCK.read_text()
-    assert check_lock(text) == []
-    assert len(parse_lock(text)) > len(runtime_requirements())  # the transitive ones are pinned too
+@pytest.mark.parametrize("role", ROLES)
+def test_each_lock_pins_every_dependency_of_its_role_exactly_within_its_range_with_hashes(role: str) -> None:
+    text = LOCKS[role].read_text()
+    assert check_lock(text, role) == []
+    assert len(parse_lock(text)) > len(role_requirements(role))  # the transitive ones are pinned too
+
+
+def test_there_is_one_lock_per_role_and_no_other() -> None:
+    assert sorted(p.name for p in (REPO / "requirements").iterdir()) == sorted(f"{r}.lock" for r in ROLES)
+    assert not (REPO / "requirements.lock").exists()
+
+
+@pytest.mark.parametrize("python", IMAGE_PYTHONS)
+def test_the_locks_agree_on_every_version_they_share(python: str) -> None:
+    """`make lock` compiles each role against one resolution of all roles: numpy in the detector
+    is numpy in the proxy."""
+    versions: dict[str, dict[str, str]] = {}
+    for role, path in LOCKS.items():
+        for pin in parse_lock(path.read_text()):
+            if pin.applies(python):
+                versions.setdefault(pin.name, {})[role] = pin.version
+    assert {name: v for name, v in versions.items() if len(set(v.values())) > 1} == {}
+    assert len(versions["numpy"]) == len(ROLES)  # shared by every image, so the check does compare
 
 
 @pytest.mark.parametrize(
-    ("edit", "problem"),
+    ("role", "edit", "problem"),
     [
-        (lambda t: re.sub(r"(?m)^fastapi==\S+", "fastapi==0.100.0", t), "fastapi>=0.1"),  # below its floor
-        (lambda t: re.sub(r"(?m)^fastapi==", "fastapi>=", t), "fastapi: not pinned with =="),
-        (lambda t: re.sub(r"(?m)^(kopf==\S+ \\\n)(\s+--hash=\S+( \\)?\n)+", r"kopf==1.45.2\n", t), "kopf: no sha256"),
-        (lambda t: re.sub(r"(?m)^httpx==\S+ \\\n(\s+--hash=\S+( \\)?\n)+", "", t), "httpx"),  # dropped
-        (lambda t: t + "nvidia-cublas-cu12==12.6.4.1 \\\n    --hash=sha256:" + "0" * 64 + "\n", "nvidia-cublas"),
+        ("proxy", lambda t: re.sub(r"(?m)^fastapi==\S+", "fastapi==0.100.0", t), "fastapi>=0.1"),  # below its floor
+        ("proxy", lambda t: re.sub(r"(?m)^fastapi==", "fastapi>=", t), "fastapi: not pinned with =="),
         (
+            "operator",
+            lambda t: re.sub(r"(?m)^(kopf==\S+ \\\n)(\s+--hash=\S+( \\)?\n)+", r"kopf==1.45.2\n", t),
+            "kopf: no sha256",
+        ),
+        ("proxy", lambda t: re.sub(r"(?m)^httpx==\S+ \\\n(\s+--hash=\S+( \\)?\n)+", "", t), "httpx"),  # dropped
+        (
+            "transcriber",
+            lambda t: t + "nvidia-cublas-cu12==12.6.4.1 \\\n    --hash=sha256:" + "0" * 64 + "\n",
+            "nvidia-cublas",
+        ),
+        (
+            "detector",
             lambda t: t + "numpy==2.5.5 ; python_full_version >= '3.12' \\\n    --hash=sha256:" + "1" * 64 + "\n",
             "3.12.3",
         ),
+        (
+            "proxy",
+            lambda t: t + "ctranslate2==4.8.5 \\\n    --hash=sha256:" + "2" * 64 + "\n",
+            "ctranslate2: in the proxy",
+        ),
+        (
+            "operator",
+            lambda t: t + "fastapi==0.165.0 \\\n    --hash=sha256:" + "3" * 64 + "\n",
+            "fastapi: in the operator",
+        ),
     ],
 )
-def test_the_lock_check_finds_each_kind_of_fault(edit, problem: str) -> None:
-    broken = edit(LOCK.read_text())
-    assert broken != LOCK.read_text()
-    problems = check_lock(broken)
+def test_the_lock_check_finds_each_kind_of_fault(role: str, edit, problem: str) -> None:
+    text = LOCKS[role].read_text()
+    broken = edit(text)
+    assert broken != text
+    problems = check_lock(broken, role)
     assert any(problem in p for p in problems), problems
 
 
@@ -191,23 +254,57 @@ def lock_problems(text: str, lock_paths: tuple[str, ...]) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES)
-def test_each_dockerfile_installs_only_the_hashed_lock(dockerfile: str) -> None:
-    text = (REPO / dockerfile).read_text()
-    assert re.search(r"(?m)^COPY requirements\.lock /tmp/requirements\.lock$", text)
+def test_the_dockerfile_installs_only_hashed_locks() -> None:
+    text = DOCKERFILE.read_text()
     assert lock_problems(text, ("/tmp/requirements.lock",)) == []
-    # the GPU stage too: two venvs, two locked installs
-    expected = 2 if "gpu-build" in text else 1
-    assert sum("--require-hashes" in c for c in pip_resolving_commands(text)) == expected
+    # one locked install per venv: the four roles and the GPU transcriber
+    assert sum("--require-hashes" in c for c in pip_resolving_commands(text)) == len(ROLES) + 1
 
 
-def test_the_docker_free_builder_installs_only_the_hashed_lock() -> None:
+@pytest.mark.parametrize(("target", "role"), [*((r, r) for r in CPU_TARGETS), (GPU_TARGET, "transcriber")])
+def test_each_target_installs_its_own_role_lock_and_no_other(target: str, role: str) -> None:
+    all_stages = stages(DOCKERFILE.read_text())
+    by_name = {s.name: s for s in all_stages}
+    # the stage the image's /opt/stt/venv comes from (models come from elsewhere, and only models)
+    sources = [m for instr in by_name[target].body for m in re.findall(r"^COPY --from=(\S+) /opt/stt/venv ", instr)]
+    assert len(sources) == 1, sources
+    copied = {
+        lock
+        for stage in image_stages(all_stages, sources[0])
+        for instr in stage.body
+        for lock in re.findall(r"^COPY (requirements/\S+\.lock) /tmp/requirements\.lock$", instr)
+    }
+    assert copied == {f"requirements/{role}.lock"}
+
+
+@pytest.mark.parametrize("target", [*CPU_TARGETS, GPU_TARGET])
+def test_each_image_takes_only_its_venv_and_models_from_the_build_stages(target: str) -> None:
+    copies = [
+        instr.split()[1:]
+        for instr in {s.name: s for s in stages(DOCKERFILE.read_text())}[target].body
+        if instr.startswith("COPY")
+    ]
+    assert copies and all(c[0].startswith("--from=") for c in copies)
+    assert [c[1:] for c in copies if c[1] == "/opt/stt/venv"] == [["/opt/stt/venv", "/opt/stt/venv"]]
+    assert all(c[1].startswith("/opt/stt/models") and c[1] == c[2] for c in copies if c[1] != "/opt/stt/venv")
+
+
+def test_the_docker_free_builder_installs_only_the_hashed_role_locks() -> None:
     text = BUILD_SH.read_text()
-    assert re.search(r'(?m)^LOCK="\$REPO/requirements\.lock"$', text)
-    assert 'cp "$LOCK" "$ROOT/tmp/requirements.lock"' in text
+    assert 'LOCK="$REPO/requirements/$(role "$img").lock"' in text
+    assert 'cp "$REPO/requirements/$r.lock" "$ROOT/tmp/requirements.lock"' in text
     assert lock_problems(text, ("$LOCK", "/tmp/requirements.lock")) == []
     download = [c for c in pip_resolving_commands(text) if " download " in c]
     assert download and all("--only-binary :all:" in c and "--require-hashes" in c for c in download)
+
+
+def test_the_docker_free_builder_maps_each_image_to_a_dockerfile_target() -> None:
+    text = BUILD_SH.read_text()
+    mapping = dict(re.findall(r"(\w+)\) echo (\w+) ;;", text))
+    assert mapping == {"tiny": "detector", "base": "transcriber", "proxy": "proxy", "controller": "operator"}
+    targets = {s.name for s in stages(DOCKERFILE.read_text())}
+    assert set(mapping.values()) | {GPU_TARGET} <= targets
+    assert "target=transcriber-gpu" in text  # STT_BASE_TARGET=gpu
 
 
 @pytest.mark.parametrize(
@@ -226,15 +323,13 @@ def test_the_install_check_rejects_unlocked_installs(bad: str) -> None:
 # ---- base images pinned by digest
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES)
-def test_every_base_image_is_pinned_by_digest(dockerfile: str) -> None:
-    refs = pin_base_images.base_image_refs((REPO / dockerfile).read_text())
+def test_every_base_image_is_pinned_by_digest() -> None:
+    refs = pin_base_images.base_image_refs(DOCKERFILE.read_text())
     assert refs, "no base image found: the parser no longer matches the Dockerfile"
     assert [ref for _, ref in refs if not pin_base_images.is_pinned(ref)] == []
     tags = {ref.split("@")[0] for _, ref in refs}
-    assert "python:3.11-slim-bookworm" in tags
-    if "gpu" in dockerfile or "base" in dockerfile:
-        assert "nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04" in tags
+    # the plain CUDA runtime: CTranslate2 >= 4.6.3 needs cuBLAS, not cuDNN (the Dockerfile says why)
+    assert tags == {"python:3.11-slim-bookworm", "nvidia/cuda:12.6.3-runtime-ubuntu24.04"}
 
 
 def test_pin_rewrites_tags_and_old_digests_and_leaves_stages_alone() -> None:
@@ -275,7 +370,7 @@ def test_pin_check_mode_reports_unpinned(tmp_path: Path, capsys: pytest.CaptureF
     df.write_text("ARG PYTHON_IMAGE=python:3.11-slim-bookworm\nFROM ${PYTHON_IMAGE}\n")
     assert pin_base_images.main(["--check", str(df)]) == 1
     assert "python:3.11-slim-bookworm" in capsys.readouterr().out
-    assert pin_base_images.main(["--check", *(str(REPO / d) for d in DOCKERFILES)]) == 0
+    assert pin_base_images.main(["--check", str(DOCKERFILE)]) == 0
 
 
 # ---- nothing GPU-only in the CPU images
@@ -337,30 +432,31 @@ def gpu_bits(all_stages: list[Stage], target: str) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES)
-def test_the_cpu_images_carry_no_gpu_settings(dockerfile: str) -> None:
-    all_stages = stages((REPO / dockerfile).read_text())
-    default = all_stages[-1]  # `docker build` without --target builds the last stage
-    if dockerfile == "services/base/Dockerfile":
-        assert default.name == "cpu"
-        # the check does see GPU bits where they belong: the gpu target has them
-        assert any("NVIDIA_VISIBLE_DEVICES" in b for b in gpu_bits(all_stages, "gpu"))
-        assert any("nvidia/cuda" in b for b in gpu_bits(all_stages, "gpu"))
-    assert gpu_bits(all_stages, default.name) == []
+@pytest.mark.parametrize("target", CPU_TARGETS)
+def test_the_cpu_images_carry_no_gpu_settings(target: str) -> None:
+    assert gpu_bits(stages(DOCKERFILE.read_text()), target) == []
+
+
+def test_the_default_target_is_a_cpu_image_and_the_gpu_target_is_seen() -> None:
+    all_stages = stages(DOCKERFILE.read_text())
+    assert all_stages[-1].name in CPU_TARGETS  # `docker build` without --target builds the last stage
+    # the check does see GPU bits where they belong: the gpu target has them
+    assert any("NVIDIA_VISIBLE_DEVICES" in b for b in gpu_bits(all_stages, GPU_TARGET))
+    assert any("nvidia/cuda" in b for b in gpu_bits(all_stages, GPU_TARGET))
 
 
 def test_the_gpu_check_catches_a_cuda_setting_leaking_into_cpu() -> None:
-    text = (REPO / "services/base/Dockerfile").read_text()
-    # an env line added to the shared build stage reaches the cpu image through COPY --from=build
+    text = DOCKERFILE.read_text()
+    # an env line added to the shared venv stage reaches every cpu image through COPY --from=<role>-venv
     leaky = text.replace(
-        "FROM ${PYTHON_IMAGE} AS build\n", "FROM ${PYTHON_IMAGE} AS build\nENV NVIDIA_VISIBLE_DEVICES=all\n"
+        "FROM ${PYTHON_IMAGE} AS venv\n", "FROM ${PYTHON_IMAGE} AS venv\nENV NVIDIA_VISIBLE_DEVICES=all\n"
     )
     assert leaky != text
-    assert gpu_bits(stages(leaky), "cpu") != []
-    # and so does a cpu stage built on the CUDA image
-    cuda_based = text.replace("FROM ${PYTHON_IMAGE} AS cpu", "FROM ${CUDA_IMAGE} AS cpu")
+    assert all(gpu_bits(stages(leaky), target) != [] for target in CPU_TARGETS)
+    # and so does a cpu runtime built on the CUDA image
+    cuda_based = text.replace("FROM ${PYTHON_IMAGE} AS runtime", "FROM ${CUDA_IMAGE} AS runtime")
     assert cuda_based != text
-    assert gpu_bits(stages(cuda_based), "cpu") != []
+    assert all(gpu_bits(stages(cuda_based), target) != [] for target in CPU_TARGETS)
 
 
 def test_the_docker_free_images_carry_no_gpu_settings() -> None:

@@ -1,7 +1,7 @@
 """Static checks of the monitoring assets: promtool on the rules and their unit tests, the
-dashboard JSON against its generator and Grafana's expectations, and the PromQL splitter that
-the live check relies on. No services are started; promtool runs as a process (Debian package,
-installed when missing)."""
+dashboard JSON against its generator and Grafana's expectations, every expression through the
+PromQL parser, and the signal splitting and rendering that the live check relies on. No
+services are started; promtool runs as a process (Debian package, installed when missing)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import promql_parser
 import pytest
 import yaml
 
@@ -16,13 +17,20 @@ from monitoring import dashboard as dashboard_module
 from monitoring.local_prometheus import ensure_installed
 from monitoring.promql_check import (
     ALERT,
+    Expression,
+    Prometheus,
+    PromQLSyntaxError,
     dashboard_expressions,
     identifiers,
     is_literal,
+    parse,
+    render,
     rules_expressions,
     signals,
     substitute,
+    syntax_check,
 )
+from monitoring.promql_check import check as check_expressions
 
 ROOT = Path(__file__).resolve().parents[2]
 FILES = ROOT / "charts" / "stt" / "files"
@@ -178,11 +186,102 @@ def test_signals_ignore_operators_inside_strings_braces_and_names() -> None:
     assert tree.op == ">=" and [c.expr for c in tree.children] == ["a", "3"]
 
 
+def test_signals_follow_the_parsers_precedence() -> None:
+    tree = signals("a and b unless c")  # same level, left to right: (a and b) unless c
+    assert tree.op == "unless"
+    assert [(c.op, c.expr) for c in tree.children] == [("and", "a and b"), (None, "c")]
+    tree = signals("a > 1 or b < 2 and c")  # `or` binds loosest, then `and`, then comparisons
+    assert tree.op == "or" and [c.op for c in tree.children] == [">", "and"]
+    assert [c.literal for c in signals("a > -(1)").children] == [False, True]
+
+
 def test_literals_and_identifiers() -> None:
-    assert is_literal("0.05") and is_literal("(3)") and is_literal("-1e3")
-    assert not is_literal("vector(1)")
+    assert is_literal("0.05") and is_literal("(3)") and is_literal("-1e3") and is_literal("Inf")
+    assert not is_literal("vector(1)") and not is_literal("(")
     names = identifiers('sum(rate(stt_client_lag_seconds{job="stt_controller_x"}[5m]))')
     assert "stt_client_lag_seconds" in names and "stt_controller_x" not in names
+    expr = (
+        'sum by (stt_label) (rate(a_total[5m])) / on() group_left {__name__="b"} + label_replace(c, "d", "e", "f", "g")'
+    )
+    assert identifiers(expr) == {"a_total", "b", "c"}  # no functions, labels or strings
+
+
+# Operands are sent to Prometheus as render() writes them, so it must give back exactly what
+# was parsed, escapes, modifiers, durations and parentheses included.
+RENDER_SAMPLES = [
+    'x{a="b\\\\d\\"q", c!~"é\\n"}',
+    "a offset -5m",
+    "a @ 100 offset 1h30m",
+    "rate(a[5m] offset 1m @ start())",
+    "max_over_time((a + b)[1h:5m] offset 1m)",
+    "max_over_time(a[1h:])",
+    "topk without (a, b) (3, x)",
+    "sum(x) by (a)",
+    "sum without () (x)",
+    "a / on() group_left b",
+    "a * ignoring(x) group_right(y, z) b",
+    "a > bool 1",
+    "-a ^ 2",
+    "-(a + b)",
+    'label_replace(a, "x", "$1", "y", "(.*)\\\\.svc")',
+    '{__name__=~"x.*", j="1"}',
+    '{job="x" or job="y", a!="b"}',
+    'count_values("v", x)',
+    "a @ 1.5",
+    "1e-7 + 1.5e20 + 0x1f",
+    "Inf > bool -Inf",
+    "rate(a[250ms]) or rate(a[2w1d])",
+    "vector(1) unless on() a",
+    "time() - 3",
+]
+
+
+def _shipped() -> list[Expression]:
+    return rules_expressions(RULES) + dashboard_expressions(DASHBOARD)
+
+
+@pytest.mark.parametrize("expr", RENDER_SAMPLES + [e.expr for e in _shipped()])
+def test_render_gives_back_what_was_parsed(expr: str) -> None:
+    tree = parse(expr)
+    assert str(parse(render(tree))) == str(tree)
+
+
+def test_operands_keep_their_escapes() -> None:
+    tree = signals('max(x{path=~"/a\\\\.b|\\"q\\""}) > 1')
+    assert tree.children[0].expr == 'max(x{path=~"/a\\\\.b|\\"q\\""})'
+
+
+def test_every_shipped_expression_parses() -> None:
+    failed = [(r.expression.source, r.problems) for r in syntax_check(_shipped()) if not r.ok]
+    assert not failed
+
+
+class _Unreachable(Prometheus):
+    """A Prometheus that must not be asked: a query that does not parse never reaches it."""
+
+    def __init__(self) -> None:
+        pass
+
+    def query(self, expr: str) -> tuple[int | None, str | None]:
+        raise AssertionError(f"queried {expr!r}")
+
+
+def test_malformed_rule_is_reported_with_the_parsers_message(tmp_path: Path) -> None:
+    broken = "sum(rate(stt_http_requests_total[5m]) > 1"
+    rules = {"groups": [{"name": "g", "rules": [{"alert": "Broken", "expr": broken}]}]}
+    path = tmp_path / "rules.yml"
+    path.write_text(yaml.safe_dump(rules))
+    with pytest.raises(ValueError) as parser_says:
+        promql_parser.parse(broken)
+    expected = [f"parse error: {parser_says.value}"]
+
+    (result,) = syntax_check(rules_expressions(path))
+    assert (result.ok, result.problems) == (False, expected)
+    # check() reports the same without asking Prometheus, and no allowance excuses it.
+    (result,) = check_expressions(_Unreachable(), rules_expressions(path), allow_missing_prefixes=["stt_"])
+    assert (result.ok, result.allowed_missing, result.problems) == (False, False, expected)
+    with pytest.raises(PromQLSyntaxError, match="parse error"):
+        signals(broken)
 
 
 def test_rules_and_dashboard_are_read_completely() -> None:

@@ -10,6 +10,8 @@ from typing import Any
 import httpx
 
 from services.base import app as base
+from services.base.settings import TranscriberSettings
+from services.common.settings import load_settings
 
 
 @asynccontextmanager
@@ -18,7 +20,7 @@ async def serving(engine: Any) -> AsyncIterator[httpx.AsyncClient]:
     the default settings; the app's state is put back afterwards."""
     state = base.app.state
     saved = {name: getattr(state, name, None) for name in ("settings", "engine", "decoded")}
-    state.settings = base.Settings()
+    state.settings = load_settings(TranscriberSettings)
     state.decoded = base.decoded_budget(state.settings)
     state.engine = engine
     state.readiness.set_ready()

