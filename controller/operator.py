@@ -93,7 +93,7 @@ from controller.state import (
     merge_patch,
     resync_stale_after_s,
 )
-from core.vocabulary import GROUP, PLURAL, VERSION
+from core.vocabulary import DEFAULT_DETECTOR, GROUP, PLURAL, VERSION
 
 log = logging.getLogger("stt.controller")
 
@@ -185,8 +185,8 @@ def observe(c: Cluster, names: Names, namespace: str) -> Observed:
     cpu = c.read_deployment(namespace, names.cpu)
     gpu = c.read_deployment(namespace, names.gpu)
     det = c.read_deployment(namespace, names.detector)
-    # No STT_DETECTOR in the pod template means the tiny service's own default, silero.
-    detector = (container_env(det, names.detector_container).get("STT_DETECTOR") or "silero") if det else None
+    # No STT_DETECTOR in the pod template means the tiny service's own default.
+    detector = (container_env(det, names.detector_container).get("STT_DETECTOR") or DEFAULT_DETECTOR) if det else None
     rollouts = {
         backend: Rollout(container_env(d, names.transcriber_container).get("STT_MODEL"), rollout_done(d))
         for backend, d in (("cpu", cpu), ("gpu", gpu))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from controller.autoscaling import Decision, Policy, policies_from_spec
-from core.vocabulary import BACKENDS, DEFAULT_DETECTOR, DETECTORS, ROUTING_MODES, serving_backend
+from core.vocabulary import BACKENDS, CPU, DEFAULT_DETECTOR, DETECTORS, ROUTING_MODES, routes_to_gpu, serving_backend
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class Spec:
     def autoscaled(self) -> dict[str, Policy]:
         """The backends the autoscaler drives now: the GPU side only while routing may use it
         (under ``cpu`` routing it keeps ``gpuIdleReplicas``, as without autoscaling)."""
-        return {b: p for b, p in self.autoscaling.items() if b == "cpu" or self.routing in ("gpu", "auto")}
+        return {b: p for b, p in self.autoscaling.items() if b == CPU or routes_to_gpu(self.routing)}
 
     def with_decisions(self, decisions: dict[str, Decision]) -> Spec:
         """This spec with the autoscaler's replicas in place of the fixed counts it drives."""
@@ -74,7 +74,7 @@ class Spec:
     @property
     def desired_gpu_replicas(self) -> int:
         """GPU pods cost money: ``gpuReplicas`` only while routing may use them, else ``gpuIdleReplicas``."""
-        return self.gpu_replicas if self.routing in ("gpu", "auto") else self.gpu_idle_replicas
+        return self.gpu_replicas if routes_to_gpu(self.routing) else self.gpu_idle_replicas
 
 
 MODEL_CHARS = re.compile(r"[A-Za-z0-9._/@-]{1,256}")

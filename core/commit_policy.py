@@ -340,7 +340,7 @@ class CommitPolicy(Transcript):
 
         policy.advance(end_sample, speech=detector_says)   # audio now reaches end_sample
         if (span := policy.window()) is not None:          # (start, end) samples to decode
-            update = policy.update(segments, span[0] / 16000)   # words in stream time
+            update = policy.update(segments, span[0] / SAMPLE_RATE)   # words in stream time
         ...
         policy.finish()                                    # end of stream: the rest is final
     """

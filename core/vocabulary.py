@@ -38,11 +38,17 @@ KIND = "SttConfig"
 PLURAL = "sttconfigs"
 
 
+def routes_to_gpu(mode: RoutingMode | str) -> bool:
+    """Whether the mode may send work to the GPU side: ``gpu`` and ``auto``. GPU pods are wanted
+    (``spec.gpuReplicas``, the GPU autoscaler) only then; under ``cpu`` routing they idle."""
+    return RoutingMode(mode) is not RoutingMode.CPU
+
+
 def serving_backend(mode: RoutingMode | str, cpu_ready: bool, gpu_ready: bool) -> str | None:
     """The backend that answers now: the one rule the proxy routes by and the operator reports
     as ``status.activeBackend``. A ready GPU serves under ``gpu``/``auto`` routing, and under
     ``cpu`` routing only while no CPU pod is ready (fallback); None: nothing is ready."""
-    if gpu_ready and (RoutingMode(mode) is not RoutingMode.CPU or not cpu_ready):
+    if gpu_ready and (routes_to_gpu(mode) or not cpu_ready):
         return GPU
     if cpu_ready:
         return CPU

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import json
 import os
 import re
 import subprocess
-import sys
 import tempfile
 import wave
 from dataclasses import dataclass
@@ -278,28 +276,3 @@ def long_recording(seconds: float, seed: int = 0, gap: float = 0.6) -> Clip:
     write_wav(path, np.concatenate(pieces))
     meta.write_text(" ".join(texts))
     return Clip(path.stem, path, meta.read_text(), "speech")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Fetch and prepare the speech / non-speech corpora.")
-    parser.add_argument("--long", type=float, default=0, help="also build a long recording of this many seconds")
-    parser.add_argument(
-        "--dev-set",
-        action="store_true",
-        help="also fetch and build the broader dev set (corpus.devset: ~140 MB of downloads, a minute or two)",
-    )
-    args = parser.parse_args(argv)
-    root = fetch()
-    print(f"corpus ready in {root}: {len(speech_clips())} speech clips, {len(nonspeech_clips())} non-speech clips")
-    if args.long:
-        clip = long_recording(args.long)
-        print(clip.path)
-    if args.dev_set:
-        from corpus.devset import dev_set, summary
-
-        print(summary(dev_set("all")))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

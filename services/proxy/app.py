@@ -39,7 +39,7 @@ from services.proxy.ops import OpsServer, build_ops_app
 from services.proxy.page import router as page_router
 from services.proxy.realtime import router as realtime_router
 from services.proxy.routing import RoutingStore, make_store
-from services.proxy.settings import CHUNK_TIMEOUT_S, DETECT_TIMEOUT_S, UPSTREAM_TIMEOUT_S, ProxySettings  # noqa: F401 (re-exported)
+from services.proxy.settings import ProxySettings
 from services.proxy.stream_ws import SessionGate
 from services.proxy.stream_ws import router as stream_router
 from services.proxy.upstream import Upstream, Upstreams, unless_caller_leaves
@@ -47,31 +47,17 @@ from services.proxy.upstream import Upstream, Upstreams, unless_caller_leaves
 log = logging.getLogger("stt.proxy")
 
 
-def routing_store(settings: ProxySettings) -> RoutingStore:
-    """Where the routing mode lives (``STT_ROUTING_SOURCE``), built from the settings."""
-    if settings.source == "kubernetes":
-        from services.proxy.routing_k8s import KubernetesRoutingStore
-
-        return KubernetesRoutingStore(
-            settings.mode,
-            name=settings.sttconfig_name,
-            namespace=settings.pod_namespace or None,
-            watch_timeout_s=settings.routing_watch_timeout_s,
-            api_host=settings.kubernetes_service_host,
-            api_port=settings.kubernetes_service_port,
-        )
-    return make_store(settings.source, settings.mode)
-
-
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     settings: ProxySettings = app.state.settings
     app.state.admin_token = settings.resolved_admin_token()
-    app.state.cpu = Backend("cpu", settings.cpu_url)
-    app.state.gpu = Backend("gpu", settings.gpu_url)
+    app.state.cpu = Backend("cpu", settings.cpu_backend_url)
+    app.state.gpu = Backend("gpu", settings.gpu_backend_url)
     app.state.detector = Backend("detector", settings.detector_url)
     # aiohttp rather than httpx on this hot path: measured ~1 ms less per proxied request.
-    timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout, sock_read=settings.upstream_timeout)
+    timeout = aiohttp.ClientTimeout(
+        total=None, connect=settings.connect_timeout_s, sock_read=settings.upstream_timeout_s
+    )
     # No pool limit: the proxy's own admission (STT_MAX_CONCURRENCY requests, STT_MAX_SESSIONS
     # sessions, each answered 429 or 1013 past its cap) already bounds the connections, and a
     # pool wait would be silent and count against the connect timeout, so a busy proxy would
@@ -79,12 +65,12 @@ async def lifespan(app: FastAPI):
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
     app.state.client = aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False)
     app.state.health = HealthChecker(
-        app.state.client, [app.state.cpu, app.state.gpu, app.state.detector], settings.health_interval
+        app.state.client, [app.state.cpu, app.state.gpu, app.state.detector], settings.health_interval_s
     )
     app.state.api_keys = ApiKeyGuard.from_settings(
         settings.api_keys_file, settings.api_key_hashes, settings.api_key_rate, settings.api_key_burst
     )
-    store = routing_store(settings)
+    store = make_store(settings)
     app.state.routing = store
     app.state.session_settings = settings.sessions
     app.state.session_gate = SessionGate(settings.sessions)
@@ -96,8 +82,8 @@ async def lifespan(app: FastAPI):
         app.state.gpu,
         app.state.detector,
         lambda: store.mode,
-        chunk_timeout_s=settings.chunk_timeout,
-        detect_timeout_s=settings.detect_timeout,
+        chunk_timeout_s=settings.chunk_timeout_s,
+        detect_timeout_s=settings.detect_timeout_s,
     )
     ops = None
     if OPS_PORT is not None:

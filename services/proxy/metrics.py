@@ -2,6 +2,8 @@
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from core.vocabulary import BACKENDS, ROUTING_MODES
+
 ROUTED = Counter("stt_proxy_routed_total", "Requests routed, by backend that served and mode", ["backend", "mode"])
 FALLBACKS = Counter("stt_proxy_fallbacks_total", "Requests not served by the backend the mode asked for", ["reason"])
 BACKEND_READY = Gauge("stt_proxy_backend_ready", "1 when the backend answered its last /readyz with 200", ["backend"])
@@ -21,8 +23,8 @@ ADMIN_ACTIONS = Counter("stt_proxy_admin_actions_total", "Admin actions by actio
 MODE = Gauge("stt_proxy_routing_mode", "1 for the routing mode in force", ["mode"])
 
 # Create the known series at 0 so that rate()/increase() also see the first event.
-for _backend in ("cpu", "gpu"):
-    for _mode in ("cpu", "gpu", "auto"):
+for _backend in BACKENDS:
+    for _mode in ROUTING_MODES:
         ROUTED.labels(_backend, _mode)
 for _backend in ("cpu", "gpu", "detector"):
     for _kind in ("connect", "timeout", "dropped", "busy_429", "busy_503"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from core.vocabulary import RoutingMode
+from services.proxy.settings import ProxySettings
 
 
 class RoutingStore(Protocol):
@@ -51,11 +52,17 @@ class LocalRoutingStore:
         return mode
 
 
-def make_store(source: str, initial: RoutingMode) -> RoutingStore:
-    if source == "local":
-        return LocalRoutingStore(initial)
-    if source == "kubernetes":
-        from services.proxy.routing_k8s import KubernetesRoutingStore
+def make_store(settings: ProxySettings) -> RoutingStore:
+    """The store ``STT_ROUTING_SOURCE`` names, starting from ``STT_ROUTING_MODE``."""
+    if settings.routing_source == "kubernetes":
+        from services.proxy.routing_k8s import KubernetesRoutingStore  # the Kubernetes client: only here
 
-        return KubernetesRoutingStore(initial)
-    raise ValueError(f"STT_ROUTING_SOURCE={source!r}: use local or kubernetes")
+        return KubernetesRoutingStore(
+            settings.routing_mode,
+            name=settings.sttconfig_name,
+            namespace=settings.pod_namespace or None,
+            watch_timeout_s=settings.routing_watch_timeout_s,
+            api_host=settings.kubernetes_service_host,
+            api_port=settings.kubernetes_service_port,
+        )
+    return LocalRoutingStore(settings.routing_mode)

@@ -173,43 +173,6 @@ class ProxySettings(ServiceSettings):
     def _default_name(cls, value: str) -> str:
         return value or "stt"
 
-    # The names the proxy's code used before the model; kept so call sites read the same.
-    @property
-    def cpu_url(self) -> str:
-        return self.cpu_backend_url
-
-    @property
-    def gpu_url(self) -> str:
-        return self.gpu_backend_url
-
-    @property
-    def mode(self) -> RoutingMode:
-        return self.routing_mode
-
-    @property
-    def source(self) -> str:
-        return self.routing_source
-
-    @property
-    def health_interval(self) -> float:
-        return self.health_interval_s
-
-    @property
-    def connect_timeout(self) -> float:
-        return self.connect_timeout_s
-
-    @property
-    def upstream_timeout(self) -> float:
-        return self.upstream_timeout_s
-
-    @property
-    def chunk_timeout(self) -> float:
-        return self.chunk_timeout_s
-
-    @property
-    def detect_timeout(self) -> float:
-        return self.detect_timeout_s
-
     @property
     def ops_listen_port(self) -> int | None:
         """The ops port, or None when unset (or 0): one public port serves everything."""

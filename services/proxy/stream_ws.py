@@ -24,6 +24,7 @@ import numpy as np
 from fastapi import APIRouter, Query, WebSocket
 from starlette.websockets import WebSocketState
 
+from core.vocabulary import SAMPLE_RATE
 from services.common.origin import origin_allowed
 from services.proxy import metrics
 from services.proxy.api_keys import ApiKeyGuard, RefusedError, choose_subprotocol, offered_subprotocols, presented_key
@@ -303,7 +304,7 @@ async def _receive(websocket: WebSocket, session: StreamSession, sender: EventSe
                 await sender.emit(error_event("too_far_behind", str(exc), retryable=True))
                 await _end(websocket, sender, CLOSE_TRY_AGAIN, "too far behind; resume later")
                 return "too_far_behind"
-            metrics.SESSION_AUDIO_SECONDS.inc(len(data) / 2 / 16000)
+            metrics.SESSION_AUDIO_SECONDS.inc(len(data) / 2 / SAMPLE_RATE)
             continue
         try:
             control = json.loads(message.get("text") or "")

@@ -17,6 +17,7 @@ from fastapi import Depends, FastAPI, Query, Request
 
 from core.audio import decode_audio
 from core.errors import ApiError
+from core.vocabulary import SAMPLE_RATE
 from services.common.app import app_settings, create_app, load_in_background, require_ready
 from services.common.metrics import MODEL_LOAD_SECONDS
 from services.common.models import resolve_model
@@ -91,11 +92,11 @@ async def detect(
         timed, app.state.detectors[name], samples, limiter=app.state.limiters[name]
     )
     DETECT_SECONDS.labels(name).observe(elapsed_ms / 1000)
-    AUDIO_SECONDS.labels(name).inc(samples.size / 16000)
+    AUDIO_SECONDS.labels(name).inc(samples.size / SAMPLE_RATE)
     DECISIONS.labels(name, "speech" if result.speech else "no_speech").inc()
     return {
         **result.as_dict(),
         "detector": name,
-        "duration_s": round(samples.size / 16000, 3),
+        "duration_s": round(samples.size / SAMPLE_RATE, 3),
         "processing_ms": round(elapsed_ms, 2),
     }

@@ -252,7 +252,7 @@ def test_pods_drain_before_they_stop(helm: str) -> None:
             assert c["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", str(pre)], name
             assert env_of(deps[name])["UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN"] == str(drain), name
             assert spec["terminationGracePeriodSeconds"] > pre + drain, name
-    from services.proxy.app import UPSTREAM_TIMEOUT_S
+    from services.proxy.settings import UPSTREAM_TIMEOUT_S
 
     proxy = deployments(render(helm))["stt-proxy"]
     longest = float(env_of(proxy).get("STT_UPSTREAM_TIMEOUT_S") or UPSTREAM_TIMEOUT_S)

@@ -13,6 +13,7 @@ from core.errors import ApiError
 from core.vocabulary import RoutingMode
 from services.proxy.routing import make_store
 from services.proxy.routing_k8s import ApiAccess, KubernetesRoutingStore
+from services.proxy.settings import ProxySettings
 
 NS = "stt"
 CONFIGS = "stt.platform.io/v1alpha1/sttconfigs"
@@ -43,7 +44,7 @@ async def eventually(predicate, timeout: float = 5.0) -> None:
 
 
 def test_make_store_builds_the_kubernetes_store() -> None:
-    store = make_store("kubernetes", RoutingMode.GPU)
+    store = make_store(ProxySettings(routing_source="kubernetes", routing_mode=RoutingMode.GPU))
     assert isinstance(store, KubernetesRoutingStore) and store.source == "kubernetes" and store.mode is RoutingMode.GPU
 
 

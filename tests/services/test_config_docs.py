@@ -75,4 +75,4 @@ def test_empty_means_the_default_and_lists_keep_their_comma_syntax(monkeypatch: 
     monkeypatch.setenv("STT_ROUTING_MODE", "GPU")
     assert load_settings(ServiceSettings).max_concurrency == 64
     assert load_settings(DetectorSettings).detectors == ("whisper-tiny", "silero")  # the default is loaded too
-    assert load_settings(ProxySettings).mode == "gpu"
+    assert load_settings(ProxySettings).routing_mode == "gpu"

@@ -158,7 +158,7 @@ def test_the_proxy_answers_a_chunk_before_the_client_gives_up_on_it() -> None:
     """If the client's wait ran out first it would send the chunk again while the first copy
     is still being computed: the proxy's waits (both sides tried) must be shorter."""
     from client.api import SttApi
-    from services.proxy.app import CHUNK_TIMEOUT_S, DETECT_TIMEOUT_S
+    from services.proxy.settings import CHUNK_TIMEOUT_S, DETECT_TIMEOUT_S
 
     defaults = inspect.signature(SttApi.__init__).parameters
     assert defaults["timeout_s"].default > 2 * CHUNK_TIMEOUT_S
