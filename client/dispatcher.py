@@ -58,7 +58,8 @@ class Backoff:
     jitter: float = 0.2
 
     def delay(self, attempt: int, hint: float | None = None) -> float:
-        base = min(self.max_s, self.first_s * self.factor**attempt)
+        # the exponent is capped: past ~1000 attempts factor**attempt would overflow a float
+        base = min(self.max_s, self.first_s * self.factor ** min(attempt, 64))
         if hint is not None:
             base = min(max(base, hint), max(self.max_s, hint))
         return base * (1 + random.uniform(-self.jitter, self.jitter))

@@ -102,6 +102,7 @@ def test_backoff_grows_is_capped_and_honours_retry_after() -> None:
     assert [b.delay(n) for n in range(6)] == [0.25, 0.5, 1.0, 2.0, 4.0, 5.0]
     assert b.delay(0, hint=3.0) == 3.0  # the server said when to come back
     assert b.delay(9, hint=30.0) == 30.0
+    assert b.delay(5000) == 5.0  # a long outage: the cap holds, no float overflow
     jittered = Backoff(first_s=1.0, jitter=0.2)
     assert all(0.8 <= jittered.delay(0) <= 1.2 for _ in range(100))
 
