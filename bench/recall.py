@@ -23,6 +23,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,6 +32,9 @@ from client.chunker import Chunker
 from core.vocabulary import SAMPLE_RATE
 from corpus.devset import CATEGORIES
 from corpus.fetch import Clip
+
+if TYPE_CHECKING:
+    from services.tiny.detectors import Detector
 
 MIN_SPEECH_S = 1.0
 MISSES_KEPT = 12  # per category, in the results (the worst first)
@@ -60,11 +64,13 @@ def on_the_wire(samples: np.ndarray) -> np.ndarray:
     return (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").astype(np.float32) / 32768.0
 
 
-def shipped_detector():
-    """Silero as the tiny service builds it (its Settings read STT_VAD_* from the environment)."""
-    from services.tiny.app import Settings, load_detector
+def shipped_detector() -> Detector:
+    """Silero as the tiny service builds it (its settings read STT_VAD_* from the environment)."""
+    from services.common.settings import load_settings
+    from services.tiny.app import load_detector
+    from services.tiny.settings import DetectorSettings
 
-    return load_detector("silero", Settings())
+    return load_detector("silero", load_settings(DetectorSettings))
 
 
 def _speech_part(samples: np.ndarray, regions, start: float) -> np.ndarray:
