@@ -48,7 +48,7 @@ async def lifespan(app: FastAPI):
     app.state.limiters = {}
 
     async def load() -> None:
-        for name in settings.enabled:
+        for name in settings.detectors:
             app.state.readiness.set_not_ready(f"loading detector {name}")
             # Whisper decodes one chunk at a time per model; Silero runs are independent.
             app.state.limiters[name] = anyio.CapacityLimiter(1 if name == "whisper-tiny" else 2)
@@ -75,7 +75,7 @@ async def detect(
 ) -> dict:
     """Body: audio bytes (Content-Type names the format) or multipart field ``file``."""
     require_ready(app)
-    name = detector or settings.default_detector
+    name = detector or settings.detector
     if name not in app.state.detectors:
         raise ApiError(
             400,

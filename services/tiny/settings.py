@@ -69,14 +69,5 @@ class DetectorSettings(ServiceSettings, ModelCacheSettings):
         return self
 
     @property
-    def enabled(self) -> list[str]:
-        """The detectors to load, in order."""
-        return list(self.detectors)
-
-    @property
-    def default_detector(self) -> str:
-        return self.detector
-
-    @property
     def limits(self) -> AudioLimits:
         return AudioLimits(max_seconds=self.max_chunk_seconds)
