@@ -10,7 +10,8 @@ Modules: ``operator`` (kopf handlers), ``kube`` (its API calls), ``state`` (spec
 rules, pure), ``autoscaling`` (the scaling rule, pure), ``load`` (live streams read from the
 proxies), ``autoscaler`` (the rule's memory, Events and metrics), ``metrics``.
 
-The resource's names and the routing rule it shares with the proxy are :mod:`core.vocabulary`.
+The resource's names and the routing rule it shares with the proxy are :mod:`core.vocabulary`;
+finding and authenticating to the API server is :mod:`kubeapi`, the proxy's too.
 
 Entry point: ``kopf run --standalone -m controller.operator`` (``--namespace`` or ``--all-namespaces``).
 """

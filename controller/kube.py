@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import urllib3
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from core.vocabulary import GROUP, KIND, PLURAL, VERSION
+from kubeapi import load_configuration
 
 log = logging.getLogger("stt.controller")
 
@@ -48,11 +49,15 @@ class Names:
 
 
 def load_config() -> None:
-    """In-cluster ServiceAccount when running as a pod, else the kubeconfig (``kopf run`` on a host)."""
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
+    """In-cluster ServiceAccount when running as a pod, else the kubeconfig (``kopf run`` on a host),
+    made the default of every ApiClient (:func:`make_api_client`).
+
+    The loader is :func:`kubeapi.load_configuration`, the proxy's too: one place finds the API
+    server, its CA and the credentials (the ServiceAccount token re-read before each request, as
+    bound tokens rotate). The calls are the official synchronous client's: kopf runs the
+    handlers in threads, where blocking calls are what it expects.
+    """
+    client.Configuration.set_default(load_configuration())
 
 
 # What a failed call raises: an answer with an error status, or no usable answer (timeout, refused).

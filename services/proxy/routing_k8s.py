@@ -15,6 +15,11 @@ API server Kubernetes names in ``KUBERNETES_SERVICE_HOST``/``KUBERNETES_SERVICE_
 Credentials: the pod's ServiceAccount (token re-read on every request, as bound tokens rotate),
 or the kubeconfig (``KUBECONFIG``) when the proxy runs outside a cluster. The ServiceAccount
 needs only get/list/watch/patch on this one ``sttconfigs`` object.
+
+Finding the API server, its TLS and the credentials, the pod's namespace and the SttConfig's
+paths are :mod:`kubeapi`'s, shared with the operator. The calls themselves are ``httpx`` (async)
+here, not the official client the operator uses: the watch runs on the proxy's asyncio event loop,
+next to the requests it serves, where a blocking client would stall them.
 """
 
 from __future__ import annotations
@@ -23,67 +28,16 @@ import asyncio
 import contextlib
 import json
 import logging
-import ssl
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 
 from core.errors import ApiError
-from core.vocabulary import GROUP, PLURAL, VERSION, RoutingMode
+from core.vocabulary import RoutingMode
+from kubeapi import ApiAccess, pod_namespace, sttconfig_path
 from services.proxy import metrics
 
 log = logging.getLogger("stt.proxy.routing")
-
-SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-
-
-@dataclass
-class ApiAccess:
-    """Where the API server is and how to authenticate to it."""
-
-    server: str
-    verify: ssl.SSLContext | bool
-    token_file: Path | None = None
-    token: str | None = None
-    cert: tuple[str, str] | None = None
-
-    def headers(self) -> dict[str, str]:
-        token = self.token_file.read_text().strip() if self.token_file else self.token
-        return {"Authorization": f"Bearer {token}"} if token else {}
-
-    @classmethod
-    def discover(cls, host: str | None = None, port: str | None = None) -> ApiAccess:
-        """In a pod (``host``/``port`` from ``KUBERNETES_SERVICE_HOST``/``_PORT`` and a mounted
-        ServiceAccount token): the API server with that token; else the kubeconfig."""
-        if host and port and (SA_DIR / "token").is_file():
-            host = f"[{host}]" if ":" in host else host
-            ca = ssl.create_default_context(cafile=str(SA_DIR / "ca.crt"))
-            return cls(f"https://{host}:{port}", ca, SA_DIR / "token")
-        return cls.from_kubeconfig()
-
-    @classmethod
-    def from_kubeconfig(cls) -> ApiAccess:
-        from kubernetes import client, config
-
-        cfg = client.Configuration()
-        config.load_kube_config(client_configuration=cfg)
-        verify: ssl.SSLContext | bool = (
-            ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.ssl_ca_cert else bool(cfg.verify_ssl)
-        )
-        bearer = cfg.api_key.get("authorization") or cfg.api_key.get("BearerToken") or ""
-        token = bearer.split(" ", 1)[1] if bearer.lower().startswith("bearer ") else bearer or None
-        cert = (cfg.cert_file, cfg.key_file) if cfg.cert_file and cfg.key_file else None
-        return cls(cfg.host.rstrip("/"), verify, token=token, cert=cert)
-
-
-def _default_namespace() -> str:
-    """The pod's namespace from its ServiceAccount, when ``POD_NAMESPACE`` is not given."""
-    try:
-        return (SA_DIR / "namespace").read_text().strip()
-    except OSError:
-        return "default"
 
 
 class KubernetesRoutingStore:
@@ -104,7 +58,7 @@ class KubernetesRoutingStore:
     ):
         self._mode = initial
         self.name = name or "stt"
-        self.namespace = namespace or _default_namespace()
+        self.namespace = namespace or pod_namespace()
         self._access = access
         self._api_host, self._api_port = api_host or None, api_port or None
         self.watch_timeout_s = watch_timeout_s or 300
@@ -120,7 +74,7 @@ class KubernetesRoutingStore:
 
     @property
     def collection_path(self) -> str:
-        return f"/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}/{PLURAL}"
+        return sttconfig_path(self.namespace)
 
     def _set(self, obj: dict[str, Any], why: str) -> None:
         raw = (obj.get("spec") or {}).get("routing", RoutingMode.CPU.value)
@@ -139,11 +93,11 @@ class KubernetesRoutingStore:
 
     async def start(self) -> None:
         if self._access is None:
-            self._access = ApiAccess.discover(self._api_host, self._api_port)
+            # the settings' host and port, never the environment behind them: none given, the kubeconfig
+            self._access = ApiAccess.discover(self._api_host or "", self._api_port or "")
         self._client = httpx.AsyncClient(
             base_url=self._access.server,
-            verify=self._access.verify,
-            cert=self._access.cert,
+            verify=self._access.verify,  # the cluster's CA, and the client certificate of such a kubeconfig user
             timeout=httpx.Timeout(10.0, read=self.watch_timeout_s + 30.0),
         )
         self._task = asyncio.create_task(self._run(), name="sttconfig-watch")
@@ -239,7 +193,7 @@ class KubernetesRoutingStore:
         """PATCH ``spec.routing``: exactly what ``kubectl edit sttconfig`` does."""
         if self._client is None or self._access is None:
             raise ApiError(503, "routing_store_unavailable", "the routing store has not started yet; retry shortly")
-        url = f"{self.collection_path}/{self.name}"
+        url = sttconfig_path(self.namespace, self.name)
         try:
             r = await self._client.patch(
                 url,

@@ -11,8 +11,9 @@ from prometheus_client import REGISTRY
 
 from core.errors import ApiError
 from core.vocabulary import RoutingMode
+from kubeapi import ApiAccess
 from services.proxy.routing import make_store
-from services.proxy.routing_k8s import ApiAccess, KubernetesRoutingStore
+from services.proxy.routing_k8s import KubernetesRoutingStore
 from services.proxy.settings import ProxySettings
 
 NS = "stt"
