@@ -9,6 +9,11 @@ file is answered, and live p95 during it stays under the chunk length.
 
 ``make bench-file-live`` runs it with the defaults (4 streams, a 30-minute file); the figures
 go in docs/reliability.md. Run it on an idle machine: live latency is what it measures.
+
+On a GPU machine without the corpus: ``--export DIR`` writes the audio here (``live.flac``, the
+streams' 2 minutes, and ``file.flac``), ``--data DIR`` reads it there; ``--env STT_DEVICE=cuda
+--env STT_BATCH_MAX=16`` gives the base the GPU Deployment's settings, and ``--service-cpus 2``
+pins it to two cores (the chart's CPU limit) with the load generator on the others.
 """
 
 from __future__ import annotations
@@ -21,13 +26,14 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import av
 import httpx
 import numpy as np
 
 from bench.open_loop import post
-from core.audio import to_wav_bytes
+from core.audio import AudioLimits, decode_audio, to_wav_bytes
 from core.vocabulary import SAMPLE_RATE
 from corpus import long_recording
 from services.local_stack import Stack, free_port
@@ -113,12 +119,24 @@ async def run_live(client: httpx.AsyncClient, streams: list[list[bytes]], until:
     return phase
 
 
+def audio(args: argparse.Namespace) -> tuple[np.ndarray, bytes]:
+    """The live streams' speech (2 minutes, not in the file) and the file as FLAC: from the
+    corpus, or from ``--data`` (what ``--export`` wrote)."""
+    if args.data:
+        live = decode_audio((args.data / "live.flac").read_bytes(), "audio/flac", AudioLimits(max_seconds=600.0))
+        file_flac = (args.data / "file.flac").read_bytes()
+        with av.open(io.BytesIO(file_flac), "r") as container:
+            if container.duration is not None:
+                args.file_minutes = round(container.duration / av.time_base / 60, 2)
+        return live, file_flac
+    return long_recording(120, seed=99).samples(), to_flac(speech(args.file_minutes))
+
+
 async def measure(url: str, args: argparse.Namespace) -> dict:
-    source = long_recording(120, seed=99).samples()  # the live streams' speech, not in the file
+    source, file_flac = audio(args)
     size = int(CHUNK_S * SAMPLE_RATE)
     pieces = [to_wav_bytes(source[s : s + size]) for s in range(0, source.size - size, size)]
     streams = [pieces[k * 7 :] + pieces[: k * 7] for k in range(args.streams)]
-    file_flac = to_flac(speech(args.file_minutes))
     async with httpx.AsyncClient(base_url=url) as client:
         await client.post("/transcribe-chunk", content=pieces[0], headers={"content-type": "audio/wav"}, timeout=180)
         print(f"live only: {args.streams} streams for {args.baseline_seconds:g} s ...", flush=True)
@@ -148,11 +166,21 @@ async def measure(url: str, args: argparse.Namespace) -> dict:
     return {
         "streams": args.streams,
         "file_minutes": args.file_minutes,
+        "file_bytes": len(file_flac),
+        "service_env": dict(args.env),
+        "service_cpus": args.service_cpus,
         "live_only": alone.summary(),
         "live_during_file": during.summary(),
         "file": {"status": status, "seconds": seconds, "segments": segments},
         "load_average_at_start": os.getloadavg()[0],
     }
+
+
+def setting(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,8 +190,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline-seconds", type=float, default=30.0, help="live-only phase (default 30)")
     p.add_argument("--file-timeout", type=float, default=3600.0, help="give up on the file after (default 3600 s)")
     p.add_argument("--out", help="also write the figures as JSON here")
+    p.add_argument("--export", type=Path, help="write the audio to this folder and stop")
+    p.add_argument("--data", type=Path, help="the audio from --export instead of the corpus")
+    p.add_argument("--env", type=setting, action="append", default=[], help="KEY=VALUE for the base (repeatable)")
+    p.add_argument("--service-cpus", type=int, help="pin the base to this many cores, this process to the rest")
     args = p.parse_args(argv)
-    stack = Stack(ports={"base": free_port()}, env={"STT_LOG_FORMAT": "json"})
+    if args.export:
+        args.export.mkdir(parents=True, exist_ok=True)
+        (args.export / "live.flac").write_bytes(to_flac(long_recording(120, seed=99).samples()))
+        (args.export / "file.flac").write_bytes(to_flac(speech(args.file_minutes)))
+        print(f"wrote {args.export}/live.flac and file.flac ({args.file_minutes:g} minutes)")
+        return 0
+    cpus = None
+    if args.service_cpus:
+        cores = sorted(os.sched_getaffinity(0))
+        cpus = frozenset(cores[: args.service_cpus])
+        os.sched_setaffinity(0, set(cores[args.service_cpus :]) or set(cores))
+    env = {"STT_LOG_FORMAT": "json", **dict(args.env)}
+    stack = Stack(ports={"base": free_port()}, env=env, cpus=cpus)
     stack.start("base")
     try:
         result = asyncio.run(measure(stack.base_url, args))

@@ -58,7 +58,9 @@ class Stack:
     """The three services on given ports; ``env`` adds settings for all of them.
 
     ``cwd`` is the services' working directory (tests run them in an empty or planted one to
-    show that nothing there can be read through an upload).
+    show that nothing there can be read through an upload). ``cpus``, when given, pins every
+    service process to those CPU cores, as a pod's CPU limit bounds it (benchmarks that keep the
+    load generator off the service's cores).
     """
 
     ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
@@ -67,6 +69,7 @@ class Stack:
     host: str = "127.0.0.1"
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     cwd: Path = ROOT
+    cpus: frozenset[int] | None = None
 
     def url(self, name: str) -> str:
         return f"http://{self.host}:{self.ports[name]}"
@@ -100,8 +103,15 @@ class Stack:
         log = (self.run_dir / f"{name}.log").open("ab")
         cmd = [sys.executable, "-m", "uvicorn", SERVICES[name][0], "--host", self.host]
         cmd += ["--port", str(self.ports[name]), "--no-access-log", "--http", HTTP_PROTOCOL]
+        cpus = self.cpus
         proc = subprocess.Popen(
-            cmd, cwd=self.cwd, env=self.service_env(name), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            cmd,
+            cwd=self.cwd,
+            env=self.service_env(name),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
         self.procs[name] = proc
         (self.run_dir / f"{name}.pid").write_text(str(proc.pid))
