@@ -12,13 +12,13 @@ handlers.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
-from dataclasses import dataclass
 
 import anyio
 import numpy as np
@@ -32,6 +32,7 @@ from core.subtitles import to_srt, to_vtt
 from core.vocabulary import SAMPLE_RATE, WHISPER_WINDOW_S
 from services.base import metrics
 from services.base.batcher import Batcher, Priority
+from services.base.coverage import GapRule, repair_span, splice, uncovered_speech
 from services.base.settings import TranscriberSettings
 from services.base.transcriber import BatchTranscriber, DeviceInfo, Result, load_model
 from services.base.transcriber import Request as Chunk
@@ -100,6 +101,7 @@ class Engine:
         # batch in little more than one window's time.
         self.file_batch_max = settings.file_batch_max or (1 if self.device.device == "cpu" else settings.batch_max)
         self.file_windows_in_flight = settings.file_windows_in_flight or self.file_batch_max
+        self.gap_rule = GapRule(min_gap_s=settings.skipped_speech_min_s) if settings.skipped_speech_min_s else None
         self.batcher = Batcher(
             self._run,
             settings.batch_max,
@@ -305,7 +307,7 @@ def speech_windows(samples: np.ndarray) -> list[tuple[int, int]]:
     return windows
 
 
-@dataclass
+@dataclasses.dataclass
 class FileJob:
     """A validated OpenAI-style whole-file request, decoded and cut into speech windows."""
 
@@ -397,34 +399,67 @@ async def transcribe_windows(engine: Engine, job: FileJob) -> AsyncGenerator[tup
     if not job.windows:
         return
     submit = engine.batcher.submit
+    # Word times find the speech a window's decode skipped (fill_skipped); a translation's English
+    # words would be aligned to foreign speech, so it is neither aligned nor checked.
+    checked = engine.gap_rule is not None and job.task == "transcribe"
+    words = job.want_words or checked
     start, end = job.windows[0]
     first, _ = await submit(
-        Chunk(job.samples[start:end], job.language, job.prompt, job.want_words, job.task),
+        Chunk(job.samples[start:end], job.language, job.prompt, words, job.task),
         Priority.FILE,
         deadline=job.deadline,
     )
-    yield start / SAMPLE_RATE, first
     lang = job.language or first.language
+    yield start / SAMPLE_RATE, await fill_skipped(engine, job, (start, end), first, lang)
     upcoming = iter(job.windows[1:])
-    in_flight: deque[tuple[float, asyncio.Future]] = deque()
+    in_flight: deque[tuple[tuple[int, int], asyncio.Future]] = deque()
 
     def admit() -> None:
         while len(in_flight) < engine.file_windows_in_flight and (window := next(upcoming, None)):
             s, e = window
-            chunk = Chunk(job.samples[s:e], lang, None, job.want_words, job.task)
+            chunk = Chunk(job.samples[s:e], lang, None, words, job.task)
             work = submit(chunk, Priority.FILE, deadline=job.deadline, admitted=True)
-            in_flight.append((s / SAMPLE_RATE, asyncio.ensure_future(work)))
+            in_flight.append((window, asyncio.ensure_future(work)))
 
     try:
         admit()
         while in_flight:
-            offset, pending = in_flight.popleft()
+            window, pending = in_flight.popleft()
             result, _ = await pending
             admit()  # before yielding: the model need not wait for a slow reader
-            yield offset, result
+            yield window[0] / SAMPLE_RATE, await fill_skipped(engine, job, window, result, lang)
     finally:
         for _, pending in in_flight:
             pending.cancel()
+
+
+async def fill_skipped(
+    engine: Engine, job: FileJob, window: tuple[int, int], result: Result, lang: str | None
+) -> Result:
+    """``result`` with the speech its decode skipped transcribed again on its own and spliced in
+    (:mod:`services.base.coverage`), as file work; the words dropped again unless asked for."""
+    segments = result.segments
+    spoken = [w for s in segments for w in s.get("words", [])]
+    if engine.gap_rule is not None and job.task == "transcribe" and spoken:
+        rule = engine.gap_rule
+        audio = job.samples[window[0] : window[1]]
+        duration = audio.size / SAMPLE_RATE
+        probs = await anyio.to_thread.run_sync(shared_detector().frame_probabilities, audio)
+        for gap in uncovered_speech(spoken, probs, duration, rule):
+            lo, hi = repair_span(gap, duration, rule)
+            piece = audio[int(lo * SAMPLE_RATE) : int(hi * SAMPLE_RATE)]
+            chunk = Chunk(piece, lang, None, True, job.task)
+            repaired, _ = await engine.batcher.submit(chunk, Priority.FILE, deadline=job.deadline, admitted=True)
+            before = len(segments)
+            segments = splice(segments, gap, repaired.segments, lo)
+            outcome = "recovered" if len(segments) > before else "empty"
+            metrics.SKIPPED_SPEECH_REPAIRED.labels(outcome).inc()
+            log.info("skipped speech %.1f-%.1f s into a window: %s", gap[0], gap[1], outcome)
+    if not job.want_words:
+        segments = [{k: v for k, v in s.items() if k != "words"} for s in segments]
+    if segments is result.segments:
+        return result
+    return dataclasses.replace(result, segments=segments, text="".join(s["text"] for s in segments).strip())
 
 
 async def whole_file_answer(engine: Engine, job: FileJob) -> Response | dict:

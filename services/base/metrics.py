@@ -46,3 +46,8 @@ BATCH_REFUSED_WAIT = Counter(
     "stt_queue_refused_wait_total",
     "Live chunks refused (429) because the queued live work would have made them wait over STT_MAX_QUEUE_WAIT_S",
 )
+SKIPPED_SPEECH_REPAIRED = Counter(
+    "stt_file_skipped_speech_total",
+    "Stretches of whole-file speech the model left out of a window, decoded again on their own",
+    ["outcome"],  # "recovered": words came back; "empty": the second decode found none either
+)

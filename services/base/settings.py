@@ -89,6 +89,13 @@ class TranscriberSettings(ServiceSettings, ModelCacheSettings):
         description="speech windows of one file queued or running at once (`0`: the file batch max); the next "
         "is submitted as one finishes, so a file of any length transcribes without filling the queue",
     )
+    skipped_speech_min_s: float = Field(
+        default=1.5,
+        ge=0.0,
+        description="whole files: a stretch of a window this long that Silero calls speech and no decoded word "
+        "covers is transcribed again on its own and spliced in (Whisper skips phrases of long windows; "
+        "services/base/coverage.py); file windows then always align words. `0`: off",
+    )
     live_deadline_s: float = Field(
         default=60.0,
         ge=0.0,

@@ -1,0 +1,151 @@
+"""Speech a window's decode skipped: found from word times and Silero, decoded again, spliced in.
+
+The unit layer checks the rule on made-up words and probabilities; the slow test damages a real
+base answer on real speech (removes a phrase, as Whisper's skip does) and checks that the real
+service code finds the hole and the real model fills it, in the right place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import re
+
+import numpy as np
+import pytest
+
+from core.vocabulary import SAMPLE_RATE
+from services.base.coverage import GapRule, repair_span, splice, uncovered_speech
+from services.common.speech import FRAME
+
+FRAME_S = FRAME / SAMPLE_RATE
+
+
+def probs_for(seconds: float, speech: list[tuple[float, float]]) -> np.ndarray:
+    """Silero-like frame probabilities: 0.9 inside the ``speech`` spans, 0.05 elsewhere."""
+    p = np.full(int(np.ceil(seconds / FRAME_S)), 0.05, np.float32)
+    for a, b in speech:
+        p[int(a / FRAME_S) : int(np.ceil(b / FRAME_S))] = 0.9
+    return p
+
+
+def word(text: str, start: float, end: float) -> dict:
+    return {"word": f" {text}", "start": start, "end": end, "probability": 0.9}
+
+
+def test_speech_no_word_covers_is_a_gap_and_a_pause_is_not() -> None:
+    words = [word("one", 0.0, 0.5), word("two", 0.5, 1.0), word("nine", 5.0, 5.5)]
+    probs = probs_for(6.0, [(0.0, 5.5)])  # speech throughout: 1.2-4.8 s holds no word
+    [(start, end)] = uncovered_speech(words, probs, 6.0)
+    assert start == pytest.approx(1.2, abs=FRAME_S) and end == pytest.approx(4.8, abs=FRAME_S)
+    silence = probs_for(6.0, [(0.0, 1.0), (5.0, 5.5)])  # the same hole is a pause
+    assert uncovered_speech(words, silence, 6.0) == []
+
+
+def test_short_holes_and_the_words_own_edges_are_not_gaps() -> None:
+    words = [word("a", 0.0, 1.0), word("b", 2.2, 3.0), word("c", 3.0, 4.0)]
+    probs = probs_for(4.2, [(0.0, 4.2)])
+    assert uncovered_speech(words, probs, 4.2) == []  # 1.2 - 2.0 s is under 1.5 s
+    assert uncovered_speech(words, probs, 4.2, GapRule(min_gap_s=0.5)) != []
+
+
+def test_a_hole_at_the_end_of_the_window_counts_and_no_words_is_all_gap() -> None:
+    probs = probs_for(10.0, [(0.0, 10.0)])
+    [(start, end)] = uncovered_speech([word("first", 0.0, 2.0)], probs, 10.0)
+    assert start == pytest.approx(2.2, abs=FRAME_S) and end == 10.0
+    assert uncovered_speech([], probs, 10.0) == [(0.0, 10.0)]
+    assert uncovered_speech([], np.zeros(0, np.float32), 0.0) == []
+
+
+def test_a_repair_hears_a_margin_either_side_within_the_window() -> None:
+    assert repair_span((2.0, 4.0), 10.0) == (1.5, 4.5)
+    assert repair_span((0.2, 9.9), 10.0) == (0.0, 10.0)
+
+
+def test_splice_puts_the_gap_words_between_the_words_around_it() -> None:
+    segment = {
+        "start": 0.0,
+        "end": 6.0,
+        "text": " press six to delete",
+        "avg_logprob": -0.2,
+        "words": [word("press", 0.0, 0.4), word("six", 0.4, 0.8), word("to", 4.8, 5.0), word("delete", 5.0, 6.0)],
+    }
+    # the gap's own decode, relative to its span (1.0 s into the window): the margin words are
+    # the window's already and are dropped
+    repaired = [
+        {
+            "start": 0.0,
+            "end": 3.6,
+            "text": " six to repeat this message",
+            "avg_logprob": -0.3,
+            "words": [
+                word("six", 0.0, 0.3),
+                word("to", 0.5, 0.7),
+                word("repeat", 0.8, 1.3),
+                word("this", 1.4, 1.8),
+                word("message", 1.9, 3.2),
+                word("to", 3.6, 3.8),
+            ],
+        }
+    ]
+    out = splice([segment], (1.2, 4.4), repaired, offset_s=1.0)
+    assert [s["text"] for s in out] == [" press six", " to repeat this message", " to delete"]
+    assert [w["start"] for s in out for w in s["words"]] == sorted(w["start"] for s in out for w in s["words"])
+    assert out[1]["avg_logprob"] == -0.3 and out[1]["start"] == 1.5 and out[1]["end"] == 4.2
+    assert out[0]["avg_logprob"] == -0.2  # the split halves keep their own fields
+    assert splice([segment], (1.2, 4.4), [{"text": "", "words": []}], 1.0) == [segment]
+
+
+@pytest.mark.slow
+def test_a_phrase_removed_from_a_real_answer_comes_back_from_the_real_model() -> None:
+    from corpus import long_recording
+    from services.base.app import Engine, FileJob, fill_skipped
+    from services.base.settings import TranscriberSettings
+    from services.base.transcriber import Request
+
+    samples = long_recording(20, seed=7, gap=0).samples()[: int(25 * SAMPLE_RATE)]
+    engine = Engine(TranscriberSettings(compute_type="int8"))
+    window = (0, samples.size)
+    [full] = engine.transcriber.transcribe([Request(samples, "en", None, True)])
+    words = [w for s in full.segments for w in s["words"]]
+    assert len(words) > 30, full.text
+    # a Whisper skip: every word between 30 % and 55 % of the words gone, and the text with it
+    lo, hi = len(words) * 3 // 10, len(words) * 55 // 100
+    removed = words[lo:hi]
+    assert removed[-1]["end"] - removed[0]["start"] > 2.0
+    kept = {id(w) for w in words[:lo] + words[hi:]}
+    damaged_segments = []
+    for seg in full.segments:
+        left = [w for w in seg["words"] if id(w) in kept]
+        if left:
+            damaged_segments.append({**seg, "words": left, "text": "".join(w["word"] for w in left)})
+    damaged = type(full)(
+        text="".join(s["text"] for s in damaged_segments).strip(),
+        language="en",
+        language_probability=1.0,
+        duration_s=full.duration_s,
+        segments=damaged_segments,
+    )
+    job = FileJob(samples, [window], "en", None, "json", False, "transcribe")
+
+    async def run() -> tuple:
+        engine.batcher.start()
+        try:
+            repaired = await fill_skipped(engine, job, window, damaged, "en")
+            engine.gap_rule = None
+            return repaired, await fill_skipped(engine, job, window, damaged, "en")
+        finally:
+            await engine.batcher.stop()
+
+    repaired, unchecked = asyncio.run(run())
+
+    def norm(text: str) -> list[str]:
+        return re.sub(r"[^a-z0-9' ]", " ", text.lower()).split()
+
+    # the phrase back, in its place (order counts): as close to the undamaged answer as a second
+    # decode of the same words can be ("one" may come back as "1")
+    similar = difflib.SequenceMatcher(None, norm(full.text), norm(repaired.text)).ratio()
+    before = difflib.SequenceMatcher(None, norm(full.text), norm(damaged.text)).ratio()
+    assert similar > 0.9 and similar > before + 0.1, (repaired.text, full.text)
+    assert all("words" not in s for s in repaired.segments)  # not asked for: not returned
+    assert unchecked.text == damaged.text  # off: nothing is added
