@@ -399,10 +399,7 @@ async def transcribe_windows(engine: Engine, job: FileJob) -> AsyncGenerator[tup
     if not job.windows:
         return
     submit = engine.batcher.submit
-    # Word times find the speech a window's decode skipped (fill_skipped); a translation's English
-    # words would be aligned to foreign speech, so it is neither aligned nor checked.
-    checked = engine.gap_rule is not None and job.task == "transcribe"
-    words = job.want_words or checked
+    words = job.want_words or gap_rule(engine, job) is not None  # fill_skipped needs word times
     start, end = job.windows[0]
     first, _ = await submit(
         Chunk(job.samples[start:end], job.language, job.prompt, words, job.task),
@@ -433,6 +430,12 @@ async def transcribe_windows(engine: Engine, job: FileJob) -> AsyncGenerator[tup
             pending.cancel()
 
 
+def gap_rule(engine: Engine, job: FileJob) -> GapRule | None:
+    """The skipped-speech check for ``job``, if it has one: not for a translation, whose English
+    words would be aligned to foreign speech."""
+    return engine.gap_rule if job.task == "transcribe" else None
+
+
 async def fill_skipped(
     engine: Engine, job: FileJob, window: tuple[int, int], result: Result, lang: str | None
 ) -> Result:
@@ -440,8 +443,7 @@ async def fill_skipped(
     (:mod:`services.base.coverage`), as file work; the words dropped again unless asked for."""
     segments = result.segments
     spoken = [w for s in segments for w in s.get("words", [])]
-    if engine.gap_rule is not None and job.task == "transcribe" and spoken:
-        rule = engine.gap_rule
+    if (rule := gap_rule(engine, job)) is not None and spoken:
         audio = job.samples[window[0] : window[1]]
         duration = audio.size / SAMPLE_RATE
         probs = await anyio.to_thread.run_sync(shared_detector().frame_probabilities, audio)
