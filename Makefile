@@ -6,7 +6,7 @@ VENV ?= .venv
 PY ?= $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install models corpus audio-libs up down run test test-fast lint format
+.PHONY: help install models corpus audio-libs up down run test test-debs test-fast lint format
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -43,10 +43,15 @@ down: ## Stop the local stack
 run: models corpus audio-libs ## Start the local stack and transcribe the microphone (or a sample file)
 	@bash hack/run-demo.sh
 
-test: models corpus audio-libs browser monitoring-tools k8s-tools ## Run every test but the cluster e2e (real models, real processes); CI runs it, then make e2e
+test: models corpus audio-libs browser monitoring-tools k8s-tools test-debs ## Run every test but the cluster e2e (real models, real processes); CI runs it, then make e2e
 	$(PY) -m pytest -q -rs -m "not e2e"
 
-test-fast: install ## Only the fast unit tests (no models, no processes)
+# System tools the fast tests call: openssl makes the certificates of the TLS API server in
+# tests/k8s/test_kubeapi_access.py.
+test-debs:
+	@$(NEED_DEBS) openssl
+
+test-fast: install test-debs ## Only the fast unit tests (no models, no processes)
 	$(PY) -m pytest -q -m "not slow"
 
 lint: install ## ruff, the role boundaries (import-linter), the type checker (mypy) and the format check

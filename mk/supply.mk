@@ -52,7 +52,7 @@ lock: $(UV) ## Regenerate requirements/<role>.lock (pinned, hashed, one per imag
 # --resolution lowest-direct: every dependency pyproject.toml names at its floor (transitive ones
 # newest), i.e. what a user who already has old versions installed gets. Fails where a floor is a lie.
 # compile + sync, not `uv pip install`: install keeps whatever newer version the venv already has.
-test-min-versions: $(UV) ## The fast tests against the lowest declared dependency versions (.venv-min)
+test-min-versions: $(UV) test-debs ## The fast tests against the lowest declared dependency versions (.venv-min)
 	@test -x $(MIN_VENV)/bin/python || $(UV) venv --quiet --python $(PYTHON) $(MIN_VENV) || exit 1; \
 	$(UV) pip compile pyproject.toml --quiet --extra dev --resolution lowest-direct --python $(MIN_VENV)/bin/python \
 	  --no-header -o $(MIN_VENV)/requirements-min.txt || exit 1; \
