@@ -53,6 +53,10 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
+class PortTakenError(RuntimeError):
+    """A service exited at start because its port was no longer free."""
+
+
 @dataclass
 class Stack:
     """The three services on given ports; ``env`` adds settings for all of them.
@@ -70,6 +74,7 @@ class Stack:
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     cwd: Path = ROOT
     cpus: frozenset[int] | None = None
+    _log_starts: dict[str, int] = field(default_factory=dict, repr=False)  # each log's size at the last start
 
     def url(self, name: str) -> str:
         return f"http://{self.host}:{self.ports[name]}"
@@ -99,8 +104,26 @@ class Stack:
         return env
 
     def start(self, name: str, wait: bool = True, timeout: float = 180) -> None:
+        """Start ``name`` and, with ``wait``, wait until it is ready. :func:`free_port` can only
+        choose a port that is free when it looks; an outgoing connection may take it as its own
+        end before the service binds it. A service that then cannot bind (``PortTakenError``) is
+        started again on another free port, at most twice: ``self.ports`` says where it is."""
+        for attempt in range(3):
+            self._spawn(name)
+            if not wait:
+                return
+            try:
+                self.wait_ready([name], timeout)
+                return
+            except PortTakenError:
+                if attempt == 2:
+                    raise
+                self.ports[name] = free_port()
+
+    def _spawn(self, name: str) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         log = (self.run_dir / f"{name}.log").open("ab")
+        self._log_starts[name] = log.tell()
         cmd = [sys.executable, "-m", "uvicorn", SERVICES[name][0], "--host", self.host]
         cmd += ["--port", str(self.ports[name]), "--no-access-log", "--http", HTTP_PROTOCOL]
         cpus = self.cpus
@@ -115,8 +138,6 @@ class Stack:
         )
         self.procs[name] = proc
         (self.run_dir / f"{name}.pid").write_text(str(proc.pid))
-        if wait:
-            self.wait_ready([name], timeout)
 
     def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
         proc = self.procs.pop(name, None)
@@ -138,8 +159,11 @@ class Stack:
             name = pending[0]
             proc = self.procs.get(name)
             if proc and proc.poll() is not None:
-                tail = (self.run_dir / f"{name}.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"{name} exited with {proc.returncode} while starting:\n{tail}")
+                with (self.run_dir / f"{name}.log").open("rb") as f:
+                    f.seek(self._log_starts.get(name, 0))
+                    tail = f.read().decode(errors="replace")[-2000:]
+                error = PortTakenError if "address already in use" in tail else RuntimeError
+                raise error(f"{name} exited with {proc.returncode} while starting:\n{tail}")
             try:
                 if httpx.get(f"{self.url(name)}/readyz", timeout=2).status_code == 200:
                     pending.pop(0)

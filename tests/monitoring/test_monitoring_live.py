@@ -167,28 +167,32 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         run_dir=workdir / "stack",
     )
     gpu = Stack(ports={"base": gpu_port}, env={"STT_DEVICE": "cuda", "STT_CPU_THREADS": "1"}, run_dir=workdir / "gpu")
-    jobs = {
-        "stt-proxy": [f"127.0.0.1:{stack.ports['proxy']}"],
-        "stt-base": [f"127.0.0.1:{stack.ports['base']}"],
-        "stt-base-gpu": [f"127.0.0.1:{gpu_port}"],
-        "stt-tiny": [f"127.0.0.1:{stack.ports['tiny']}"],
-    }
-    prometheus = PrometheusServer(workdir / "prometheus", free_port(), scrape_config(jobs, 1.0, [RULES]), binary)
+    prometheus: PrometheusServer | None = None
     try:
         stack.start("tiny", wait=False)
         stack.start("base", wait=False)
         gpu.start("base", wait=False)
-        prometheus.start()
         stack.wait_ready(["tiny", "base"])
         gpu.wait_ready(["base"])
         stack.start("proxy")  # last: its first health check must see the GPU backend ready
+        # Prometheus last, scraping the ports the services really have (Stack.start moves a service
+        # whose port was taken before it could bind it; a fresh-machine run lost the proxy's so)
+        jobs = {
+            "stt-proxy": [f"127.0.0.1:{stack.ports['proxy']}"],
+            "stt-base": [f"127.0.0.1:{stack.ports['base']}"],
+            "stt-base-gpu": [f"127.0.0.1:{gpu_port}"],
+            "stt-tiny": [f"127.0.0.1:{stack.ports['tiny']}"],
+        }
+        prometheus = PrometheusServer(workdir / "prometheus", free_port(), scrape_config(jobs, 1.0, [RULES]), binary)
+        prometheus.start()
         prometheus.wait_targets_up()
         fallbacks = _traffic(stack, gpu)
         prometheus.wait_scraped_after(time.time())  # instant values below include all of the traffic
         expressions = dashboard_expressions(DASHBOARD) + rules_expressions(RULES)
         yield Live(stack, gpu, prometheus, expressions, fallbacks)
     finally:
-        prometheus.stop()
+        if prometheus is not None:
+            prometheus.stop()
         gpu.down()
         stack.down()
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import jiwer
@@ -336,3 +338,21 @@ def test_metrics_count_what_happened(stack: Stack, librivox) -> None:
     assert metric(tiny, "stt_detector_decisions_total", detector="silero", outcome="speech") >= 1
     assert metric(tiny, "stt_detector_decisions_total", detector="silero", outcome="no_speech") >= 1
     assert 'stt_ready{service="tiny"} 1.0' in tiny
+
+
+@pytest.mark.slow
+def test_a_service_whose_port_was_taken_meanwhile_starts_on_another(tmp_path: Path) -> None:
+    """free_port() only knows the port is free when it looks: one taken before the service binds
+    it (a fresh-machine run lost the proxy's port to another socket) costs a retry, not the run."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        stack = Stack(ports={"tiny": port}, run_dir=tmp_path)
+        try:
+            stack.start("tiny", timeout=60)
+            assert stack.ports["tiny"] != port
+            assert httpx.get(f"{stack.tiny_url}/readyz", timeout=5).status_code == 200
+            assert "address already in use" in (tmp_path / "tiny.log").read_text()
+        finally:
+            stack.stop("tiny")
