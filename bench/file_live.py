@@ -196,9 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--service-cpus", type=int, help="pin the base to this many cores, this process to the rest")
     args = p.parse_args(argv)
     if args.export:
+        live, file_flac = audio(args)
         args.export.mkdir(parents=True, exist_ok=True)
-        (args.export / "live.flac").write_bytes(to_flac(long_recording(120, seed=99).samples()))
-        (args.export / "file.flac").write_bytes(to_flac(speech(args.file_minutes)))
+        (args.export / "live.flac").write_bytes(to_flac(live))
+        (args.export / "file.flac").write_bytes(file_flac)
         print(f"wrote {args.export}/live.flac and file.flac ({args.file_minutes:g} minutes)")
         return 0
     cpus = None
