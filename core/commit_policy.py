@@ -1,4 +1,5 @@
-"""Streaming commit policy: which words of a rolling Whisper window are final (LocalAgreement-2).
+"""Streaming commit policy: which words of a rolling Whisper window are final (LocalAgreement-2
+and right context).
 
 Whisper decides better the more audio it hears around a word. The overlap stitcher
 (``client.stitcher``) sends short fixed windows and merges their edges; this policy instead
@@ -12,8 +13,14 @@ vote, as whisper_streaming's LocalAgreement-2 does:
   commits the longest prefix on which this hypothesis and the previous one agree (normalised
   text, times within ``max_shift_s``): a word two decodes with different right edges both
   wrote is not an artefact of where the audio was cut;
-- once committed text ends a sentence or a Whisper segment, the window is trimmed there, so
-  it starts at a clean boundary and stays short;
+- it also commits, from this decode alone, the words that end at least ``settle_s`` before the
+  window's end: Whisper heard that much after them, which settles a word about as well as a
+  second decode does, a step sooner (agreement alone made words wait 3-6 s, and 12 s behind a
+  word that flipped between two spellings; docs/client.md, "Settle and trim");
+- the window is then trimmed where committed text ends a sentence or a Whisper segment, and,
+  once it holds more than ``trim_words_after_s`` of uncommitted audio, at the last committed
+  word, with ``context_s`` of committed audio kept before: a short sentence is decoded from its
+  start each time, a long run of speech in windows of little more than a step;
 - if agreement stalls (a word flips between two spellings), words older than the bound are
   committed anyway (*forced*), so no window exceeds ``max_window_s`` and latency is bounded;
 - a decode whose first new word starts more than ``max_gap_s`` after the last committed word
@@ -22,7 +29,7 @@ vote, as whisper_streaming's LocalAgreement-2 does:
   once more (it now ends in silence, where Whisper is most sure) and committed whole;
   further silent steps are not decoded at all.
 
-Committed words never change and are handed out once; words seen once are *partial*.
+Committed words never change and are handed out once; the others are *partial*.
 
 The module is pure (state in, words out: no I/O, clocks, threads or asyncio) and imports only
 the standard library, so the client (``client/``) and a server-side streaming session in the
@@ -36,11 +43,13 @@ every script) and :func:`drop_hallucinations` (Whisper's stock phrases on silenc
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from core.vocabulary import SAMPLE_RATE, WHISPER_WINDOW_S
 
@@ -308,15 +317,25 @@ class PolicyConfig:
     trim_after_s: float = 0.0  # trim at committed sentence/segment ends once the window is longer than this
     max_shift_s: float = 1.0  # two hypotheses agree on a word only if they place it this close
     max_gap_s: float = 3.0  # a decode starting later than this after the last commit is not agreed on
+    settle_s: float = 2.0  # a word ending this long before the window's end is committed from one decode
+    trim_words_after_s: float = 4.0  # a window longer than this is trimmed at committed words too
     no_speech_threshold: float = 0.5  # for drop_hallucinations
     min_probability: float = 0.5  # for drop_hallucinations
     sample_rate: int = SAMPLE_RATE
+
+    @classmethod
+    def local_agreement(cls, **settings: Any) -> PolicyConfig:
+        """LocalAgreement-2 alone (the default before 2026-12-05): nothing is committed from one
+        decode, and windows are trimmed only at sentence and segment ends."""
+        return cls(**{"settle_s": math.inf, "trim_words_after_s": math.inf, **settings})
 
     def __post_init__(self) -> None:
         if self.step_s <= 0:
             raise ValueError("step_s must be positive")
         if self.max_window_s < 2 * self.step_s:
             raise ValueError(f"max_window_s must hold at least two steps ({2 * self.step_s:g} s) to agree on anything")
+        if self.settle_s < 0 or self.trim_words_after_s < 0:
+            raise ValueError("settle_s and trim_words_after_s must not be negative")
         if self.context_s < 0 or self.trim_after_s < 0:
             raise ValueError("context_s and trim_after_s must not be negative")
         if self.max_window_s + self.context_s > WHISPER_WINDOW_S:
@@ -334,7 +353,7 @@ class Update:
 
 
 class CommitPolicy(Transcript):
-    """LocalAgreement-2 over a bounded rolling window. One instance per stream.
+    """LocalAgreement-2 and settled words over a bounded rolling window. One instance per stream.
 
     Usage (the caller keeps the audio, the policy only counts samples)::
 
@@ -485,6 +504,14 @@ class CommitPolicy(Transcript):
         self._without_context = (stopped or skipped) and not self._without_context
 
         agreed = 0 if skipped else _agreed_prefix(self.partial, words, cfg.max_shift_s)
+        settled = end / self._sr - cfg.settle_s
+        # Settled words need a word after them in the same decode (Whisper that stops writing
+        # seconds before the window ends may have made up an ending), and none from a decode
+        # that says one sentence twice in a row: "He died. He died. He died." was written for the
+        # first words of "He might even have been made amiable himself" (a LibriVox test
+        # sentence). Agreement still commits such words if the next decode writes them too.
+        if not (stopped or skipped or _repeats(words)) and words and words[-1].end > settled:
+            agreed = max(agreed, next(i for i, w in enumerate(words) if w.end > settled))
         newly, rest = words[:agreed], words[agreed:]
         if stopped and len(self.partial) - agreed > len(rest):
             rest = self.partial[agreed:]  # an early stop is no evidence against what the decode before heard
@@ -508,7 +535,9 @@ class CommitPolicy(Transcript):
             self._without_context = False
             self._speech, self._flush_end, self._speech_after_flush = self._speech_after_flush, None, False
         else:
-            cut = round(self._cut_s * self._sr) if self._cut_s > -math.inf else -1
+            long_window = (end - self._start) / self._sr > cfg.trim_words_after_s
+            cut_s = self._commit_s if long_window else self._cut_s
+            cut = round(cut_s * self._sr) if cut_s > -math.inf else -1
             if cut > self._start and (end - self._start) / self._sr > cfg.trim_after_s:
                 self._move_start(cut)
             if limit > self._start:
@@ -593,6 +622,12 @@ def _as_segments(hypothesis: Sequence[Segment] | Sequence[Word]) -> list[Segment
         return segments
     words = [w for w in hypothesis if isinstance(w, Word)]  # plain words: one segment of unknown confidence
     return [Segment(words[0].start, words[-1].end, words)]
+
+
+def _repeats(words: Sequence[Word]) -> bool:
+    """The words hold the same sentence twice in a row (Whisper's repetition loop)."""
+    keys = [phrase_key(join_words(sentence)) for sentence in _sentences(Segment(0.0, 0.0, list(words)))]
+    return any(a and a == b for a, b in itertools.pairwise(keys))
 
 
 def _agreed_prefix(previous: Sequence[Word], new: Sequence[Word], max_shift_s: float) -> int:

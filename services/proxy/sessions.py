@@ -99,11 +99,14 @@ class SessionOptions:
     step_s: float = PolicyConfig.step_s
     window_s: float = PolicyConfig.max_window_s
     context_s: float = PolicyConfig.context_s
+    settle_s: float = PolicyConfig.settle_s
     resume_from: int = 0  # stream sample where the audio sent now begins
     committed_until: int | None = None  # with resume_from: words before this sample are already committed
 
     def policy(self) -> CommitPolicy:
-        config = PolicyConfig(step_s=self.step_s, max_window_s=self.window_s, context_s=self.context_s)
+        config = PolicyConfig(
+            step_s=self.step_s, max_window_s=self.window_s, context_s=self.context_s, settle_s=self.settle_s
+        )
         if self.committed_until is None and not self.resume_from:
             return CommitPolicy(config)
         until = self.resume_from if self.committed_until is None else self.committed_until

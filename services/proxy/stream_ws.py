@@ -205,6 +205,7 @@ async def stream(
     step_s: float = Query(3.0),
     window_s: float = Query(15.0),
     context_s: float = Query(2.0),
+    settle_s: float = Query(2.0),
     resume_from: int = Query(0, ge=0),
     committed_until: int | None = Query(None, ge=0),
 ) -> None:
@@ -225,6 +226,7 @@ async def stream(
                 step_s=step_s,
                 window_s=window_s,
                 context_s=context_s,
+                settle_s=settle_s,
                 resume_from=resume_from,
                 committed_until=committed_until,
             )
