@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import numpy as np
 
 from bench.accuracy import dev_items
 from bench.data import Item, long_files
 from bench.metrics import percentile, word_errors
+from bench.sessions import pcm16
 from core.commit_policy import CommitPolicy, PolicyConfig, Segment
 from core.vocabulary import SAMPLE_RATE
 from services.local_stack import Stack, free_ports
@@ -51,10 +51,6 @@ PRESETS: dict[str, dict] = {
     "settle 1.5 s, trim words always": {"settle_s": 1.5, "trim_words_after_s": 0.0},
     "settle 1 s, trim words always": {"settle_s": 1.0, "trim_words_after_s": 0.0},
 }
-
-
-def pcm16(samples: np.ndarray) -> bytes:
-    return (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
 
 
 @dataclass
