@@ -381,9 +381,9 @@ def test_live_transcription_in_a_real_browser(stack: Stack, recording, tmp_path:
     # What the page heard: the whole file at 16 kHz (seconds sent ~ seconds of wall clock).
     assert duration <= sent_s <= duration + 6, sent_s
     assert max(watch["levels"]) > 0.3  # the meter moved
-    # Partial text came first, changed as more was heard, and looked different from final text.
+    # Partial text was shown and changed as more was heard, and looked different from final text
+    # (which may come first: words heard with 2 s of audio after them are final at once).
     assert watch["partialAt"] is not None and watch["committedAt"] is not None
-    assert watch["partialAt"] < watch["committedAt"], watch
     assert watch["partials"] >= 5, watch
     assert styles["partial"][0] == "italic" and styles["committed"][0] == "normal"
     assert styles["partial"][1] != styles["committed"][1]
