@@ -39,7 +39,7 @@ from core.vocabulary import SAMPLE_RATE
 from services.local_stack import Stack, free_ports
 
 PCM = {"content-type": "audio/pcm;rate=16000"}
-# The settings compared in docs/client.md ("Measured: settle and trim").
+# The settings compared in docs/client.md ("Settle and trim").
 PRESETS: dict[str, dict] = {
     "local-agreement": {"settle_s": math.inf, "trim_words_after_s": math.inf},
     "settle 2 s": {"trim_words_after_s": math.inf},

@@ -510,7 +510,7 @@ class CommitPolicy(Transcript):
         # that says one sentence twice in a row: "He died. He died. He died." was written for the
         # first words of "He might even have been made amiable himself" (a LibriVox test
         # sentence). Agreement still commits such words if the next decode writes them too.
-        if not (stopped or skipped or _repeats(words)) and words and words[-1].end > settled:
+        if not (stopped or skipped) and words and words[-1].end > settled and not _repeats(words):
             agreed = max(agreed, next(i for i, w in enumerate(words) if w.end > settled))
         newly, rest = words[:agreed], words[agreed:]
         if stopped and len(self.partial) - agreed > len(rest):
@@ -535,10 +535,10 @@ class CommitPolicy(Transcript):
             self._without_context = False
             self._speech, self._flush_end, self._speech_after_flush = self._speech_after_flush, None, False
         else:
-            long_window = (end - self._start) / self._sr > cfg.trim_words_after_s
-            cut_s = self._commit_s if long_window else self._cut_s
+            held_s = (end - self._start) / self._sr  # uncommitted audio in this window
+            cut_s = self._commit_s if held_s > cfg.trim_words_after_s else self._cut_s
             cut = round(cut_s * self._sr) if cut_s > -math.inf else -1
-            if cut > self._start and (end - self._start) / self._sr > cfg.trim_after_s:
+            if cut > self._start and held_s > cfg.trim_after_s:
                 self._move_start(cut)
             if limit > self._start:
                 self._move_start(max(limit, min(end, round(self._commit_s * self._sr))))

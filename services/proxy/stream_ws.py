@@ -24,6 +24,7 @@ import numpy as np
 from fastapi import APIRouter, Query, WebSocket
 from starlette.websockets import WebSocketState
 
+from core.commit_policy import PolicyConfig
 from core.vocabulary import SAMPLE_RATE
 from services.common.origin import origin_allowed
 from services.proxy import metrics
@@ -202,10 +203,10 @@ async def stream(
     websocket: WebSocket,
     language: str | None = Query(None, max_length=32),
     detector: bool = Query(True),
-    step_s: float = Query(3.0),
-    window_s: float = Query(15.0),
-    context_s: float = Query(2.0),
-    settle_s: float = Query(2.0),
+    step_s: float = Query(PolicyConfig.step_s),
+    window_s: float = Query(PolicyConfig.max_window_s),
+    context_s: float = Query(PolicyConfig.context_s),
+    settle_s: float = Query(PolicyConfig.settle_s),
     resume_from: int = Query(0, ge=0),
     committed_until: int | None = Query(None, ge=0),
 ) -> None:
