@@ -33,6 +33,7 @@ from core.vocabulary import SAMPLE_RATE, WHISPER_WINDOW_S
 from services.base import metrics
 from services.base.batcher import Batcher, Priority
 from services.base.coverage import GapRule, repair_span, splice, uncovered_speech
+from services.base.seams import SEAM_SPAN_S, carry_point, is_seam
 from services.base.settings import TranscriberSettings
 from services.base.transcriber import BatchTranscriber, DeviceInfo, Result, load_model
 from services.base.transcriber import Request as Chunk
@@ -296,10 +297,12 @@ def speech_windows(samples: np.ndarray) -> list[tuple[int, int]]:
     """Cut a long recording at pauses into pieces of at most 30 s, like faster-whisper's batched
     pipeline; silence between pieces is never sent to the model. Speech is found by the same
     detector as the live path's (:func:`services.common.speech.speech_spans`: every 3 s piece the
-    client would send), so a stretch the live path would transcribe is never dropped here."""
+    client would send), so a stretch the live path would transcribe is never dropped here. Speech
+    longer than ``SEAM_SPAN_S`` without a pause is cut into pieces of at most that, which leaves
+    the piece after a cut room for the sentence carried over it (:mod:`services.base.seams`)."""
     windows: list[tuple[int, int]] = []
     limit = int(WHISPER_WINDOW_S * SAMPLE_RATE)
-    for start, end in speech_spans(samples, shared_detector(), max_span_s=WHISPER_WINDOW_S - 1, min_silence_ms=500):
+    for start, end in speech_spans(samples, shared_detector(), max_span_s=SEAM_SPAN_S, min_silence_ms=500):
         if windows and end - windows[-1][0] <= limit:
             windows[-1] = (windows[-1][0], end)
         else:
@@ -394,40 +397,66 @@ async def transcribe_windows(engine: Engine, job: FileJob) -> AsyncGenerator[tup
     rest are submitted a few at a time (``Engine.file_windows_in_flight``, by default one file
     batch), as file work that live chunks overtake, and never refused: so a file of any length
     transcribes on an idle server, and a long one never fills the queue that live chunks and
-    other files need. Windows still waiting when the caller stops (an error, a hang-up) are
-    cancelled, which removes them from the queue unrun."""
+    other files need. A window that starts at a seam inside speech waits for the one before it,
+    which may move its start back to the sentence that ran into the seam
+    (:mod:`services.base.seams`). Windows still waiting when the caller stops (an error, a
+    hang-up) are cancelled, which removes them from the queue unrun."""
     if not job.windows:
         return
+    windows = list(job.windows)
     submit = engine.batcher.submit
-    words = job.want_words or gap_rule(engine, job) is not None  # fill_skipped needs word times
-    start, end = job.windows[0]
+    words = job.want_words or gap_rule(engine, job) is not None  # fill_skipped and seams need word times
+    start, end = windows[0]
     first, _ = await submit(
-        Chunk(job.samples[start:end], job.language, job.prompt, words, job.task),
+        Chunk(job.samples[start:end], job.language, job.prompt, words, job.task, full_window=True),
         Priority.FILE,
         deadline=job.deadline,
     )
     lang = job.language or first.language
-    yield start / SAMPLE_RATE, await fill_skipped(engine, job, (start, end), first, lang)
-    upcoming = iter(job.windows[1:])
-    in_flight: deque[tuple[tuple[int, int], asyncio.Future]] = deque()
+    in_flight: deque[tuple[int, asyncio.Future]] = deque()
+    upcoming = 1
 
     def admit() -> None:
-        while len(in_flight) < engine.file_windows_in_flight and (window := next(upcoming, None)):
-            s, e = window
-            chunk = Chunk(job.samples[s:e], lang, None, words, job.task)
+        nonlocal upcoming
+        while len(in_flight) < engine.file_windows_in_flight and upcoming < len(windows):
+            if in_flight and is_seam(windows, upcoming - 1):
+                return  # its start depends on the window before it
+            s, e = windows[upcoming]
+            chunk = Chunk(job.samples[s:e], lang, None, words, job.task, full_window=True)
             work = submit(chunk, Priority.FILE, deadline=job.deadline, admitted=True)
-            in_flight.append((window, asyncio.ensure_future(work)))
+            in_flight.append((upcoming, asyncio.ensure_future(work)))
+            upcoming += 1
 
     try:
-        admit()
-        while in_flight:
-            window, pending = in_flight.popleft()
-            result, _ = await pending
+        index, result = 0, first
+        while True:
+            window = windows[index]
+            if is_seam(windows, index):
+                window, result = carry_over_seam(windows, index, result)
             admit()  # before yielding: the model need not wait for a slow reader
             yield window[0] / SAMPLE_RATE, await fill_skipped(engine, job, window, result, lang)
+            if not in_flight:
+                return
+            index, pending = in_flight.popleft()
+            result, _ = await pending
     finally:
         for _, pending in in_flight:
             pending.cancel()
+
+
+def carry_over_seam(windows: list[tuple[int, int]], index: int, result: Result) -> tuple[tuple[int, int], Result]:
+    """Window ``index`` (which ends at a seam) and its result, without the segment that ran into
+    the seam when the next window can take it: that window then starts where the segment began
+    (``windows`` is changed in place)."""
+    (start, end), (_, after) = windows[index], windows[index + 1]
+    point = carry_point(result.segments, (end - start) / SAMPLE_RATE, (after - end) / SAMPLE_RATE)
+    if point is None:
+        return windows[index], result
+    cut = start + int(point * SAMPLE_RATE)
+    windows[index + 1] = (cut, after)
+    kept = result.segments[:-1]
+    metrics.SEAMS_CARRIED.inc()
+    return (start, cut), dataclasses.replace(result, segments=kept, text="".join(s["text"] for s in kept).strip())
 
 
 def gap_rule(engine: Engine, job: FileJob) -> GapRule | None:
@@ -450,7 +479,7 @@ async def fill_skipped(
         for gap in uncovered_speech(spoken, probs, duration, rule):
             lo, hi = repair_span(gap, duration, rule)
             piece = audio[int(lo * SAMPLE_RATE) : int(hi * SAMPLE_RATE)]
-            chunk = Chunk(piece, lang, None, True, job.task)
+            chunk = Chunk(piece, lang, None, True, job.task, full_window=True)
             repaired, _ = await engine.batcher.submit(chunk, Priority.FILE, deadline=job.deadline, admitted=True)
             before = len(segments)
             segments = splice(segments, gap, repaired.segments, lo)

@@ -51,3 +51,7 @@ SKIPPED_SPEECH_REPAIRED = Counter(
     "Stretches of whole-file speech the model left out of a window, decoded again on their own",
     ["outcome"],  # "recovered": words came back; "empty": the second decode found none either
 )
+SEAMS_CARRIED = Counter(
+    "stt_file_seams_carried_total",
+    "Whole-file windows cut inside speech whose last segment was decoded again with the next window",
+)

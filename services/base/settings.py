@@ -53,7 +53,9 @@ class TranscriberSettings(ServiceSettings, ModelCacheSettings):
     )
     cpu_threads: int = Field(default=0, ge=0, description="CTranslate2 threads (0: all cores)")
     encoder_window: Annotated[Literal["trimmed", "full"], Lower] = Field(
-        default="trimmed", description="`trimmed`: encode the chunk plus padding; `full`: Whisper's 30 s window"
+        default="trimmed",
+        description="live chunks: `trimmed` encodes the chunk plus padding, `full` Whisper's 30 s window. "
+        "Whole-file windows always use the full window, as plain faster-whisper does (docs/performance.md)",
     )
     encoder_pad_seconds: float = Field(
         default=8.0, ge=4.0, description="padding for `trimmed` (at least 4; measured in docs/performance.md)"

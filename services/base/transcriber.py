@@ -48,6 +48,10 @@ class Request:
     # Whisper's task token: "transcribe" (in the language spoken) or "translate" (into English,
     # multilingual models only). Last, so positional construction elsewhere is unchanged.
     task: str = "transcribe"
+    # Encode in Whisper's whole 30 s window, as plain faster-whisper does, whatever the
+    # transcriber's ``encoder_pad_seconds``: whole-file windows, where a transcript as close to
+    # offline as possible matters more than the encoder time a live chunk saves.
+    full_window: bool = False
 
     @property
     def group_key(self) -> tuple:
@@ -373,13 +377,13 @@ class BatchTranscriber:
         so chunks are batched only with chunks that get the window they would get alone: a
         transcript never depends on what other streams sent at the same moment (before this,
         the bench's streamed WER changed from run to run: docs/performance.md)."""
-        return (*request.group_key, self.window_frames(request.samples.size // HOP_SAMPLES))
+        return (*request.group_key, self.window_frames(request.samples.size // HOP_SAMPLES, request.full_window))
 
-    def window_frames(self, longest: int) -> int:
+    def window_frames(self, longest: int, full_window: bool = False) -> int:
         """Encoder input length for a batch whose longest item has ``longest`` feature frames."""
         fps = whisper.frames_per_second(self.model)
         full = int(WHISPER_WINDOW_S * fps)
-        if self.encoder_pad_seconds is None:
+        if self.encoder_pad_seconds is None or full_window:
             return full
         wanted = longest + int(self.encoder_pad_seconds * fps)
         return min(full, -(-wanted // fps) * fps)  # whole seconds, so batches reuse few shapes
@@ -419,7 +423,7 @@ class BatchTranscriber:
         # Quiet chunks raised to -20 dBFS first: in the trimmed window Whisper stopped after a word
         # or two of them (services/common/level.py says why).
         raw = [whisper.features(self.model, raised(r.samples)) for r in batch]
-        window = self.window_frames(max(f.shape[-1] for f in raw))
+        window = self.window_frames(max(f.shape[-1] for f in raw), batch[0].full_window)
         encoded = EncodedBatch(batch, np.ascontiguousarray(np.stack([fit_window(f, window) for f in raw])))
         encoded.encoder_output = whisper.encode(self.model, encoded.features)
         return encoded

@@ -250,14 +250,18 @@ class FakeEngine:
         return {"model": self.model_name, "device": "cpu"}
 
 
+PAUSED_WINDOW = SAMPLE_RATE * 9 // 10
+
+
 @pytest.fixture
 async def served(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[SimpleNamespace]:
     """The real base app with a fake engine: ``max_queue`` 4, file windows 2 per call and 4 in
-    flight per file; ``speech_windows`` cuts a file into 1 s windows (no detector needed)."""
+    flight per file; ``speech_windows`` cuts a file into windows of 0.9 s, one per second (no
+    detector needed; the pause between them makes none of them a seam)."""
     monkeypatch.setattr(
         base,
         "speech_windows",
-        lambda samples: [(s, s + SAMPLE_RATE) for s in range(0, samples.size - SAMPLE_RATE + 1, SAMPLE_RATE)],
+        lambda samples: [(s, s + PAUSED_WINDOW) for s in range(0, samples.size - SAMPLE_RATE + 1, SAMPLE_RATE)],
     )
     model = FakeModel()
     batcher = Batcher(model, max_batch=4, window_ms=0, max_queue=4, file_batch_max=2)
@@ -387,3 +391,41 @@ async def test_a_client_that_hangs_up_has_its_queued_work_removed_unrun(served, 
     assert (await blocker).status_code == 200
     await asyncio.sleep(0.05)
     assert served.model.sizes == [2 * SAMPLE_RATE]  # only the blocker ever ran
+
+
+class TwoSegmentModel(FakeModel):
+    """Answers every window with two segments, the second running to the window's end (as a
+    sentence cut by a seam does): 0 - 0.5 s and 0.6 s - end, the second's first word at 0.6 s."""
+
+    def __call__(self, batch: list[Request]) -> list[Result]:
+        results = super().__call__(batch)
+        for r in results:
+            end = r.duration_s
+            word = {"word": " w", "start": 0.6, "end": end, "probability": 0.9}
+            r.segments = [
+                {"start": 0.0, "end": 0.5, "text": " kept"},
+                {"start": 0.6, "end": end, "text": " carried", "words": [word]},
+            ]
+        return results
+
+
+async def test_a_window_after_a_seam_waits_and_starts_where_the_cut_sentence_began(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three 2 s windows of unbroken speech, up to 4 in flight: each waits for the one before
+    it and starts where that one's carried segment began (0.6 - 0.15 s in, but never before the
+    kept segment's end at 0.5 s); the last window, with no seam after it, keeps both segments."""
+    monkeypatch.setattr(base, "speech_windows", lambda samples: [(0, 32000), (32000, 64000), (64000, 96000)])
+    model = TwoSegmentModel()
+    batcher = Batcher(model, max_batch=4, window_ms=0, max_queue=4, file_batch_max=2)
+    batcher.start()
+    try:
+        async with serving(FakeEngine(batcher, file_windows_in_flight=4)) as client:
+            answer = await post_file(client, 6)
+    finally:
+        await batcher.stop()
+    assert answer.status_code == 200, answer.text
+    # one window at a time, each grown by what the one before it carried: 0.5-4 s, then 1-6 s
+    assert model.calls == [[32000], [56000], [80000]]
+    segments = [(s["start"], s["end"], s["text"].strip()) for s in answer.json()["segments"]]
+    assert segments == [(0.0, 0.5, "kept"), (0.5, 1.0, "kept"), (1.0, 1.5, "kept"), (1.6, 6.0, "carried")]

@@ -98,6 +98,10 @@ async def test_chunks_are_batched_only_with_chunks_of_the_same_encoder_window() 
     five, almost_five, short = (Request(np.zeros(n, np.float32), "en") for n in (80_000, 79_000, 40_000))
     assert transcriber.batch_key(five) == transcriber.batch_key(almost_five)  # both get 11 s alone
     assert transcriber.batch_key(five) != transcriber.batch_key(short)  # 11 s vs 9 s
+    # a whole file's window is encoded in Whisper's whole 30 s, as plain faster-whisper does
+    file_window = Request(np.zeros(40_000, np.float32), "en", full_window=True)
+    assert transcriber.batch_key(file_window)[-1] == 3000
+    assert transcriber.batch_key(file_window) != transcriber.batch_key(short)
 
     seen: list[list[int]] = []
 
