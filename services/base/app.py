@@ -405,7 +405,7 @@ async def transcribe_windows(engine: Engine, job: FileJob) -> AsyncGenerator[tup
         return
     windows = list(job.windows)
     submit = engine.batcher.submit
-    words = job.want_words or gap_rule(engine, job) is not None  # fill_skipped and seams need word times
+    words = job.want_words or gap_rule(engine, job) is not None  # fill_skipped needs word times; seams use them
     start, end = windows[0]
     first, _ = await submit(
         Chunk(job.samples[start:end], job.language, job.prompt, words, job.task, full_window=True),
