@@ -421,7 +421,9 @@ class BatchTranscriber:
     def _encode(self, batch: list[Request]) -> EncodedBatch:
         """Features of every chunk in the batch's encoder window, through the encoder at once."""
         # Quiet chunks raised to -20 dBFS first: in the trimmed window Whisper stopped after a word
-        # or two of them (services/common/level.py says why).
+        # or two of them (services/common/level.py says why); in the full window, telephone-band
+        # file windows lost 1.2 WER points without it (docs/performance.md, "Seams and the full
+        # window in whole files").
         raw = [whisper.features(self.model, raised(r.samples)) for r in batch]
         window = self.window_frames(max(f.shape[-1] for f in raw), batch[0].full_window)
         encoded = EncodedBatch(batch, np.ascontiguousarray(np.stack([fit_window(f, window) for f in raw])))
