@@ -456,7 +456,12 @@ def carry_over_seam(windows: list[tuple[int, int]], index: int, result: Result) 
     windows[index + 1] = (cut, after)
     kept = result.segments[:-1]
     metrics.SEAMS_CARRIED.inc()
-    return (start, cut), dataclasses.replace(result, segments=kept, text="".join(s["text"] for s in kept).strip())
+    return (start, cut), with_segments(result, kept)
+
+
+def with_segments(result: Result, segments: list[dict]) -> Result:
+    """``result`` holding ``segments`` instead, its text made from them."""
+    return dataclasses.replace(result, segments=segments, text="".join(s["text"] for s in segments).strip())
 
 
 def gap_rule(engine: Engine, job: FileJob) -> GapRule | None:
@@ -490,7 +495,7 @@ async def fill_skipped(
         segments = [{k: v for k, v in s.items() if k != "words"} for s in segments]
     if segments is result.segments:
         return result
-    return dataclasses.replace(result, segments=segments, text="".join(s["text"] for s in segments).strip())
+    return with_segments(result, segments)
 
 
 async def whole_file_answer(engine: Engine, job: FileJob) -> Response | dict:
