@@ -125,6 +125,9 @@ class Engine:
         metrics.AUDIO_TRANSCRIBED_SECONDS.labels(device).inc(audio)
         if audio > 0:
             metrics.REALTIME_FACTOR.labels(device).observe(elapsed / audio)
+        for result in results:
+            if result.retried:
+                metrics.UNSURE_RETRIED.labels(result.retried).inc()
         return results
 
     def describe(self) -> dict:

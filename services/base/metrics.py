@@ -55,3 +55,9 @@ SEAMS_CARRIED = Counter(
     "stt_file_seams_carried_total",
     "Whole-file windows cut inside speech whose last segment was decoded again with the next window",
 )
+UNSURE_RETRIED = Counter(
+    "stt_unsure_retried_total",
+    "Live chunks and whole-file windows whose greedy decode failed Whisper's quality checks, decoded again by "
+    "beam search",
+    ["outcome"],  # "passed": the beam search's decode passed; "surest": it did not either, the surer was kept
+)

@@ -69,6 +69,9 @@ class Result:
     language_probability: float
     duration_s: float
     segments: list[dict] = field(default_factory=list)
+    # The retry's outcome: None (the greedy decode passed), "passed" (the beam
+    # search's decode passed the checks) or "surest" (it did not either; the surer one was kept).
+    retried: str | None = None
 
 
 @dataclass
@@ -290,6 +293,32 @@ def compression_ratio(text: str) -> float:
     return len(data) / max(1, len(zlib.compress(data)))
 
 
+# Whisper's quality checks, with faster-whisper's transcribe defaults (the offline baseline's):
+# a decode whose text compresses more than this is a repetition loop; one whose average
+# log-probability is under the transcriber's threshold is unsure. transcribe then samples the
+# best of 5 at temperatures 0.2 to 1.0 until one passes; a retry here is one beam search
+# instead, which is deterministic and measured more accurate (docs/performance.md, "Unsure
+# decodes").
+COMPRESSION_RATIO_THRESHOLD = 2.4
+RETRY_BEAM_SIZE = 5
+
+
+def needs_retry(decoded: whisper.Decoded, text: str, no_speech_threshold: float, logprob_threshold: float) -> bool:
+    """Whether a decode fails the checks: too repetitive, or too unsure, unless Whisper also
+    thinks the audio silent (then nothing is kept anyway: ``_segments``)."""
+    unsure = decoded.avg_logprob < logprob_threshold
+    if unsure and decoded.no_speech_prob > no_speech_threshold:
+        return False
+    return unsure or compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD
+
+
+def surest(attempts: list[tuple[whisper.Decoded, str]]) -> whisper.Decoded:
+    """When no decode passed: the surest of those that are not repetition loops (of all, when
+    each is one), as transcribe keeps when every temperature failed."""
+    passing = [a for a in attempts if compression_ratio(a[1]) <= COMPRESSION_RATIO_THRESHOLD] or attempts
+    return max(passing, key=lambda a: a[0].avg_logprob)[0]
+
+
 def fit_window(features: np.ndarray, frames: int) -> np.ndarray:
     """``features`` cut or zero-padded to ``frames`` frames: the encoder window of a batch."""
     if features.shape[-1] < frames:
@@ -398,7 +427,7 @@ class BatchTranscriber:
         languages = self._languages(encoded)
         tokenizers = [self._tokenizer(lang, first.task) for lang, _ in languages]
         prompts = [whisper.prompt(self.model, tok, req.prompt) for req, tok in zip(batch, tokenizers, strict=True)]
-        decoded = whisper.decode(self.model, encoded.encoder_output, prompts, self._suppress)
+        decoded, retries = self._decode(encoded, prompts, tokenizers)
         frame_counts = self._frame_counts(encoded)
         segments = [
             self._segments(tok, dec, frames, duration)
@@ -408,7 +437,8 @@ class BatchTranscriber:
             self._add_words(segments, tokenizers[0], encoded, frame_counts)
             segments = [self._drop_words_past_the_end(s, d) for s, d in zip(segments, encoded.durations, strict=True)]
         return [
-            self._result(req, language, segs) for req, language, segs in zip(batch, languages, segments, strict=True)
+            self._result(req, language, segs, retried)
+            for req, language, segs, retried in zip(batch, languages, segments, retries, strict=True)
         ]
 
     def _check(self, batch: list[Request]) -> None:
@@ -430,6 +460,33 @@ class BatchTranscriber:
         encoded.encoder_output = whisper.encode(self.model, encoded.features)
         return encoded
 
+    def _decode(
+        self, encoded: EncodedBatch, prompts: list[list[int]], tokenizers: list[whisper.Tokenizer]
+    ) -> tuple[list[whisper.Decoded], list[str | None]]:
+        """Greedy for the whole batch; then the items that failed the checks (:func:`needs_retry`)
+        by beam search, in one more call. They are encoded again on their own: CTranslate2's
+        encoder output cannot be sliced on every device, and retries are rare enough
+        (docs/performance.md, "Unsure decodes") that the chunks batched with one seldom wait."""
+        decoded = whisper.decode(self.model, encoded.encoder_output, prompts, self._suppress)
+        outcomes: list[str | None] = [None] * len(decoded)
+        greedy: dict[int, str] = {}
+        for i, d in enumerate(decoded):
+            text = tokenizers[i].decode(d.tokens).strip()
+            if needs_retry(d, text, self.no_speech_threshold, self.logprob_threshold):
+                greedy[i] = text
+        if not greedy:
+            return decoded, outcomes
+        pending = list(greedy)
+        output = whisper.encode(self.model, np.ascontiguousarray(encoded.features[pending]))
+        beams = whisper.decode(self.model, output, [prompts[i] for i in pending], self._suppress, RETRY_BEAM_SIZE)
+        for i, beam in zip(pending, beams, strict=True):
+            text = tokenizers[i].decode(beam.tokens).strip()
+            if needs_retry(beam, text, self.no_speech_threshold, self.logprob_threshold):
+                decoded[i], outcomes[i] = surest([(decoded[i], greedy[i]), (beam, text)]), "surest"
+            else:
+                decoded[i], outcomes[i] = beam, "passed"
+        return decoded, outcomes
+
     def _languages(self, encoded: EncodedBatch) -> list[tuple[str, float]]:
         """Each chunk's language and its probability: the one asked for, or Whisper's guess."""
         language = encoded.requests[0].language
@@ -449,7 +506,7 @@ class BatchTranscriber:
         silent = decoded.no_speech_prob > self.no_speech_threshold and decoded.avg_logprob < self.logprob_threshold
         segments = []
         for span in whisper.split_by_timestamps(self.model, tokenizer, decoded.tokens, frames, duration):
-            if silent or not span.text.strip() or compression_ratio(span.text) > 2.4:
+            if silent or not span.text.strip() or compression_ratio(span.text) > COMPRESSION_RATIO_THRESHOLD:
                 continue  # silence, or a repetition loop
             segments.append(
                 DecodedSegment(
@@ -505,7 +562,9 @@ class BatchTranscriber:
                 seg.words = [Word(w.start, w.end, w.text, round(w.probability, 4)) for w in al.words]
 
     @staticmethod
-    def _result(request: Request, language: tuple[str, float], segments: list[DecodedSegment]) -> Result:
+    def _result(
+        request: Request, language: tuple[str, float], segments: list[DecodedSegment], retried: str | None
+    ) -> Result:
         lang, probability = language
         return Result(
             text="".join(s.text for s in segments).strip(),
@@ -513,6 +572,7 @@ class BatchTranscriber:
             language_probability=round(probability, 4),
             duration_s=round(request.samples.size / SAMPLE_RATE, 3),
             segments=[seg.as_dict(i) for i, seg in enumerate(segments)],
+            retried=retried,
         )
 
 

@@ -27,8 +27,8 @@ inside, one by one:
 - :func:`tokenizer`, :func:`prompt`, :func:`suppressed_tokens`: faster-whisper's ``Tokenizer``,
   ``get_prompt`` and ``get_suppressed_tokens``, so the prompt a chunk gets is token for token
   the one ``transcribe`` would build;
-- :func:`decode`: CTranslate2's ``generate`` over the whole batch with a prompt per item, and
-  the average log-probability computed as ``transcribe`` computes it;
+- :func:`decode`: CTranslate2's ``generate`` over the whole batch with a prompt per item, greedy
+  or by beam search, and the average log-probability computed as ``transcribe`` computes it;
 - :func:`split_by_timestamps`: ``WhisperModel._split_segments_by_timestamps`` (private), which
   cuts the decoded tokens into segments at Whisper's timestamp tokens;
 - :func:`align_words`: ``WhisperModel.add_word_timestamps`` (cross-attention alignment and its
@@ -97,7 +97,7 @@ __all__ = [
 
 @dataclass
 class Decoded:
-    """One item's greedy decode: its tokens (timestamps included) and Whisper's two confidences."""
+    """One item's decode: its tokens (timestamps included) and Whisper's two confidences."""
 
     tokens: list[int]
     avg_logprob: float
@@ -164,13 +164,18 @@ def prompt(model: WhisperModel, tokenizer: Tokenizer, previous_text: str | None)
 
 
 def decode(
-    model: WhisperModel, encoder_output: EncoderOutput, prompts: Sequence[list[int]], suppress: list[int]
+    model: WhisperModel,
+    encoder_output: EncoderOutput,
+    prompts: Sequence[list[int]],
+    suppress: list[int],
+    beam_size: int = 1,
 ) -> list[Decoded]:
-    """Greedy decode of every item with its own prompt, in one CTranslate2 call."""
+    """Decode every item with its own prompt, in one CTranslate2 call: greedy, or a beam search
+    with ``beam_size`` beams (the best hypothesis kept, as ``transcribe`` keeps it)."""
     results = model.model.generate(
         encoder_output,
         list(prompts),
-        beam_size=1,
+        beam_size=beam_size,
         max_length=model.max_length,
         suppress_blank=True,
         suppress_tokens=suppress,

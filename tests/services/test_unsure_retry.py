@@ -1,0 +1,144 @@
+"""Unsure decodes tried again (services/base/transcriber.py): a chunk or window whose greedy
+decode fails Whisper's quality checks (unsure while not silent, or a repetition loop) is decoded
+again by beam search, where plain faster-whisper would sample at rising temperatures.
+
+The unit layer drives the retry with a scripted decoder; the slow test runs the real model on a
+real sentence passed through a telephone line, where the greedy decode is unsure.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from services.base import transcriber as tr
+from services.base.transcriber import RETRY_BEAM_SIZE, BatchTranscriber, EncodedBatch, Request, needs_retry, surest
+from services.common.whisper_internals import Decoded
+
+SURE, UNSURE = -0.3, -1.4
+
+
+def decoded(avg_logprob: float, no_speech_prob: float = 0.01, tokens: list[int] | None = None) -> Decoded:
+    return Decoded(tokens or [1], avg_logprob, no_speech_prob)
+
+
+def test_an_unsure_or_repetitive_decode_is_retried_a_silent_one_is_not() -> None:
+    assert not needs_retry(decoded(SURE), "press star to cancel", 0.6, -1.0)
+    assert needs_retry(decoded(UNSURE), "damon tried to arm it", 0.6, -1.0)
+    assert needs_retry(decoded(SURE), "press star " * 30, 0.6, -1.0)  # a repetition loop
+    # unsure and Whisper thinks it silent: nothing is kept, so nothing to retry for
+    assert not needs_retry(decoded(UNSURE, no_speech_prob=0.9), "thank you", 0.6, -1.0)
+
+
+def test_when_no_decode_passes_the_surest_non_repetitive_one_is_kept() -> None:
+    loop, unsure, less_unsure = decoded(-0.1), decoded(-1.6), decoded(-1.2)
+    assert surest([(unsure, "a"), (loop, "la " * 50), (less_unsure, "b")]) is less_unsure  # the loop is surest
+    assert surest([(loop, "la " * 50), (decoded(-0.5), "la " * 40)]) is loop  # all loops: the surest
+
+
+class ScriptedModel:
+    """Stands in for faster-whisper's internals: each decode answers from a script keyed by the
+    item's number (its first feature value) and the beam size; every call is recorded."""
+
+    def __init__(self, script: dict[tuple[int, int], Decoded]):
+        self.script = script
+        self.calls: list[tuple[list[int], int]] = []
+
+    def encode(self, _model, features: np.ndarray) -> np.ndarray:
+        return features
+
+    def decode(self, _model, output, _prompts, _suppress, beam_size: int = 1) -> list[Decoded]:
+        items = [int(f[0, 0]) for f in output]
+        self.calls.append((items, beam_size))
+        return [self.script.get((i, beam_size), decoded(UNSURE)) for i in items]
+
+
+@pytest.fixture
+def scripted(monkeypatch: pytest.MonkeyPatch):
+    def make(script: dict[tuple[int, int], Decoded]) -> tuple[BatchTranscriber, ScriptedModel]:
+        model = ScriptedModel(script)
+        monkeypatch.setattr(tr.whisper, "encode", model.encode)
+        monkeypatch.setattr(tr.whisper, "decode", model.decode)
+        transcriber = object.__new__(BatchTranscriber)
+        transcriber.model, transcriber._suppress = None, []
+        transcriber.no_speech_threshold, transcriber.logprob_threshold = 0.6, -1.0
+        return transcriber, model
+
+    return make
+
+
+def batch_of(size: int) -> tuple[EncodedBatch, list[SimpleNamespace]]:
+    """``size`` items, numbered 0.. by their first feature value."""
+    requests = [Request(np.zeros(160, np.float32), "en") for _ in range(size)]
+    features = np.stack([np.full((2, 4), i, np.float32) for i in range(size)])
+    encoded = EncodedBatch(requests, features, encoder_output=features)
+    return encoded, [SimpleNamespace(decode=lambda tokens: "some words") for _ in range(size)]
+
+
+def test_only_the_unsure_items_are_decoded_again_in_one_more_call(scripted) -> None:
+    # items 0 and 2 are sure; 1 and 3 are unsure, and 1's beam search passes
+    script = {(0, 1): decoded(SURE), (2, 1): decoded(SURE), (1, RETRY_BEAM_SIZE): decoded(-0.8, tokens=[7])}
+    transcriber, model = scripted(script)
+    encoded, tokenizers = batch_of(4)
+    out, outcomes = transcriber._decode(encoded, [[1]] * 4, tokenizers)
+    assert model.calls == [([0, 1, 2, 3], 1), ([1, 3], RETRY_BEAM_SIZE)]
+    assert outcomes == [None, "passed", None, "surest"]
+    assert out[1].tokens == [7]  # the beam search's decode passed and replaced the greedy one
+    assert out[0].avg_logprob == SURE and out[2].avg_logprob == SURE
+
+
+def test_a_retry_that_fails_too_keeps_the_surer_decode(scripted) -> None:
+    script = {(0, 1): decoded(-1.05, tokens=[3]), (0, RETRY_BEAM_SIZE): decoded(-1.3, tokens=[4])}
+    script[(1, 1)] = decoded(-1.5, tokens=[5])
+    script[(1, RETRY_BEAM_SIZE)] = decoded(-1.2, tokens=[6])
+    transcriber, _ = scripted(script)
+    encoded, tokenizers = batch_of(2)
+    out, outcomes = transcriber._decode(encoded, [[1], [1]], tokenizers)
+    assert outcomes == ["surest", "surest"]
+    assert [d.tokens for d in out] == [[3], [6]]
+
+
+def test_a_batch_where_nothing_is_unsure_takes_one_call(scripted) -> None:
+    transcriber, model = scripted({(0, 1): decoded(SURE), (1, 1): decoded(SURE)})
+    encoded, tokenizers = batch_of(2)
+    _, outcomes = transcriber._decode(encoded, [[1], [1]], tokenizers)
+    assert model.calls == [([0, 1], 1)] and outcomes == [None, None]
+
+
+@pytest.fixture(scope="module")
+def real_transcriber() -> BatchTranscriber:
+    from services.base.transcriber import load_model
+    from services.common.models import provision
+
+    model, _ = load_model(str(provision("base")), "cpu", "int8", cpu_threads=0)
+    return BatchTranscriber(model)
+
+
+@pytest.mark.slow
+def test_an_unsure_telephone_clip_is_decoded_again_and_comes_out_better(real_transcriber, dev_clips) -> None:
+    from bench.metrics import word_errors
+
+    clip = dev_clips["praatio-damon~telephone"]  # "damon fried the omelet" through G.711 µ-law
+    samples = clip.samples()
+    threshold = real_transcriber.logprob_threshold
+    greedy = whisper_greedy(real_transcriber, samples)
+    assert greedy.avg_logprob < threshold, greedy  # what the retry is for: the greedy decode is unsure
+
+    retried = real_transcriber.transcribe([Request(samples, "en", full_window=True)])[0]
+    assert retried.retried == "passed", retried
+    assert retried.segments[0]["avg_logprob"] >= threshold, retried
+    greedy_text = real_transcriber._tokenizer("en").decode(greedy.tokens)
+    errors = [word_errors([clip.text], [text], ["en"]).errors for text in (greedy_text, retried.text)]
+    assert errors[1] < errors[0], (greedy_text, retried.text)
+    # a beam search, not a sample: the same every time
+    assert real_transcriber.transcribe([Request(samples, "en", full_window=True)])[0].text == retried.text
+
+
+def whisper_greedy(transcriber: BatchTranscriber, samples: np.ndarray) -> Decoded:
+    """The greedy decode alone, as the transcriber makes it before any retry."""
+    encoded = transcriber._encode([Request(samples, "en", full_window=True)])
+    tokenizer = transcriber._tokenizer("en")
+    prompt = tr.whisper.prompt(transcriber.model, tokenizer, None)
+    return tr.whisper.decode(transcriber.model, encoded.encoder_output, [prompt], transcriber._suppress)[0]
