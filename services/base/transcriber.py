@@ -303,13 +303,18 @@ COMPRESSION_RATIO_THRESHOLD = 2.4
 RETRY_BEAM_SIZE = 5
 
 
+def is_silent(decoded: whisper.Decoded, no_speech_threshold: float, logprob_threshold: float) -> bool:
+    """Whisper's silence rule (transcribe's): it expects no speech and is unsure of its words,
+    so none of them is kept."""
+    return decoded.no_speech_prob > no_speech_threshold and decoded.avg_logprob < logprob_threshold
+
+
 def needs_retry(decoded: whisper.Decoded, text: str, no_speech_threshold: float, logprob_threshold: float) -> bool:
-    """Whether a decode fails the checks: too repetitive, or too unsure, unless Whisper also
-    thinks the audio silent (then nothing is kept anyway: ``_segments``)."""
-    unsure = decoded.avg_logprob < logprob_threshold
-    if unsure and decoded.no_speech_prob > no_speech_threshold:
+    """Whether a decode fails the checks: too repetitive, or too unsure, unless it is silence
+    (:func:`is_silent`: nothing is kept anyway)."""
+    if is_silent(decoded, no_speech_threshold, logprob_threshold):
         return False
-    return unsure or compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD
+    return decoded.avg_logprob < logprob_threshold or compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD
 
 
 def surest(attempts: list[tuple[whisper.Decoded, str]]) -> whisper.Decoded:
@@ -503,7 +508,7 @@ class BatchTranscriber:
         self, tokenizer: whisper.Tokenizer, decoded: whisper.Decoded, frames: int, duration: float
     ) -> list[DecodedSegment]:
         """One chunk's decode cut into segments, without Whisper's two classic hallucinations."""
-        silent = decoded.no_speech_prob > self.no_speech_threshold and decoded.avg_logprob < self.logprob_threshold
+        silent = is_silent(decoded, self.no_speech_threshold, self.logprob_threshold)
         segments = []
         for span in whisper.split_by_timestamps(self.model, tokenizer, decoded.tokens, frames, duration):
             if silent or not span.text.strip() or compression_ratio(span.text) > COMPRESSION_RATIO_THRESHOLD:
