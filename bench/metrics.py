@@ -46,8 +46,11 @@ def summarize_ms(seconds: Sequence[float]) -> dict[str, float]:
 def normalize(text: str, language: str = "en") -> str:
     """Whisper's English normalizer: case, punctuation, spelling and number forms ("press 4" ==
     "press four") must not count as errors; the Asterisk references mix both. Other languages
-    get Whisper's basic normalizer (English spelling rules would mangle them)."""
-    return " ".join((_NORMALIZER if language == "en" else _BASIC)(text).split())
+    get Whisper's basic normalizer (English spelling rules would mangle them). A token with no
+    letter or digit is dropped: the English normalizer keeps the "." of a trailing "..." (for
+    decimals), which would count "The number I have is..." as one word too many."""
+    words = (_NORMALIZER if language == "en" else _BASIC)(text).split()
+    return " ".join(word for word in words if any(ch.isalnum() for ch in word))
 
 
 @dataclass

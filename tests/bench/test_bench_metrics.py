@@ -34,6 +34,12 @@ def test_wer_ignores_number_forms_and_punctuation() -> None:
     assert counts.wer == pytest.approx(0.2)
 
 
+def test_wer_does_not_count_a_trailing_ellipsis_as_a_word() -> None:
+    assert normalize("The number I have is...") == "the number i have is"
+    assert normalize("It costs 3.50 dollars") == normalize("it costs 3.50 dollars")
+    assert word_errors(["the number i have is"], ["The number I have is..."]).errors == 0
+
+
 def test_wer_counts_insertions_on_empty_reference_and_empty_hypothesis() -> None:
     counts = word_errors(["", "hello world"], ["thank you", ""])
     assert counts.insertions == 2
