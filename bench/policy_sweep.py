@@ -135,6 +135,8 @@ def measure(answers: Answers, config: PolicyConfig, items: list[Item], timed: It
         "commit_p50_s": round(percentile(live.commit_s, 50), 2),
         "commit_p95_s": round(percentile(live.commit_s, 95), 2),
         "decoded_per_audio_s": round(sum(r.decoded_s for r in runs) / audio_s, 2),
+        # every file's committed text, to read where two settings differ (--json)
+        "texts": {item.name: run.text for item, run in zip(items, runs, strict=True)},
     }
 
 

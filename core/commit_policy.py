@@ -54,6 +54,8 @@ from typing import Any
 from core.vocabulary import SAMPLE_RATE, WHISPER_WINDOW_S
 
 SENTENCE_END = (".", "?", "!", "。", "？", "！", "…", "।", "؟")
+# A decode with this many words in a row inside this span has looped (see _loops).
+COLLAPSED_WORDS, COLLAPSED_S = 3, 0.1
 
 
 @dataclass
@@ -507,10 +509,12 @@ class CommitPolicy(Transcript):
         settled = end / self._sr - cfg.settle_s
         # Settled words need a word after them in the same decode (Whisper that stops writing
         # seconds before the window ends may have made up an ending), and none from a decode
-        # that says one sentence twice in a row: "He died. He died. He died." was written for the
-        # first words of "He might even have been made amiable himself" (a LibriVox test
-        # sentence). Agreement still commits such words if the next decode writes them too.
-        if not (stopped or skipped) and words and words[-1].end > settled and not _repeats(words):
+        # that loops: one sentence twice in a row ("He died. He died. He died." was written for
+        # the first words of "He might even have been made amiable himself", a LibriVox test
+        # sentence), or words piled onto one instant ("7 or 9 to 2 3 4 5 5 5 5 5 5", all at
+        # 9.64 s, in an Asterisk prompt). Agreement still commits such words if the next decode
+        # writes them too.
+        if not (stopped or skipped) and words and words[-1].end > settled and not _loops(words):
             agreed = max(agreed, next(i for i, w in enumerate(words) if w.end > settled))
         newly, rest = words[:agreed], words[agreed:]
         if stopped and len(self.partial) - agreed > len(rest):
@@ -624,10 +628,15 @@ def _as_segments(hypothesis: Sequence[Segment] | Sequence[Word]) -> list[Segment
     return [Segment(words[0].start, words[-1].end, words)]
 
 
-def _repeats(words: Sequence[Word]) -> bool:
-    """The words hold the same sentence twice in a row (Whisper's repetition loop)."""
+def _loops(words: Sequence[Word]) -> bool:
+    """Whisper's repetition loop: the words hold the same sentence twice in a row, or
+    ``COLLAPSED_WORDS`` words in a row within ``COLLAPSED_S`` (no one says three words in a
+    tenth of a second: Whisper ran out of audio for its timestamps and went on writing)."""
     keys = [phrase_key(join_words(sentence)) for sentence in _sentences(Segment(0.0, 0.0, list(words)))]
-    return any(a and a == b for a, b in itertools.pairwise(keys))
+    if any(a and a == b for a, b in itertools.pairwise(keys)):
+        return True
+    n = COLLAPSED_WORDS
+    return any(words[i + n - 1].end - words[i].start < COLLAPSED_S for i in range(len(words) - n + 1))
 
 
 def _agreed_prefix(previous: Sequence[Word], new: Sequence[Word], max_shift_s: float) -> int:

@@ -15,6 +15,9 @@ stack: ``python -m services.local_stack up``; the corpus: ``python -m corpus``) 
 - ``thank-you.json``: real speech that says "Thank you." (Asterisk's ``priv-introsaved``),
   music, and "Thank you for your patience", streamed with the detector on; plus the service's
   answer for the music alone with the detector off, where Whisper writes "Thank you.";
+- ``collapsed-timestamps.json``: Asterisk's ``conf-usermenu-162`` (a dev-set clip, 18.6 s of
+  "Please press 1 to mute or unmute yourself, 4 or 6 ...") streamed with the default
+  settings; one decode piles "2 3 4 5 5 5 5 5 5 5 5 5" onto one instant (``--only collapsed``);
 - ``cjk-words.json``: how Whisper's own tokenizer (the base model's) splits Korean and Chinese
   sentences into word pieces, once with the sentence's language and once with a
   character-splitting language (Whisper does that to a Korean window decoded as Chinese or
@@ -38,6 +41,7 @@ import numpy as np
 from core.audio import to_wav_bytes
 from core.commit_policy import CommitPolicy, PolicyConfig, Segment
 from corpus import long_recording, nonspeech_clips, speech_clips
+from corpus.devset import dev_set
 from corpus.fetch import read_wav
 
 DATA = Path(__file__).parent / "data"
@@ -135,11 +139,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--url", default="http://127.0.0.1:5001")
     p.add_argument("--only-cjk", action="store_true", help="only cjk-words.json (needs the model, not the stack)")
+    p.add_argument("--only", choices=["collapsed"], help="only this recording")
     args = p.parse_args(argv)
     client = httpx.Client(base_url=args.url, timeout=300)
 
     if args.only_cjk:
         (DATA / "cjk-words.json").write_text(json.dumps(cjk_words(), ensure_ascii=False, indent=1))
+        return 0
+    print("collapsed-timestamps.json")
+    usermenu = next(c for c in dev_set("dev") if c.name == "asterisk-conf-usermenu-162")
+    data = record_stream(client, usermenu.samples(), PolicyConfig())
+    data["reference"] = usermenu.text
+    (DATA / "collapsed-timestamps.json").write_text(json.dumps(data))
+    if args.only:
         return 0
     print("agreement-120s.json")
     data = record_stream(client, read_wav(long_recording(120, seed=0).path), PolicyConfig())

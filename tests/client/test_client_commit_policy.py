@@ -246,6 +246,33 @@ def test_a_repetition_loop_is_not_settled() -> None:
     assert texts(update.committed) == ["he", "might", "even", "have", "been", "made", "amiable", "himself"]
 
 
+def test_words_piled_onto_one_instant_are_not_settled() -> None:
+    """Recorded from the base service (a dev-set Asterisk prompt): one decode wrote "7 or 9 to
+    2 3 4 5 5 5 5 5 5 5 5 5 to extend the conference", the twelve words between "to" and "to"
+    all at the same instant, long enough before the window's end to be settled. None of it may
+    be committed; the next decodes write what was said."""
+    recording = load("collapsed-timestamps.json")
+    policy = CommitPolicy(PolicyConfig(**recording["config"]))
+    for step in recording["steps"]:
+        policy.advance(step["end"], step["speech"])
+        span = policy.window()
+        assert span and list(span) == step["window"]
+        segments = Segment.parse(step["segments"], span[0] / SR)
+        update = policy.update(segments, span[0] / SR)
+        words = [w for seg in segments for w in seg.words]
+        if any(c.end - a.start < 0.1 for a, c in zip(words, words[2:], strict=False)):
+            break
+    else:
+        raise AssertionError("the recording no longer holds a collapsed decode")
+    piled = next(a for a, c in zip(words, words[2:], strict=False) if c.end - a.start < 0.1)
+    assert span[1] / SR - piled.end > policy.config.settle_s  # old enough to be settled, but a loop
+    assert "5 5" not in join_words(policy.committed), join_words(update.committed)
+    text = replay(recording).policy.text()
+    assert "5 5" not in text
+    # 37 words: one error is 2.7 %; the words piled up were 12 (32 %)
+    assert wer(recording["reference"], text) < 6.0, text
+
+
 def test_a_decode_that_stopped_early_settles_nothing() -> None:
     """Whisper wrote a word or two and stopped: those words are no evidence on their own."""
     policy = CommitPolicy()
