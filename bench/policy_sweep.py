@@ -146,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", action="append", default=[], help="extra PolicyConfig settings as JSON (repeatable)")
     p.add_argument("--seconds-per-group", type=float, default=20.0, help="as the quick bench (make bench: 100)")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument(
+        "--service-env", action="append", default=[], metavar="NAME=VALUE", help="a setting of the services (repeatable)"
+    )
     args = p.parse_args(argv)
     configs = {name: PRESETS[name] for name in args.preset or PRESETS}
     configs.update({text: json.loads(text) for text in args.config})
@@ -153,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     items = [it for it in dev_items(args.seconds_per_group) if not it.held_out]
     timed = long_files(1, 24, first_seed=50)[0]  # the bench's live-session recording (--quick)
     ports = dict(zip(("proxy", "base", "tiny"), free_ports(3), strict=True))
-    stack = Stack(ports=ports, env={"STT_LOG_LEVEL": "WARNING"})
+    env = dict(setting.split("=", 1) for setting in args.service_env)
+    stack = Stack(ports=ports, env={"STT_LOG_LEVEL": "WARNING", **env})
     results = {}
     try:
         stack.start("tiny")
