@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds-per-group", type=float, default=20.0, help="as the quick bench (make bench: 100)")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument(
-        "--service-env", action="append", default=[], metavar="NAME=VALUE", help="a setting of the services (repeatable)"
+        "--service-env", action="append", default=[], metavar="NAME=VALUE", help="a service setting (repeatable)"
     )
     args = p.parse_args(argv)
     configs = {name: PRESETS[name] for name in args.preset or PRESETS}
