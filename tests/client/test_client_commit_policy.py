@@ -260,11 +260,11 @@ def test_words_piled_onto_one_instant_are_not_settled() -> None:
         segments = Segment.parse(step["segments"], span[0] / SR)
         update = policy.update(segments, span[0] / SR)
         words = [w for seg in segments for w in seg.words]
-        if any(c.end - a.start < 0.1 for a, c in zip(words, words[2:], strict=False)):
+        piled = next((a for a, c in zip(words, words[2:], strict=False) if c.end - a.start < 0.1), None)
+        if piled:
             break
     else:
         raise AssertionError("the recording no longer holds a collapsed decode")
-    piled = next(a for a, c in zip(words, words[2:], strict=False) if c.end - a.start < 0.1)
     assert span[1] / SR - piled.end > policy.config.settle_s  # old enough to be settled, but a loop
     assert "5 5" not in join_words(policy.committed), join_words(update.committed)
     text = replay(recording).policy.text()
