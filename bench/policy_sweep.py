@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import math
 import sys
@@ -29,12 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 from bench.accuracy import dev_items
 from bench.data import Item, long_files
 from bench.metrics import percentile, word_errors
 from bench.sessions import pcm16
 from core.commit_policy import CommitPolicy, PolicyConfig, Segment
+from core.language_lock import LanguageLock
 from core.vocabulary import SAMPLE_RATE
 from services.local_stack import Stack, free_ports
 
@@ -70,15 +73,23 @@ class Answers:
             self.cache[key] = (bool(response.json()["speech"]),)
         return self.cache[key][0]
 
-    def transcribe(self, pcm: bytes, language: str) -> tuple[list[dict], float]:
-        key = "t" + hashlib.sha1(pcm).hexdigest() + language
+    def transcribe(self, pcm: bytes, language: str | None) -> tuple[list[dict], float, str, float]:
+        """Segments, the decode's seconds, and the language (detected when ``language`` is None)
+        with Whisper's probability for it."""
+        key = "t" + hashlib.sha1(pcm).hexdigest() + (language or "?")
         if key not in self.cache:
             start = time.perf_counter()
-            response = self.client.post(
-                f"{self.base}/transcribe-chunk?word_timestamps=true&language={language}", content=pcm, headers=PCM
-            )
+            query = "word_timestamps=true" + (f"&language={language}" if language else "")
+            response = self.client.post(f"{self.base}/transcribe-chunk?{query}", content=pcm, headers=PCM)
             response.raise_for_status()
-            self.cache[key] = (response.json().get("segments") or [], time.perf_counter() - start)
+            body = response.json()
+            seconds = time.perf_counter() - start
+            self.cache[key] = (
+                body.get("segments") or [],
+                seconds,
+                body.get("language") or "",
+                float(body.get("language_probability") or 0.0),
+            )
         return self.cache[key]
 
 
@@ -90,9 +101,13 @@ class Replayed:
     decoded_s: float
 
 
-def replay(answers: Answers, config: PolicyConfig, item: Item) -> Replayed:
-    """One stream through the policy, as a session steps it (the last step shorter)."""
-    policy = CommitPolicy(config)
+def replay(answers: Answers, config: PolicyConfig, item: Item, language: str = "given") -> Replayed:
+    """One stream through the policy, as a session steps it (the last step shorter).
+
+    ``language``: ``given`` (each file's own, as the bench asks), ``detected`` (on every window,
+    as sessions did before the lock) or ``locked`` (:class:`core.language_lock.LanguageLock`,
+    what a session does when the client gives none)."""
+    policy, lock = CommitPolicy(config), LanguageLock()
     samples, step = item.samples, round(config.step_s * SAMPLE_RATE)
     clock, processed, decoded = 0.0, 0, 0.0
     first, commits = [], []
@@ -105,7 +120,9 @@ def replay(answers: Answers, config: PolicyConfig, item: Item) -> Replayed:
         if (span := policy.window()) is None:
             continue
         start, stop = span
-        segments, seconds = answers.transcribe(pcm16(samples[start:stop]), item.language)
+        asked = {"given": item.language, "detected": None, "locked": lock.language}[language]
+        segments, seconds, detected, probability = answers.transcribe(pcm16(samples[start:stop]), asked)
+        lock.observe(detected, probability, sum(len(s.get("words") or []) for s in segments))
         decoded += (stop - start) / SAMPLE_RATE
         clock += seconds
         update = policy.update(Segment.parse(segments, start / SAMPLE_RATE), start / SAMPLE_RATE)
@@ -115,8 +132,34 @@ def replay(answers: Answers, config: PolicyConfig, item: Item) -> Replayed:
     return Replayed(policy.committed_text, first, commits, decoded)
 
 
-def measure(answers: Answers, config: PolicyConfig, items: list[Item], timed: Item) -> dict:
-    runs = [replay(answers, config, item) for item in items]
+def joined_by_language(items: list[Item], seconds: float) -> list[Item]:
+    """The other-language clips of ``items`` back to back (0.4 s apart), per language, in
+    streams of at least ``seconds`` (a shorter rest joins the last one): a speaker talking on in
+    one language, which is where a stream's language lock matters (docs/client.md)."""
+    gap = np.zeros(round(0.4 * SAMPLE_RATE), np.float32)
+    by_language: dict[str, list[Item]] = defaultdict(list)
+    for item in items:
+        if item.category == "other-languages":
+            by_language[item.language].append(item)
+    joined: list[Item] = []
+    for language, clips in sorted(by_language.items()):
+        groups: list[list[Item]] = [[]]
+        for clip in clips:
+            if sum(c.seconds for c in groups[-1]) >= seconds:
+                groups.append([])
+            groups[-1].append(clip)
+        if len(groups) > 1 and sum(c.seconds for c in groups[-1]) < seconds / 2:
+            rest = groups.pop()
+            groups[-1] += rest
+        for n, group in enumerate(groups):
+            samples = np.concatenate([part for clip in group for part in (clip.samples, gap)])
+            text = " ".join(clip.text for clip in group)
+            joined.append(Item(f"{language}-{n}", samples, text, language, f"joined {language}"))
+    return joined
+
+
+def measure(answers: Answers, config: PolicyConfig, items: list[Item], timed: Item, language: str = "given") -> dict:
+    runs = [replay(answers, config, item, language) for item in items]
     groups: dict[str, list[int]] = defaultdict(list)
     for i, item in enumerate(items):
         groups["all"].append(i)
@@ -127,7 +170,7 @@ def measure(answers: Answers, config: PolicyConfig, items: list[Item], timed: It
         .get("wer", 0.0)
         for name, idx in sorted(groups.items())
     }
-    live = replay(answers, config, timed)
+    live = replay(answers, config, timed, language)
     audio_s = sum(item.seconds for item in items)
     return {
         "wer": wer,
@@ -147,6 +190,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds-per-group", type=float, default=20.0, help="as the quick bench (make bench: 100)")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument(
+        "--language",
+        action="append",
+        choices=("given", "detected", "locked"),
+        help="each file's own language (default), detected on every window, or locked on the first sure one",
+    )
+    p.add_argument(
+        "--join-by-language",
+        type=float,
+        metavar="SECONDS",
+        help="replay the other-language clips joined per language into streams of about this length instead",
+    )
+    p.add_argument(
         "--service-env", action="append", default=[], metavar="NAME=VALUE", help="a service setting (repeatable)"
     )
     args = p.parse_args(argv)
@@ -154,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     configs.update({text: json.loads(text) for text in args.config})
 
     items = [it for it in dev_items(args.seconds_per_group) if not it.held_out]
+    if args.join_by_language:
+        items = joined_by_language(items, args.join_by_language)
     timed = long_files(1, 24, first_seed=50)[0]  # the bench's live-session recording (--quick)
     ports = dict(zip(("proxy", "base", "tiny"), free_ports(3), strict=True))
     env = dict(setting.split("=", 1) for setting in args.service_env)
@@ -163,8 +220,10 @@ def main(argv: list[str] | None = None) -> int:
         stack.start("tiny")
         stack.start("base")
         answers = Answers(stack.base_url, stack.tiny_url)
-        for name, settings in configs.items():
-            results[name] = {"settings": settings, **measure(answers, PolicyConfig(**settings), items, timed)}
+        for (config_name, settings), language in itertools.product(configs.items(), args.language or ["given"]):
+            name = config_name if language == "given" else f"{config_name}, language {language}"
+            measured = measure(answers, PolicyConfig(**settings), items, timed, language)
+            results[name] = {"settings": settings, "language": language, **measured}
             r = results[name]
             cats = " ".join(f"{k} {v * 100:.1f}" for k, v in r["wer"].items() if k != "all")
             print(

@@ -46,6 +46,7 @@ class ChunkResult:
     language: str | None = None
     backend: str | None = None
     segments: list[Segment] = field(default_factory=list)  # the same words with their segments' confidence
+    language_probability: float | None = None  # Whisper's, for a detected language (1 when it was given)
 
 
 def _error_message(response: httpx.Response) -> str:
@@ -87,7 +88,15 @@ def parse_result(body: dict, offset: float) -> ChunkResult:
         raise ValueError(f"a 200 answer without 'text' or 'segments': {str(body)[:200]!r}")
     segments = Segment.parse(body.get("segments") or [], offset)
     words = [w for seg in segments for w in seg.words]
-    return ChunkResult(words, body.get("text", ""), body.get("language"), body.get("backend"), segments)
+    probability = body.get("language_probability")
+    return ChunkResult(
+        words,
+        body.get("text", ""),
+        body.get("language"),
+        body.get("backend"),
+        segments,
+        float(probability) if isinstance(probability, int | float) else None,
+    )
 
 
 class SttApi:

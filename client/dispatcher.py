@@ -33,6 +33,7 @@ from client.chunker import Chunk
 from client.spill import ChunkStore
 from client.stats import ABORTED, DAMAGED_SPILL, ERROR, MALFORMED_ANSWER, REFUSED, Stats
 from core.commit_policy import CommitPolicy, Update
+from core.language_lock import LanguageLock
 from core.vocabulary import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ class Dispatcher:
         self.stats = stats
         self.detector = detector
         self.language = language
+        self.language_lock = LanguageLock()  # used while no language is given
         self.prompt = prompt
         self.backoff = backoff or Backoff()
         self.resend_empty = resend_empty
@@ -283,8 +285,9 @@ class Dispatcher:
         while True:
             prompt = self.prompt(chunk) if self.prompt else None
             began = time.perf_counter()
+            language = self.language or self.language_lock.language
             try:
-                result = await self.api.transcribe(samples, offset, self.language, prompt)
+                result = await self.api.transcribe(samples, offset, language, prompt)
             except RetryableError as exc:
                 self.stats.chunks_retried += 1
                 self.stats.backend_down = True
@@ -302,6 +305,8 @@ class Dispatcher:
             if problem:
                 log.error("chunk %d at %.1f s: malformed answer, chunk lost: %s", chunk.index, chunk.start, problem)
                 return self._dropped(chunk, MALFORMED_ANSWER, problem)
+            if language is None:
+                self.language_lock.observe(result.language, result.language_probability, len(result.words))
             self.stats.chunks_sent += 1
             self.stats.audio_sent_s += samples.size / SAMPLE_RATE
             self.stats.backend_down = False

@@ -7,5 +7,6 @@ NumPy and PyAV, so ``pip install '.[client]'`` stays small.
 Modules: ``vocabulary`` (names and numbers every role agrees on: sample rate, Whisper's window,
 routing modes, detectors, the SttConfig API, which backend serves), ``audio`` (decode untrusted
 audio to 16 kHz mono, WAV encoding), ``errors`` (the one error shape), ``commit_policy`` (the
-streaming commit policy: state in, words out), ``subtitles``.
+streaming commit policy: state in, words out), ``language_lock`` (one language per stream),
+``subtitles``.
 """

@@ -33,9 +33,9 @@ Committed words never change and are handed out once; the others are *partial*.
 
 The module is pure (state in, words out: no I/O, clocks, threads or asyncio) and imports only
 the standard library, so the client (``client/``) and a server-side streaming session in the
-proxy (``services/proxy``) can share it; it lives in ``services/common`` because both already
-depend on that package, and nothing here pulls in the client's dependencies. Settings and the
-measured comparison with the stitcher are in docs/client.md.
+proxy (``services/proxy``) can share it; it lives in ``core``, which every role may import and
+which imports no role. Settings and the measured comparison with the stitcher are in
+docs/client.md.
 
 It also holds what both transcript paths need: :func:`join_words` (word pieces into text for
 every script) and :func:`drop_hallucinations` (Whisper's stock phrases on silence).

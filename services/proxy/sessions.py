@@ -37,6 +37,7 @@ import numpy as np
 
 from core.commit_policy import CommitPolicy, PolicyConfig, Segment, Update, Word, join_words
 from core.errors import ApiError
+from core.language_lock import LanguageLock
 from core.vocabulary import SAMPLE_RATE
 from services.proxy import metrics
 
@@ -193,6 +194,7 @@ class StreamSession:
         self.utterance_events = utterance_events
         self.id = uuid.uuid4().hex[:16]
         self.policy = self.options.policy()
+        self.language = LanguageLock()  # used while the client gives none (options.language)
         self._step = round(self.options.step_s * SAMPLE_RATE)
         self._audio = np.zeros(0, np.int16)  # samples from _audio_start on
         self._audio_start = self.options.resume_from
@@ -353,15 +355,20 @@ class StreamSession:
 
     async def _decode(self, span: tuple[int, int]) -> None:
         start, end = span
-        answer = await self._retrying(
-            "transcribe", self.backend.transcribe, self._slice(start, end).tobytes(), self.options.language
-        )
+        language = self.options.language or self.language.language
+        pcm = self._slice(start, end).tobytes()
+        answer = await self._retrying("transcribe", self.backend.transcribe, pcm, language)
         if answer is None:  # refused for good: the next window covers this audio again
             self.policy.cancel()
             return
         offset = start / SAMPLE_RATE
         utterance_end = self.policy.utterance_end
-        update = self.policy.update(Segment.parse(answer.get("segments") or [], offset), offset)
+        segments = Segment.parse(answer.get("segments") or [], offset)
+        if language is None:
+            self.language.observe(
+                answer.get("language"), answer.get("language_probability"), sum(len(s.words) for s in segments)
+            )
+        update = self.policy.update(segments, offset)
         await self._send_update(update, end, answer.get("backend"), answer.get("model"))
         if utterance_end is not None and self.policy.utterance_end is None:
             await self._utterance_ended("silence", utterance_end)  # this decode committed the utterance whole

@@ -177,6 +177,27 @@ async def test_prompt_is_asked_for_at_send_time() -> None:
     assert service.prompts == ["before 0", "before 1", "before 2"]
 
 
+async def test_the_first_sure_language_is_asked_for_from_then_on() -> None:
+    asked: list[str | None] = []
+    detections = [("cy", 0.5), ("en", 0.95), ("nn", 0.99)]  # then English, sure
+
+    class Detecting(FakeService):
+        async def transcribe(self, samples, offset, language=None, prompt=None):
+            asked.append(language)
+            result = await super().transcribe(samples, offset, language, prompt)
+            result.words *= 4  # a window with words enough to trust its language
+            result.language, result.language_probability = (
+                (language, 1.0) if language else (detections.pop(0) if detections else ("en", 0.99))
+            )
+            return result
+
+    await run_all(Dispatcher(Detecting(), Stats(), concurrency=1, backoff=FAST), 5)
+    assert asked == [None, None, "en", "en", "en"]
+    asked.clear()
+    await run_all(Dispatcher(Detecting(), Stats(), concurrency=1, language="de", backoff=FAST), 3)
+    assert asked == ["de", "de", "de"]
+
+
 async def test_abort_stops_retrying_at_once() -> None:
     service = FakeService(fail_first=10**9)
     dispatcher = Dispatcher(service, Stats(), concurrency=2, backoff=FAST)

@@ -171,6 +171,38 @@ async def test_the_buffer_bound_ends_a_session_that_cannot_keep_up() -> None:
     await session.cancel()
 
 
+class Multilingual(ScriptedBackend):
+    """Detects the language of each window from a script: ``detections`` in order (code,
+    probability), then English, sure; records the language each window was asked for."""
+
+    def __init__(self, seconds: float, detections: list[tuple[str, float]]) -> None:
+        super().__init__(seconds)
+        self.detections = list(detections)
+        self.asked: list[str | None] = []
+
+    async def transcribe(self, pcm: bytes, language: str | None) -> dict:
+        self.asked.append(language)
+        answer = await super().transcribe(pcm, language)
+        code, probability = (language, 1.0) if language else (self.detections or [("en", 0.99)]).pop(0)
+        return {**answer, "language": code, "language_probability": probability}
+
+
+async def test_the_first_sure_detection_is_kept_for_the_rest_of_the_session() -> None:
+    # A window heard as Welsh at 0.55 is not trusted; English at 0.97 is, and every later
+    # window asks for English instead of guessing again from its few seconds.
+    backend = Multilingual(30, [("cy", 0.55), ("en", 0.97), ("nn", 0.9)])
+    recorder = await run_session(backend, 30)
+    assert backend.asked[:2] == [None, None]
+    assert len(backend.asked) > 4 and set(backend.asked[2:]) == {"en"}
+    assert committed_words(recorder) == [t.strip() for s, e, t in backend.words]
+
+
+async def test_a_language_the_client_gives_is_asked_for_on_every_window() -> None:
+    backend = Multilingual(15, [("cy", 0.99)])
+    await run_session(backend, 15, language="ko")
+    assert backend.asked and set(backend.asked) == {"ko"}
+
+
 async def test_a_resumed_session_does_not_commit_words_again() -> None:
     backend = ScriptedBackend(20)
     # The audio re-sent begins at 6 s; words before 8 s were committed by the session before.
