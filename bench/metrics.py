@@ -7,14 +7,17 @@ passes through here.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from num2words import num2words
 from whisper_normalizer.basic import BasicTextNormalizer
 from whisper_normalizer.english import EnglishTextNormalizer
 
 _NORMALIZER = EnglishTextNormalizer()
 _BASIC = BasicTextNormalizer()  # other languages: case, punctuation and symbols only
+_NUMBER = re.compile(r"\b\d+\b")
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -46,11 +49,26 @@ def summarize_ms(seconds: Sequence[float]) -> dict[str, float]:
 def normalize(text: str, language: str = "en") -> str:
     """Whisper's English normalizer: case, punctuation, spelling and number forms ("press 4" ==
     "press four") must not count as errors; the Asterisk references mix both. Other languages
-    get Whisper's basic normalizer (English spelling rules would mangle them). A token with no
+    get Whisper's basic normalizer (English spelling rules would mangle them) after their whole
+    numbers are spelled out (:func:`spell_numbers`). A token with no
     letter or digit is dropped: the English normalizer keeps the "." of a trailing "..." (for
     decimals), which would count "The number I have is..." as one word too many."""
-    words = (_NORMALIZER if language == "en" else _BASIC)(text).split()
+    normalized = _NORMALIZER(text) if language == "en" else _BASIC(spell_numbers(text, language))
+    words = normalized.split()
     return " ".join(word for word in words if any(ch.isalnum() for ch in word))
+
+
+def spell_numbers(text: str, language: str) -> str:
+    """Whole numbers written out in ``language`` ("appuyez sur 2" -> "appuyez sur deux"), as the
+    English normalizer writes number words as digits: Whisper writes a key's number either way
+    (one decode "premere due", the next "premere 2"), and so do the references, so only the
+    English half of the set scored it as the same word before 2026-12-05. Digits stay where
+    num2words does not know the language."""
+    try:
+        num2words(0, lang=language)
+    except NotImplementedError:
+        return text
+    return _NUMBER.sub(lambda m: f" {num2words(int(m.group()), lang=language)} ", text)
 
 
 @dataclass

@@ -67,3 +67,15 @@ def test_capacity_search_stops_at_the_limit() -> None:
     best, tried = _search(100, limit=6)
     assert best == 6
     assert tried[-1] == 6
+
+
+def test_numbers_are_one_word_in_every_language_num2words_knows() -> None:
+    # the Asterisk references write keys as digits in French, Italian and Russian, as words in
+    # Spanish; Whisper writes either in any of them
+    assert normalize("Appuyez sur 2.", "fr") == normalize("appuyez sur deux", "fr") == "appuyez sur deux"
+    assert normalize("нажмите 1", "ru") == normalize("Нажмите один", "ru")
+    assert normalize("premere 21 volte", "it") == normalize("premere ventuno volte", "it")
+    assert normalize("marque 2", "es") != normalize("marque tres", "es")  # still an error when wrong
+    assert normalize("第 2", "zh") == "第 2"  # a language num2words does not know keeps its digits
+    counts = word_errors(["presione 7 o 9"], ["presione siete o nueve"], ["es"])
+    assert counts.errors == 0 and counts.reference_words == 4
