@@ -50,9 +50,9 @@ def normalize(text: str, language: str = "en") -> str:
     """Whisper's English normalizer: case, punctuation, spelling and number forms ("press 4" ==
     "press four") must not count as errors; the Asterisk references mix both. Other languages
     get Whisper's basic normalizer (English spelling rules would mangle them) after their whole
-    numbers are spelled out (:func:`spell_numbers`). A token with no
-    letter or digit is dropped: the English normalizer keeps the "." of a trailing "..." (for
-    decimals), which would count "The number I have is..." as one word too many."""
+    numbers are spelled out (:func:`spell_numbers`). A token with no letter or digit is dropped:
+    the English normalizer keeps the "." of a trailing "..." (for decimals), which would count
+    "The number I have is..." as one word too many."""
     normalized = _NORMALIZER(text) if language == "en" else _BASIC(spell_numbers(text, language))
     words = normalized.split()
     return " ".join(word for word in words if any(ch.isalnum() for ch in word))
@@ -61,9 +61,9 @@ def normalize(text: str, language: str = "en") -> str:
 def spell_numbers(text: str, language: str) -> str:
     """Whole numbers written out in ``language`` ("appuyez sur 2" -> "appuyez sur deux"), as the
     English normalizer writes number words as digits: Whisper writes a key's number either way
-    (one decode "premere due", the next "premere 2"), and so do the references, so only the
-    English half of the set scored it as the same word before 2026-12-05. Digits stay where
-    num2words does not know the language."""
+    (one decode "premere due", the next "premere 2"), and so do the references; before
+    2026-12-05 only English scored both forms as one word. Digits stay where num2words does not
+    know the language."""
     try:
         num2words(0, lang=language)
     except NotImplementedError:

@@ -22,6 +22,7 @@ import pytest
 from whisper_normalizer.english import EnglishTextNormalizer
 
 from core.errors import ApiError
+from core.language_lock import LanguageLock
 from services.local_stack import Stack, free_port
 from services.proxy.sessions import Limits, SessionOptions, StreamSession, TooFarBehindError
 from services.proxy.stream_ws import ClientNotReadingError, EventSender
@@ -185,6 +186,17 @@ class Multilingual(ScriptedBackend):
         answer = await super().transcribe(pcm, language)
         code, probability = (language, 1.0) if language else (self.detections or [("en", 0.99)]).pop(0)
         return {**answer, "language": code, "language_probability": probability}
+
+
+def test_only_a_sure_detection_on_enough_words_is_kept() -> None:
+    lock = LanguageLock()
+    lock.observe("it", 0.99, 3)  # sure, but three words are too few to trust
+    lock.observe("it", 0.79, 10)  # enough words, not sure enough
+    lock.observe(None, None, 10)  # an answer without a detection
+    assert lock.language is None
+    lock.observe("es", 0.8, 4)
+    lock.observe("it", 1.0, 50)  # kept for good: a later detection does not move it
+    assert lock.language == "es"
 
 
 async def test_the_first_sure_detection_is_kept_for_the_rest_of_the_session() -> None:
