@@ -6,6 +6,7 @@ passes through here.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Sequence
@@ -64,11 +65,19 @@ def spell_numbers(text: str, language: str) -> str:
     (one decode "premere due", the next "premere 2"), and so do the references; before
     2026-12-05 only English scored both forms as one word. Digits stay where num2words does not
     know the language."""
+    if not _spells(language):
+        return text
+    return _NUMBER.sub(lambda m: f" {num2words(int(m.group()), lang=language)} ", text)
+
+
+@functools.cache
+def _spells(language: str) -> bool:
+    """Whether num2words knows ``language`` (asked once per language, not per utterance)."""
     try:
         num2words(0, lang=language)
     except NotImplementedError:
-        return text
-    return _NUMBER.sub(lambda m: f" {num2words(int(m.group()), lang=language)} ", text)
+        return False
+    return True
 
 
 @dataclass
