@@ -194,7 +194,7 @@ class StreamSession:
         self.utterance_events = utterance_events
         self.id = uuid.uuid4().hex[:16]
         self.policy = self.options.policy()
-        self.language = LanguageLock()  # used while the client gives none (options.language)
+        self.language_lock = LanguageLock()  # used while the client gives none (options.language)
         self._step = round(self.options.step_s * SAMPLE_RATE)
         self._audio = np.zeros(0, np.int16)  # samples from _audio_start on
         self._audio_start = self.options.resume_from
@@ -355,7 +355,7 @@ class StreamSession:
 
     async def _decode(self, span: tuple[int, int]) -> None:
         start, end = span
-        language = self.options.language or self.language.language
+        language = self.options.language or self.language_lock.language
         pcm = self._slice(start, end).tobytes()
         answer = await self._retrying("transcribe", self.backend.transcribe, pcm, language)
         if answer is None:  # refused for good: the next window covers this audio again
@@ -365,7 +365,7 @@ class StreamSession:
         utterance_end = self.policy.utterance_end
         segments = Segment.parse(answer.get("segments") or [], offset)
         if language is None:
-            self.language.observe(
+            self.language_lock.observe(
                 answer.get("language"), answer.get("language_probability"), sum(len(s.words) for s in segments)
             )
         update = self.policy.update(segments, offset)
