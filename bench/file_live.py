@@ -45,10 +45,14 @@ CHUNK_S = 3.0
 class Phase:
     latencies: list[float] = field(default_factory=list)
     refusals: dict[str, int] = field(default_factory=dict)
+    began: float = field(default_factory=time.perf_counter)
+    # (seconds into the phase the chunk was sent, its latency): where in the file the slow ones fell
+    timeline: list[tuple[float, float]] = field(default_factory=list)
 
-    def add(self, status: int | str, seconds: float) -> None:
+    def add(self, status: int | str, seconds: float, sent: float) -> None:
         if status == 200:
             self.latencies.append(seconds)
+            self.timeline.append((round(sent - self.began, 2), round(seconds, 3)))
         else:
             self.refusals[str(status)] = self.refusals.get(str(status), 0) + 1
 
@@ -62,7 +66,13 @@ class Phase:
 
     def summary(self) -> dict:
         p50, p95 = np.percentile(self.latencies, [50, 95]) if self.latencies else (None, None)
-        return {"chunks": len(self.latencies), "p50_s": p50, "p95_s": p95, "refusals": self.refusals}
+        return {
+            "chunks": len(self.latencies),
+            "p50_s": p50,
+            "p95_s": p95,
+            "refusals": self.refusals,
+            "timeline": sorted(self.timeline),
+        }
 
 
 def to_flac(samples: np.ndarray) -> bytes:
@@ -94,7 +104,8 @@ async def live_stream(client: httpx.AsyncClient, chunks: list[bytes], stop: asyn
     """One chunk every CHUNK_S seconds, on schedule, whether or not the last was answered."""
 
     async def one(body: bytes) -> None:
-        phase.add(*await post(client, body))
+        sent = time.perf_counter()
+        phase.add(*await post(client, body), sent)
 
     began, sent, pending = time.perf_counter(), 0, []
     while not stop.is_set():

@@ -90,6 +90,7 @@ class Engine:
             requested,
             settings.compute_type,
             settings.cpu_threads,
+            num_workers=2 if settings.live_lane else 1,
         )
         self.model_name = settings.model
         self.created = int(time.time())  # ``created`` of /v1/models: when this backend loaded it
@@ -113,6 +114,7 @@ class Engine:
             hang_seconds=settings.hang_seconds,
             hang_seconds_per_audio_second=settings.hang_seconds_per_audio_second,
             max_wait_s=settings.max_queue_wait_s,
+            live_lane=settings.live_lane,
         )
 
     def _run(self, batch: list[Chunk]) -> list[Result]:

@@ -1,8 +1,8 @@
 """Dynamic batching with two priorities, bounded queues, cancellation, deadlines and a hang watch.
 
 Requests wait at most ``window_ms`` for company (only when the model is busy or others are
-queued does a batch grow), then run together. The model runs in one dedicated thread, so the
-event loop stays free to accept and answer requests while it works.
+queued does a batch grow), then run together. The model runs in dedicated threads (one, or two
+with a live lane), so the event loop stays free to accept and answer requests while it works.
 
 Why each part exists:
 
@@ -12,8 +12,11 @@ Why each part exists:
   serves live chunks first, and a live batch never carries file windows: on a CPU a model
   call's cost grows with every chunk in it, so a file window riding along would delay the live
   chunks it shares the call with. A model call already running cannot be interrupted, so file
-  batches are kept small (``file_batch_max``): a live chunk that arrives while a file runs waits
-  for at most one short file call.
+  batches are kept small (``file_batch_max``), and with ``live_lane`` a live call does not wait
+  for a running file call at all: it starts beside it, in a second model worker (CTranslate2
+  shares the weights between workers on one device). A file call still starts only when no
+  live work runs or waits, so live chunks keep strict priority; the two calls share the
+  cores while they overlap (what that costs and saves: docs/reliability.md, "A live lane").
 - **Live chunks are refused by the wait they would have, not only by count.** A live chunk is
   refused at once (429, ``Retry-After``) when the live work already queued would make it wait
   longer than ``max_wait_s``: the queue's batches times the measured length of a recent live
@@ -36,15 +39,17 @@ Why each part exists:
   delay work someone still waits for.
 - **Hang watch.** A model call that never returns (a hang in C, not a crash) blocks every
   request of this process and cannot be undone from Python. :meth:`Batcher.hung` says so once a
-  call has run longer than ``hang_seconds`` plus ``hang_seconds_per_audio_second`` for each
-  second of audio in it; the app registers it with ``Readiness.watch``, so ``/readyz`` and ``/healthz``
-  answer 503 and Kubernetes stops routing to the pod and restarts it.
+  call (of either class) has run longer than ``hang_seconds`` plus
+  ``hang_seconds_per_audio_second`` for each second of audio in it; the app registers it with
+  ``Readiness.watch``, so ``/readyz`` and ``/healthz`` answer 503 and Kubernetes stops routing
+  to the pod and restarts it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import math
 import time
@@ -88,7 +93,7 @@ class _Pending:
 
 @dataclass(frozen=True)
 class _Call:
-    """The model call running now (for the hang watch)."""
+    """A model call running now (for the hang watch and the live wait estimate)."""
 
     started: float
     audio_seconds: float
@@ -108,11 +113,14 @@ class Batcher:
         hang_seconds: float = 30.0,
         hang_seconds_per_audio_second: float = 2.0,
         max_wait_s: float | None = None,
+        live_lane: bool = False,
     ):
         """``key``: what the chunks of one batch must share (``BatchTranscriber.batch_key``).
         ``max_batch``: most live chunks per call; ``file_batch_max``: most file windows per call
         (default ``max_batch``). ``max_queue``: waiting chunks per class before 429.
-        ``max_wait_s``: the longest a new live chunk may expect to wait before 429 (None: no bound)."""
+        ``max_wait_s``: the longest a new live chunk may expect to wait before 429 (None: no bound).
+        ``live_lane``: a live call may run while a file call runs (``run_batch`` is then called
+        from two threads at once, so the model must have two workers); otherwise one call at a time."""
         self.run_batch = run_batch
         self.key = key
         self.max_batch = max_batch
@@ -122,21 +130,24 @@ class Batcher:
         self.hang_seconds = hang_seconds
         self.hang_seconds_per_audio_second = hang_seconds_per_audio_second
         self.max_wait_s = max_wait_s
+        self.live_lane = live_lane
         self._live_call_s: float | None = None  # moving average of a live model call's wall time
         self._queues: dict[Priority, list[_Pending]] = {p: [] for p in Priority}
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper")
+        self._executor = ThreadPoolExecutor(max_workers=2 if live_lane else 1, thread_name_prefix="whisper")
         self._task: asyncio.Task | None = None
-        self._call: _Call | None = None
+        self._running: dict[Priority, asyncio.Task] = {}  # the batch of each class being run now
+        self._calls: dict[Priority, _Call] = {}  # their model calls, written by the model threads
         self.last_batch_size = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="batcher")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [t for t in (self._task, *self._running.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for queue in self._queues.values():
             for item in queue:
                 if not item.future.done():
@@ -210,29 +221,29 @@ class Batcher:
 
     def expected_wait_s(self) -> float | None:
         """How long a live chunk submitted now would wait before its model call ends: what is
-        left of the call running now, then the batches of live work ahead of it and its own, at
-        the recent length of a live call.
-        None until a live call has been measured, or when no bound is set."""
+        left of the call it must wait for (the live call running now; without a live lane, any
+        call), then the batches of live work ahead of it and its own, at the recent length of a
+        live call. None until a live call has been measured, or when no bound is set."""
         if self.max_wait_s is None or self._live_call_s is None:
             return None
         batches = math.ceil((len(self._queues[Priority.LIVE]) + 1) / self.max_batch)
-        running = self._call
-        left = max(0.0, self._live_call_s - (time.perf_counter() - running.started)) if running else 0.0
-        return left + batches * self._live_call_s
+        ahead = [self._calls.get(Priority.LIVE)] if self.live_lane else list(self._calls.values())
+        now = time.perf_counter()
+        left = max((self._live_call_s - (now - call.started) for call in ahead if call), default=0.0)
+        return max(0.0, left) + batches * self._live_call_s
 
     def hung(self) -> str | None:
-        """Why the model call running now counts as hung, or None (a ``Readiness.watch`` check)."""
-        call = self._call
-        if call is None:
-            return None
-        elapsed = time.perf_counter() - call.started
-        bound = self.hang_seconds + self.hang_seconds_per_audio_second * call.audio_seconds
-        if elapsed <= bound:
-            return None
-        return (
-            f"a model call on {call.audio_seconds:.1f} s of audio ({call.chunks} chunks) has run {elapsed:.0f} s "
-            f"(bound {bound:.0f} s); the process will be restarted"
-        )
+        """Why a model call running now counts as hung, or None (a ``Readiness.watch`` check)."""
+        now = time.perf_counter()
+        for call in list(self._calls.values()):
+            elapsed = now - call.started
+            bound = self.hang_seconds + self.hang_seconds_per_audio_second * call.audio_seconds
+            if elapsed > bound:
+                return (
+                    f"a model call on {call.audio_seconds:.1f} s of audio ({call.chunks} chunks) has run "
+                    f"{elapsed:.0f} s (bound {bound:.0f} s); the process will be restarted"
+                )
+        return None
 
     # --- internals ---------------------------------------------------------------------------
 
@@ -279,16 +290,24 @@ class Batcher:
                 elif item.deadline is not None and item.deadline <= now:
                     self._expire(item)
 
-    def _next(self) -> tuple[list[_Pending], int]:
-        """The queue to serve next and its batch limit: live first, always."""
-        live = self._queues[Priority.LIVE]
-        if live:
-            return live, self.max_batch
-        return self._queues[Priority.FILE], self.file_batch_max
+    def _next(self) -> Priority | None:
+        """The class whose batch may start now, or None: live first, always. A live batch starts
+        when no live call runs and, without a live lane, no file call either; a file batch only
+        when nothing runs and no live chunk waits (strict priority: files get the gaps)."""
+        if self._queues[Priority.LIVE]:
+            if Priority.LIVE in self._running or (not self.live_lane and self._running):
+                return None
+            return Priority.LIVE
+        if self._queues[Priority.FILE] and not self._running:
+            return Priority.FILE
+        return None
 
-    def _take_batch(self) -> list[_Pending]:
+    def _limit(self, priority: Priority) -> int:
+        return self.max_batch if priority is Priority.LIVE else self.file_batch_max
+
+    def _take_batch(self, priority: Priority) -> list[_Pending]:
         self._drop_dead()
-        queue, limit = self._next()
+        queue, limit = self._queues[priority], self._limit(priority)
         if not queue:
             return []
         key = self.key(queue[0].request)
@@ -301,14 +320,14 @@ class Batcher:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            while not self.depth:
+            while self._next() is None:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             # Give concurrent senders a brief moment to join, unless the batch is already full.
             # Re-checked on every wake-up: a live chunk arriving meanwhile is served first.
-            while True:
-                queue, limit = self._next()
-                if not queue or len(queue) >= limit:
+            while (priority := self._next()) is not None:
+                queue = self._queues[priority]
+                if len(queue) >= self._limit(priority):
                     break
                 delay = queue[0].enqueued + self.window - time.perf_counter()
                 if delay <= 0:
@@ -318,7 +337,9 @@ class Batcher:
                     await asyncio.wait_for(self._wakeup.wait(), delay)
                 except TimeoutError:
                     break
-            batch = self._take_batch()
+            if priority is None:
+                continue
+            batch = self._take_batch(priority)
             if not batch:
                 continue
             now = time.perf_counter()
@@ -326,22 +347,30 @@ class Batcher:
                 QUEUE_WAIT_SECONDS.observe(now - item.enqueued)
             BATCH_SIZE.observe(len(batch))
             self.last_batch_size = len(batch)
-            await self._run(loop, batch)
+            task = asyncio.create_task(self._run(loop, batch), name=f"batch-{priority.value}")
+            self._running[priority] = task
+            task.add_done_callback(functools.partial(self._finished, priority))
 
-    def _call_model(self, requests: list[Request]) -> list[Result]:
-        """Run in the model thread; records the call for :meth:`hung`. A call that never
+    def _finished(self, priority: Priority, _task: asyncio.Task) -> None:
+        self._running.pop(priority, None)
+        self._wakeup.set()
+
+    def _call_model(self, priority: Priority, requests: list[Request]) -> list[Result]:
+        """Run in a model thread; records the call for :meth:`hung`. A call that never
         returns leaves its record in place, which is the point."""
         audio = sum(r.samples.size for r in requests) / SAMPLE_RATE
-        self._call = _Call(time.perf_counter(), audio, len(requests))
+        self._calls[priority] = _Call(time.perf_counter(), audio, len(requests))
         try:
             return self.run_batch(requests)
         finally:
-            self._call = None
+            self._calls.pop(priority, None)
 
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
         started = time.perf_counter()
         try:
-            results = await loop.run_in_executor(self._executor, self._call_model, [p.request for p in batch])
+            results = await loop.run_in_executor(
+                self._executor, self._call_model, batch[0].priority, [p.request for p in batch]
+            )
         except Exception as exc:  # one bad batch must not kill the loop
             log.exception("batch of %d failed", len(batch))
             if len(batch) > 1:

@@ -80,10 +80,17 @@ class TranscriberSettings(ServiceSettings, ModelCacheSettings):
         default=0,
         ge=0,
         description="most file windows per model call; `0`: auto (`1` on CPU, `STT_BATCH_MAX` on GPU). Live "
-        "chunks always go first, but a call already running cannot be interrupted, so a live chunk may wait "
-        "for one file call: on a CPU a call's time grows with each 30 s window in it (`base` int8: 0.12 CPU-s "
-        "per audio second whether 1 or 8 windows, so batching saves nothing there), so one window per call "
-        "keeps that wait to one window; see docs/reliability.md",
+        "chunks always go first, but a call already running cannot be interrupted, so without `STT_LIVE_LANE` "
+        "a live chunk may wait for one file call: on a CPU a call's time grows with each 30 s window in it "
+        "(`base` int8: 0.12 CPU-s per audio second whether 1 or 8 windows, so batching saves nothing there), "
+        "so one window per call keeps that wait to one window; see docs/reliability.md",
+    )
+    live_lane: bool = Field(
+        default=True,
+        description="a live chunk's model call may start while a file call runs, in a second model worker "
+        "(weights shared): it no longer waits for the file call, and the two share the cores while they "
+        "overlap. A file call still starts only when no live work runs or waits. `false`: one model call at "
+        "a time; see docs/reliability.md",
     )
     file_windows_in_flight: int = Field(
         default=0,

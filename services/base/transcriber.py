@@ -15,6 +15,7 @@ design decisions").
 from __future__ import annotations
 
 import logging
+import math
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -197,7 +198,7 @@ def time_model(model: WhisperModel) -> float:
 
 
 def probe_compute_types(
-    path: str, device: str, cpu_threads: int, default_model: WhisperModel, default: str
+    path: str, device: str, cpu_threads: int, default_model: WhisperModel, default: str, num_workers: int = 1
 ) -> tuple[WhisperModel, Probe] | None:
     """Time the supported candidates on ``device`` (``default_model`` is ``default``, already
     loaded) and return the fastest, loaded; None when there is nothing to compare."""
@@ -208,7 +209,9 @@ def probe_compute_types(
 
     def measure(compute_type: str) -> float:
         if compute_type not in models:
-            models[compute_type] = WhisperModel(path, device=device, compute_type=compute_type, cpu_threads=cpu_threads)
+            models[compute_type] = WhisperModel(
+                path, device=device, compute_type=compute_type, cpu_threads=cpu_threads, num_workers=num_workers
+            )
         return time_model(models[compute_type])
 
     start = time.perf_counter()
@@ -232,9 +235,12 @@ def cuda_device_count() -> int:
 
 
 def load_model(
-    path: str, requested_device: str, compute_type: str, cpu_threads: int
+    path: str, requested_device: str, compute_type: str, cpu_threads: int, num_workers: int = 1
 ) -> tuple[WhisperModel, DeviceInfo]:
     """Load on the requested device; if CUDA is asked for but absent, load on CPU and say why.
+
+    ``num_workers``: model calls that can run at once from different threads (CTranslate2
+    shares the weights between the workers of one device).
 
     ``compute_type="auto"`` loads the device's default (int8 on CPU, float16 on CUDA), then
     times it against the other supported types (:data:`AUTO_CANDIDATES`) and keeps the fastest
@@ -248,7 +254,9 @@ def load_model(
     if device == "cpu" and compute_type == "float16":
         compute_type = "int8"
     try:
-        model = WhisperModel(path, device=device, compute_type=compute_type, cpu_threads=cpu_threads)
+        model = WhisperModel(
+            path, device=device, compute_type=compute_type, cpu_threads=cpu_threads, num_workers=num_workers
+        )
         warm_up(model)
     except (RuntimeError, ValueError, OSError) as exc:
         if device != "cuda":
@@ -256,13 +264,15 @@ def load_model(
         # e.g. libcublas missing in the image: serve from CPU rather than crash-loop or fail every request.
         reason = f"CUDA load failed: {exc}"
         device, compute_type = "cpu", "int8"
-        model = WhisperModel(path, device=device, compute_type=compute_type, cpu_threads=cpu_threads)
+        model = WhisperModel(
+            path, device=device, compute_type=compute_type, cpu_threads=cpu_threads, num_workers=num_workers
+        )
         warm_up(model)
         auto = False  # a fallback from a broken CUDA set-up serves at once, unprobed
     timings: dict[str, float] = {}
     if auto:
         try:
-            probed = probe_compute_types(path, device, cpu_threads, model, compute_type)
+            probed = probe_compute_types(path, device, cpu_threads, model, compute_type, num_workers)
         except Exception:  # the default itself could not be timed: serve it rather than fail
             log.exception("compute type probe failed; serving %s", compute_type)
             probed = None
@@ -301,6 +311,18 @@ def compression_ratio(text: str) -> float:
 # decodes").
 COMPRESSION_RATIO_THRESHOLD = 2.4
 RETRY_BEAM_SIZE = 5
+# Tokens one decode may write per second of audio, plus a floor. Whisper's own limit is 224
+# tokens whatever the audio, so a 3 s chunk that loops ("Prrrrrr…" for a cut-off "Press", in a
+# 2-minute IVR recording) wrote 224 tokens greedily and 181 more in its beam retry: 3.0 s on
+# this 2-core CPU instead of 0.5 s, and every chunk batched with it waited as long. The densest
+# reference of the corpus is 13 tokens per second of audio (timestamps included; under 0.6 s the
+# floor covers up to 43), so the bound is twice that and cuts only loops.
+TOKENS_PER_SECOND, TOKENS_AT_LEAST = 25, 32
+
+
+def token_budget(duration_s: float) -> int:
+    """Most tokens a decode of ``duration_s`` of audio may write (see :data:`TOKENS_PER_SECOND`)."""
+    return math.ceil(TOKENS_PER_SECOND * duration_s) + TOKENS_AT_LEAST
 
 
 def is_silent(decoded: whisper.Decoded, no_speech_threshold: float, logprob_threshold: float) -> bool:
@@ -472,7 +494,8 @@ class BatchTranscriber:
         by beam search, in one more call. They are encoded again on their own: CTranslate2's
         encoder output cannot be sliced on every device, and retries are rare enough
         (docs/performance.md, "Unsure decodes") that the chunks batched with one seldom wait."""
-        decoded = whisper.decode(self.model, encoded.encoder_output, prompts, self._suppress)
+        budget = token_budget(max(encoded.durations))
+        decoded = whisper.decode(self.model, encoded.encoder_output, prompts, self._suppress, max_tokens=budget)
         outcomes: list[str | None] = [None] * len(decoded)
         greedy: dict[int, str] = {}
         for i, d in enumerate(decoded):
@@ -483,7 +506,9 @@ class BatchTranscriber:
             return decoded, outcomes
         pending = list(greedy)
         output = whisper.encode(self.model, np.ascontiguousarray(encoded.features[pending]))
-        beams = whisper.decode(self.model, output, [prompts[i] for i in pending], self._suppress, RETRY_BEAM_SIZE)
+        beams = whisper.decode(
+            self.model, output, [prompts[i] for i in pending], self._suppress, RETRY_BEAM_SIZE, max_tokens=budget
+        )
         for i, beam in zip(pending, beams, strict=True):
             text = tokenizers[i].decode(beam.tokens).strip()
             if needs_retry(beam, text, self.no_speech_threshold, self.logprob_threshold):

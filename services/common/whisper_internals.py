@@ -169,14 +169,18 @@ def decode(
     prompts: Sequence[list[int]],
     suppress: list[int],
     beam_size: int = 1,
+    max_tokens: int | None = None,
 ) -> list[Decoded]:
     """Decode every item with its own prompt, in one CTranslate2 call: greedy, or a beam search
-    with ``beam_size`` beams (the best hypothesis kept, as ``transcribe`` keeps it)."""
+    with ``beam_size`` beams (the best hypothesis kept, as ``transcribe`` keeps it). At most
+    ``max_tokens`` tokens per item (None: the model's own limit, as ``transcribe`` has it)."""
+    # CTranslate2 writes at most max_length // 2 tokens for Whisper (448 gives Whisper's 224).
+    max_length = model.max_length if max_tokens is None else min(model.max_length, 2 * max_tokens)
     results = model.model.generate(
         encoder_output,
         list(prompts),
         beam_size=beam_size,
-        max_length=model.max_length,
+        max_length=max_length,
         suppress_blank=True,
         suppress_tokens=suppress,
         return_scores=True,

@@ -23,7 +23,7 @@ import pytest
 from core.errors import ApiError
 from core.vocabulary import SAMPLE_RATE
 from services.base import app as base
-from services.base.batcher import Batcher, Priority
+from services.base.batcher import Batcher, Priority, _Call
 from services.base.metrics import BATCH_CANCELLED, BATCH_EXPIRED
 from services.base.transcriber import Request, Result
 from tests.services.base_harness import serving
@@ -125,6 +125,41 @@ async def test_live_chunks_batch_together_but_never_with_file_windows() -> None:
         model.gate.set()
         await asyncio.gather(blocker, *files, *lives)
         assert model.calls == [[1], [200, 201, 202], [100, 101], [102]]
+
+
+async def test_with_a_live_lane_a_live_chunk_starts_beside_a_running_file_call() -> None:
+    async with running(max_batch=8, window_ms=0, file_batch_max=1, live_lane=True) as (model, batcher):
+        model.gate.clear()
+        file = asyncio.create_task(batcher.submit(chunk(100), Priority.FILE))
+        await model.held()  # the file window holds its model worker
+        live = asyncio.create_task(batcher.submit(chunk(200), Priority.LIVE))
+        await until(lambda: len(model.calls) == 2)  # started while the file call still runs
+        assert model.calls == [[100], [200]]
+        model.gate.set()
+        await asyncio.gather(file, live)
+
+
+async def test_with_a_live_lane_a_file_window_still_waits_for_live_work() -> None:
+    async with running(max_batch=8, window_ms=0, file_batch_max=1, live_lane=True) as (model, batcher):
+        model.gate.clear()
+        live = asyncio.create_task(batcher.submit(chunk(200), Priority.LIVE))
+        await model.held()
+        file = asyncio.create_task(batcher.submit(chunk(100), Priority.FILE))
+        await asyncio.sleep(0.05)
+        assert model.calls == [[200]]  # strict priority: files only get the gaps
+        model.gate.set()
+        await asyncio.gather(file, live)
+        assert model.calls == [[200], [100]]
+
+
+@pytest.mark.parametrize(("live_lane", "expected"), [(False, 2.0), (True, 1.0)])
+def test_a_running_file_call_counts_in_a_live_chunk_s_wait_only_without_a_live_lane(
+    live_lane: bool, expected: float
+) -> None:
+    batcher = Batcher(lambda batch: [], max_wait_s=10, live_lane=live_lane)
+    batcher._live_call_s = 1.0
+    batcher._calls[Priority.FILE] = _Call(time.perf_counter(), 30.0, 1)
+    assert batcher.expected_wait_s() == pytest.approx(expected, abs=0.01)
 
 
 async def test_file_windows_do_not_take_the_queue_slots_of_live_chunks() -> None:

@@ -99,7 +99,7 @@ def test_candidates_are_the_supported_ones_default_first(monkeypatch) -> None:
 class FakeModel:
     built: list[str] = []
 
-    def __init__(self, path, device, compute_type, cpu_threads):
+    def __init__(self, path, device, compute_type, cpu_threads, num_workers=1):
         FakeModel.built.append(f"{device}/{compute_type}")
         self.compute_type = compute_type
 

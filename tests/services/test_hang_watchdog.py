@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from core.vocabulary import SAMPLE_RATE
-from services.base.batcher import Batcher, _Call
+from services.base.batcher import Batcher, Priority, _Call
 from services.base.transcriber import Request, Result
 from tests.services.base_harness import serving
 
@@ -36,12 +36,17 @@ class HangingModel:
 def test_the_bound_grows_with_the_audio_in_the_call() -> None:
     batcher = Batcher(lambda batch: [], hang_seconds=30, hang_seconds_per_audio_second=2.0)
     assert batcher.hung() is None  # no call running
-    batcher._call = _Call(time.perf_counter() - 95, 24.0, 3)
+    batcher._calls[Priority.FILE] = _Call(time.perf_counter() - 95, 24.0, 3)
     assert batcher.hung() == (
         "a model call on 24.0 s of audio (3 chunks) has run 95 s (bound 78 s); the process will be restarted"
     )
-    batcher._call = _Call(time.perf_counter() - 70, 24.0, 3)  # slow, but within 30 + 2 x 24 s
+    batcher._calls[Priority.FILE] = _Call(time.perf_counter() - 70, 24.0, 3)  # slow, but within 30 + 2 x 24 s
     assert batcher.hung() is None
+    # with a live lane, a hung live call beside a healthy file call is still seen
+    batcher._calls[Priority.LIVE] = _Call(time.perf_counter() - 40, 3.0, 1)
+    assert batcher.hung() == (
+        "a model call on 3.0 s of audio (1 chunks) has run 40 s (bound 36 s); the process will be restarted"
+    )
 
 
 @pytest.fixture

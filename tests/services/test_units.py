@@ -223,7 +223,7 @@ def test_cuda_that_fails_at_the_first_call_serves_on_cpu_and_says_why(monkeypatc
     built: list[str] = []
 
     class FakeModel:
-        def __init__(self, path, device, compute_type, cpu_threads):
+        def __init__(self, path, device, compute_type, cpu_threads, num_workers=1):
             built.append(f"{device}/{compute_type}")
             self.device = device
 

@@ -45,13 +45,15 @@ class ScriptedModel:
     def __init__(self, script: dict[tuple[int, int], Decoded]):
         self.script = script
         self.calls: list[tuple[list[int], int]] = []
+        self.budgets: list[int | None] = []  # max_tokens of each call
 
     def encode(self, _model, features: np.ndarray) -> np.ndarray:
         return features
 
-    def decode(self, _model, output, _prompts, _suppress, beam_size: int = 1) -> list[Decoded]:
+    def decode(self, _model, output, _prompts, _suppress, beam_size: int = 1, max_tokens=None) -> list[Decoded]:
         items = [int(f[0, 0]) for f in output]
         self.calls.append((items, beam_size))
+        self.budgets.append(max_tokens)
         return [self.script.get((i, beam_size), decoded(UNSURE)) for i in items]
 
 
@@ -69,9 +71,10 @@ def scripted(monkeypatch: pytest.MonkeyPatch):
     return make
 
 
-def batch_of(size: int) -> tuple[EncodedBatch, list[SimpleNamespace]]:
-    """``size`` items, numbered 0.. by their first feature value."""
-    requests = [Request(np.zeros(160, np.float32), "en") for _ in range(size)]
+def batch_of(size: int, seconds: float = 0.01) -> tuple[EncodedBatch, list[SimpleNamespace]]:
+    """``size`` items, numbered 0.. by their first feature value, the last ``seconds`` long."""
+    requests = [Request(np.zeros(160, np.float32), "en") for _ in range(size - 1)]
+    requests.append(Request(np.zeros(round(seconds * 16000), np.float32), "en"))
     features = np.stack([np.full((2, 4), i, np.float32) for i in range(size)])
     encoded = EncodedBatch(requests, features, encoder_output=features)
     return encoded, [SimpleNamespace(decode=lambda tokens: "some words") for _ in range(size)]
@@ -87,6 +90,15 @@ def test_only_the_unsure_items_are_decoded_again_in_one_more_call(scripted) -> N
     assert outcomes == [None, "passed", None, "surest"]
     assert out[1].tokens == [7]  # the beam search's decode passed and replaced the greedy one
     assert out[0].avg_logprob == SURE and out[2].avg_logprob == SURE
+
+
+def test_both_decodes_are_bounded_by_the_token_budget_of_the_longest_item(scripted) -> None:
+    transcriber, model = scripted({})  # everything unsure: greedy, then beam search
+    encoded, tokenizers = batch_of(3, seconds=3.0)
+    transcriber._decode(encoded, [[1]] * 3, tokenizers)
+    assert model.budgets == [tr.token_budget(3.0)] * 2
+    assert tr.token_budget(3.0) == 107  # a 3 s chunk may write 107 tokens, not Whisper's 224
+    assert tr.token_budget(30.0) >= 224  # a full window keeps Whisper's own limit
 
 
 def test_a_retry_that_fails_too_keeps_the_surer_decode(scripted) -> None:
@@ -136,9 +148,21 @@ def test_an_unsure_telephone_clip_is_decoded_again_and_comes_out_better(real_tra
     assert real_transcriber.transcribe([Request(samples, "en", full_window=True)])[0].text == retried.text
 
 
-def whisper_greedy(transcriber: BatchTranscriber, samples: np.ndarray) -> Decoded:
+@pytest.mark.slow
+def test_ctranslate2_writes_no_more_tokens_than_the_budget(real_transcriber, dev_clips) -> None:
+    """``max_tokens`` reaches CTranslate2 as the limit it means (it writes max_length // 2)."""
+    samples = dev_clips["praatio-damon"].samples()  # "damon fried the omelet": 10 tokens
+    free = whisper_greedy(real_transcriber, samples)
+    assert len(free.tokens) > 6, free
+    capped = whisper_greedy(real_transcriber, samples, max_tokens=6)
+    assert len(capped.tokens) == 6 and capped.tokens == free.tokens[:6]
+
+
+def whisper_greedy(transcriber: BatchTranscriber, samples: np.ndarray, max_tokens: int | None = None) -> Decoded:
     """The greedy decode alone, as the transcriber makes it before any retry."""
     encoded = transcriber._encode([Request(samples, "en", full_window=True)])
     tokenizer = transcriber._tokenizer("en")
     prompt = tr.whisper.prompt(transcriber.model, tokenizer, None)
-    return tr.whisper.decode(transcriber.model, encoded.encoder_output, [prompt], transcriber._suppress)[0]
+    return tr.whisper.decode(
+        transcriber.model, encoded.encoder_output, [prompt], transcriber._suppress, max_tokens=max_tokens
+    )[0]
