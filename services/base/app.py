@@ -95,7 +95,9 @@ class Engine:
         self.model_name = settings.model
         self.created = int(time.time())  # ``created`` of /v1/models: when this backend loaded it
         pad = settings.encoder_pad_seconds if settings.encoder_window == "trimmed" else None
-        self.transcriber = BatchTranscriber(model, encoder_pad_seconds=pad)
+        self.transcriber = BatchTranscriber(
+            model, encoder_pad_seconds=pad, tokens_per_second=settings.max_tokens_per_second
+        )
         self.load_seconds = time.perf_counter() - start
         # A model call cannot be interrupted, so a live chunk may wait for one whole file call. On
         # a CPU a call's time grows with every window in it (0.12 CPU-s per audio second whether

@@ -60,6 +60,13 @@ class TranscriberSettings(ServiceSettings, ModelCacheSettings):
     encoder_pad_seconds: float = Field(
         default=8.0, ge=4.0, description="padding for `trimmed` (at least 4; measured in docs/performance.md)"
     )
+    max_tokens_per_second: float = Field(
+        default=25.0,
+        ge=0.0,
+        description="most tokens a decode may write per second of its audio, plus 32, so a decode that loops "
+        "stops early; `0`: Whisper's own 224 per decode whatever the audio (docs/performance.md, \"A token "
+        'budget per decode")',
+    )
     batch_max: int = Field(default=8, ge=1, description="most chunks per model call")
     batch_window_ms: float = Field(default=20.0, ge=0.0, description="how long a chunk waits for company")
     max_queue: int = Field(

@@ -317,12 +317,15 @@ RETRY_BEAM_SIZE = 5
 # this 2-core CPU instead of 0.5 s, and every chunk batched with it waited as long. The densest
 # reference of the corpus is 13 tokens per second of audio (timestamps included; under 0.6 s the
 # floor covers up to 43), so the bound is twice that and cuts only loops.
-TOKENS_PER_SECOND, TOKENS_AT_LEAST = 25, 32
+TOKENS_PER_SECOND, TOKENS_AT_LEAST = 25.0, 32
 
 
-def token_budget(duration_s: float) -> int:
-    """Most tokens a decode of ``duration_s`` of audio may write (see :data:`TOKENS_PER_SECOND`)."""
-    return math.ceil(TOKENS_PER_SECOND * duration_s) + TOKENS_AT_LEAST
+def token_budget(duration_s: float, tokens_per_second: float = TOKENS_PER_SECOND) -> int | None:
+    """Most tokens a decode of ``duration_s`` of audio may write (see :data:`TOKENS_PER_SECOND`);
+    None when ``tokens_per_second`` is 0 (Whisper's own limit)."""
+    if tokens_per_second <= 0:
+        return None
+    return math.ceil(tokens_per_second * duration_s) + TOKENS_AT_LEAST
 
 
 def is_silent(decoded: whisper.Decoded, no_speech_threshold: float, logprob_threshold: float) -> bool:
@@ -410,6 +413,7 @@ class BatchTranscriber:
         encoder_pad_seconds: float | None = 8.0,
         no_speech_threshold: float = 0.6,
         logprob_threshold: float = -1.0,
+        tokens_per_second: float = TOKENS_PER_SECOND,
     ):
         """``encoder_pad_seconds``: encode only the audio plus this much silence instead of the
         full 30 s window (``None``: always 30 s). Both the encoder and every decoder step
@@ -420,6 +424,7 @@ class BatchTranscriber:
         self.encoder_pad_seconds = encoder_pad_seconds
         self.no_speech_threshold = no_speech_threshold
         self.logprob_threshold = logprob_threshold
+        self.tokens_per_second = tokens_per_second  # the decode's token budget (token_budget); 0: none
         self.multilingual = whisper.is_multilingual(model)
         self._suppress = whisper.suppressed_tokens(self._tokenizer("en"))
 
@@ -494,7 +499,7 @@ class BatchTranscriber:
         by beam search, in one more call. They are encoded again on their own: CTranslate2's
         encoder output cannot be sliced on every device, and retries are rare enough
         (docs/performance.md, "Unsure decodes") that the chunks batched with one seldom wait."""
-        budget = token_budget(max(encoded.durations))
+        budget = token_budget(max(encoded.durations), self.tokens_per_second)
         decoded = whisper.decode(self.model, encoded.encoder_output, prompts, self._suppress, max_tokens=budget)
         outcomes: list[str | None] = [None] * len(decoded)
         greedy: dict[int, str] = {}

@@ -66,6 +66,7 @@ def scripted(monkeypatch: pytest.MonkeyPatch):
         transcriber = object.__new__(BatchTranscriber)
         transcriber.model, transcriber._suppress = None, []
         transcriber.no_speech_threshold, transcriber.logprob_threshold = 0.6, -1.0
+        transcriber.tokens_per_second = tr.TOKENS_PER_SECOND
         return transcriber, model
 
     return make
@@ -99,6 +100,9 @@ def test_both_decodes_are_bounded_by_the_token_budget_of_the_longest_item(script
     assert model.budgets == [tr.token_budget(3.0)] * 2
     assert tr.token_budget(3.0) == 107  # a 3 s chunk may write 107 tokens, not Whisper's 224
     assert tr.token_budget(30.0) >= 224  # a full window keeps Whisper's own limit
+    transcriber.tokens_per_second = 0  # STT_MAX_TOKENS_PER_SECOND=0: Whisper's own limit
+    transcriber._decode(encoded, [[1]] * 3, tokenizers)
+    assert model.budgets[2:] == [None, None]
 
 
 def test_a_retry_that_fails_too_keeps_the_surer_decode(scripted) -> None:
