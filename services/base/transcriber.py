@@ -312,11 +312,10 @@ def compression_ratio(text: str) -> float:
 COMPRESSION_RATIO_THRESHOLD = 2.4
 RETRY_BEAM_SIZE = 5
 # Tokens one decode may write per second of audio, plus a floor. Whisper's own limit is 224
-# tokens whatever the audio, so a 3 s chunk that loops ("Prrrrrr…" for a cut-off "Press", in a
-# 2-minute IVR recording) wrote 224 tokens greedily and 181 more in its beam retry: 3.0 s on
-# this 2-core CPU instead of 0.5 s, and every chunk batched with it waited as long. The densest
-# reference of the corpus is 13 tokens per second of audio (timestamps included; under 0.6 s the
-# floor covers up to 43), so the bound is twice that and cuts only loops.
+# tokens whatever the audio, so a 3 s chunk that loops ("Prrrrrr…" for a cut-off "Press") writes
+# all of them, again in its beam retry, and every chunk batched with it waits as long. Speech
+# needs about half the bound (the densest reference in the corpus), so it cuts only loops
+# (docs/performance.md, "A token budget per decode").
 TOKENS_PER_SECOND, TOKENS_AT_LEAST = 25.0, 32
 
 
