@@ -174,8 +174,13 @@ def decode(
     """Decode every item with its own prompt, in one CTranslate2 call: greedy, or a beam search
     with ``beam_size`` beams (the best hypothesis kept, as ``transcribe`` keeps it). At most
     ``max_tokens`` tokens per item (None: the model's own limit, as ``transcribe`` has it)."""
-    # CTranslate2 writes at most max_length // 2 tokens for Whisper (448 gives Whisper's 224).
-    max_length = model.max_length if max_tokens is None else min(model.max_length, 2 * max_tokens)
+    max_length = model.max_length
+    if max_tokens is not None:
+        # CTranslate2 writes at most min(max_length // 2, max_length - len(prompt) + 1) tokens for
+        # Whisper (448 gives Whisper's 224 after a short prompt; a 227-token prompt and a length of
+        # 214 gave none: measured), so the length that allows max_tokens depends on the prompt.
+        longest = max((len(p) for p in prompts), default=0)
+        max_length = min(model.max_length, max(2 * max_tokens, longest + max_tokens - 1))
     results = model.model.generate(
         encoder_output,
         list(prompts),

@@ -153,20 +153,33 @@ def test_an_unsure_telephone_clip_is_decoded_again_and_comes_out_better(real_tra
 
 
 @pytest.mark.slow
-def test_ctranslate2_writes_no_more_tokens_than_the_budget(real_transcriber, dev_clips) -> None:
-    """``max_tokens`` reaches CTranslate2 as the limit it means (it writes max_length // 2)."""
+@pytest.mark.parametrize("previous_text", [None, ("I'll tell you a story. " * 100)[:2000]])
+def test_ctranslate2_writes_exactly_the_budget_whatever_the_prompt(
+    real_transcriber, dev_clips, previous_text: str | None
+) -> None:
+    """``max_tokens`` reaches CTranslate2 as the limit it means, after a bare prompt and after the
+    longest prompt a caller may send (CTranslate2 counts the prompt in its length: before this
+    was known, a 2000-character prompt left a budget of 107 tokens with none to write)."""
     samples = dev_clips["praatio-damon"].samples()  # "damon fried the omelet": 10 tokens
-    free = whisper_greedy(real_transcriber, samples)
+    free = whisper_greedy(real_transcriber, samples, previous_text=previous_text)
     assert len(free.tokens) > 6, free
-    capped = whisper_greedy(real_transcriber, samples, max_tokens=6)
+    capped = whisper_greedy(real_transcriber, samples, max_tokens=6, previous_text=previous_text)
     assert len(capped.tokens) == 6 and capped.tokens == free.tokens[:6]
+    # the transcriber's own budget for this clip lets the whole sentence through
+    budget = tr.token_budget(samples.size / tr.SAMPLE_RATE)
+    assert whisper_greedy(real_transcriber, samples, max_tokens=budget, previous_text=previous_text) == free
 
 
-def whisper_greedy(transcriber: BatchTranscriber, samples: np.ndarray, max_tokens: int | None = None) -> Decoded:
+def whisper_greedy(
+    transcriber: BatchTranscriber,
+    samples: np.ndarray,
+    max_tokens: int | None = None,
+    previous_text: str | None = None,
+) -> Decoded:
     """The greedy decode alone, as the transcriber makes it before any retry."""
     encoded = transcriber._encode([Request(samples, "en", full_window=True)])
     tokenizer = transcriber._tokenizer("en")
-    prompt = tr.whisper.prompt(transcriber.model, tokenizer, None)
+    prompt = tr.whisper.prompt(transcriber.model, tokenizer, previous_text)
     return tr.whisper.decode(
         transcriber.model, encoded.encoder_output, [prompt], transcriber._suppress, max_tokens=max_tokens
     )[0]
