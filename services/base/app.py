@@ -99,10 +99,11 @@ class Engine:
             model, encoder_pad_seconds=pad, tokens_per_second=settings.max_tokens_per_second
         )
         self.load_seconds = time.perf_counter() - start
-        # A model call cannot be interrupted, so a live chunk may wait for one whole file call. On
-        # a CPU a call's time grows with every window in it (0.12 CPU-s per audio second whether
-        # 1 or 8 windows: docs/reliability.md), so file windows go one per call; a GPU runs a
-        # batch in little more than one window's time.
+        # A model call cannot be interrupted: without the live lane a live chunk may wait for one
+        # whole file call, and with it the two calls share the cores while they overlap. On a CPU
+        # a call's time grows with every window in it (0.12 CPU-s per audio second whether 1 or 8
+        # windows: docs/reliability.md), so file windows go one per call; a GPU runs a batch in
+        # little more than one window's time.
         self.file_batch_max = settings.file_batch_max or (1 if self.device.device == "cpu" else settings.batch_max)
         self.file_windows_in_flight = settings.file_windows_in_flight or self.file_batch_max
         self.gap_rule = GapRule(min_gap_s=settings.skipped_speech_min_s) if settings.skipped_speech_min_s else None
