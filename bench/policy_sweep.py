@@ -114,8 +114,7 @@ def replay(answers: Answers, config: PolicyConfig, item: Item, language: str = "
     while processed < samples.size:
         end = min(samples.size, processed + step)
         speech = answers.detect(pcm16(samples[processed:end])) if end - processed >= SAMPLE_RATE // 2 else True
-        last = end == samples.size  # the stream ends: this decode commits everything (a session knows it)
-        policy.advance(end, speech, last=last)
+        policy.advance(end, speech)
         processed = end
         clock = max(clock, end / SAMPLE_RATE)
         if (span := policy.window()) is None:
@@ -128,8 +127,7 @@ def replay(answers: Answers, config: PolicyConfig, item: Item, language: str = "
         clock += seconds
         update = policy.update(Segment.parse(segments, start / SAMPLE_RATE), start / SAMPLE_RATE)
         first.append(clock - stop / SAMPLE_RATE)
-        if not last:  # words made final only by the stream's end are left out, as documented above
-            commits += [clock - w.end for w in update.committed]
+        commits += [clock - w.end for w in update.committed]
     policy.finish()
     return Replayed(policy.committed_text, first, commits, decoded)
 

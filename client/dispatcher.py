@@ -368,7 +368,7 @@ class AgreementDispatcher(Dispatcher):
         speech = await self._is_speech(chunk)
         if not speech:
             self.stats.chunks_nonspeech += 1
-        self.policy.advance(self._keep(chunk), speech, last=chunk.final)
+        self.policy.advance(self._keep(chunk), speech)
         span = self.policy.window()
         if span is None:  # silence, and nothing waiting to be committed
             self._trim()

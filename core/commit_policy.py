@@ -316,7 +316,6 @@ class PolicyConfig:
     step_s: float = 3.0  # new audio per decision: the design's cadence
     max_window_s: float = 15.0  # most uncommitted audio in one decode; older words are forced out
     context_s: float = 2.0  # committed audio decoded before the uncommitted part
-    final_context_s: float = 8.0  # ... in the decode that ends an utterance or the stream (at least context_s)
     trim_after_s: float = 0.0  # trim at committed sentence/segment ends once the window is longer than this
     max_shift_s: float = 1.0  # two hypotheses agree on a word only if they place it this close
     max_gap_s: float = 3.0  # a decode starting later than this after the last commit is not agreed on
@@ -339,16 +338,10 @@ class PolicyConfig:
             raise ValueError(f"max_window_s must hold at least two steps ({2 * self.step_s:g} s) to agree on anything")
         if self.settle_s < 0 or self.trim_words_after_s < 0:
             raise ValueError("settle_s and trim_words_after_s must not be negative")
-        if min(self.context_s, self.final_context_s, self.trim_after_s) < 0:
-            raise ValueError("context_s, final_context_s and trim_after_s must not be negative")
+        if self.context_s < 0 or self.trim_after_s < 0:
+            raise ValueError("context_s and trim_after_s must not be negative")
         if self.max_window_s + self.context_s > WHISPER_WINDOW_S:
             raise ValueError("max_window_s + context_s may not exceed Whisper's 30 s window")
-
-    @property
-    def closing_context_s(self) -> float:
-        """Context of the decode that ends an utterance: ``final_context_s``, but never less than
-        ``context_s`` nor more than Whisper's window leaves beside ``max_window_s``."""
-        return max(self.context_s, min(self.final_context_s, WHISPER_WINDOW_S - self.max_window_s))
 
 
 @dataclass
@@ -384,7 +377,6 @@ class CommitPolicy(Transcript):
         self._end = 0  # samples of audio received
         self._start = 0  # first sample of the uncommitted audio
         self._context_start = 0  # first sample of the context before it (see _move_start)
-        self._context_floor = 0  # no audio before this exists (a resumed stream)
         self._decoded_end = 0  # end of the last window decoded
         self._pending: tuple[int, int] | None = None  # handed out by window(), not yet answered
         self._commit_s = -math.inf  # end of the last committed word
@@ -406,7 +398,7 @@ class CommitPolicy(Transcript):
         if not 0 <= audio_from <= committed_until:
             raise ValueError("resuming needs 0 <= audio_from <= committed_until")
         policy = cls(config)
-        policy._end = policy._decoded_end = policy._context_start = policy._context_floor = audio_from
+        policy._end = policy._decoded_end = policy._context_start = audio_from
         policy._start = committed_until
         policy._commit_s = policy._cut_s = committed_until / policy._sr
         return policy
@@ -420,10 +412,8 @@ class CommitPolicy(Transcript):
 
     # -- audio in ---------------------------------------------------------------------------
 
-    def advance(self, end_sample: int, speech: bool = True, last: bool = False) -> None:
-        """Audio now reaches ``end_sample``; ``speech``: what the detector said about the new part;
-        ``last``: the stream (or the caller's utterance) ends here, so the next window is the
-        one that commits it whole."""
+    def advance(self, end_sample: int, speech: bool = True) -> None:
+        """Audio now reaches ``end_sample``; ``speech``: what the detector said about the new part."""
         if end_sample <= self._end:
             return
         if speech:
@@ -435,8 +425,6 @@ class CommitPolicy(Transcript):
             if self._speech and self._flush_end is None:
                 self._flush_end = end_sample
         self._end = end_sample
-        if last and self._speech and self._flush_end is None:
-            self._flush_end = end_sample
 
     def due(self) -> bool:
         """A decode is worth doing now: a step of new audio, or an utterance just ended."""
@@ -455,9 +443,7 @@ class CommitPolicy(Transcript):
     @property
     def keep_from(self) -> int:
         """The first sample the caller still needs (a later window starts no earlier)."""
-        if self.config.closing_context_s <= self.config.context_s:
-            return self._context_start
-        return min(self._context_start, self._context_before(self._start, self.config.closing_context_s))
+        return self._context_start
 
     # -- decisions --------------------------------------------------------------------------
 
@@ -479,12 +465,9 @@ class CommitPolicy(Transcript):
             self._move_start(self._end)
             return None
         end = min(self._end, self._start + round(self.config.max_window_s * self._sr))
-        start = self._start if self._without_context else self._context_start
         if self._flush_end is not None:
             end = min(end, self._flush_end)  # the utterance ends here; what follows is the next one
-            if end == self._flush_end and not self._without_context:
-                start = min(start, self._context_before(self._start, self.config.closing_context_s))
-        self._pending = (start, end)
+        self._pending = (self._start if self._without_context else self.keep_from, end)
         return self._pending
 
     def update(self, hypothesis: Sequence[Segment] | Sequence[Word], window_start_s: float) -> Update:
@@ -623,21 +606,18 @@ class CommitPolicy(Transcript):
         nothing for the next one to agree with (docs/client.md, "Agreement policy"). Forward,
         not back, so a window never exceeds ``max_window_s + context_s``."""
         self._start = start
-        self._context_start = self._context_before(start, self.config.context_s)
-        self._silence = [(a, b) for a, b in self._silence if b > self.keep_from / self._sr]
-
-    def _context_before(self, start: int, seconds: float) -> int:
-        """``seconds`` before ``start``, moved forward out of a committed word it would cut."""
-        lo = max(self._context_floor, start - round(seconds * self._sr))
+        lo = max(0, start - round(self.config.context_s * self._sr))
         t = lo / self._sr
+        self._context_start = lo
         for i in range(len(self.committed) - 1, -1, -1):
             w = self.committed[i]
             if w.end <= t:
                 break  # t lies in a pause (or after every committed word)
             if w.start < t:
                 after = self.committed[i + 1].start if i + 1 < len(self.committed) else w.end
-                return min(start, round((w.end + max(w.end, after)) / 2 * self._sr))
-        return lo
+                self._context_start = min(start, round((w.end + max(w.end, after)) / 2 * self._sr))
+                break
+        self._silence = [(a, b) for a, b in self._silence if b > self._context_start / self._sr]
 
 
 def _as_segments(hypothesis: Sequence[Segment] | Sequence[Word]) -> list[Segment]:

@@ -302,7 +302,7 @@ class StreamSession:
                 continue
             if self._finishing:
                 if self._received > self._processed:
-                    await self._process(self._received, last=True)
+                    await self._process(self._received)
                 await self._end()
                 return
             self._wake.clear()
@@ -312,7 +312,7 @@ class StreamSession:
         """Process the audio up to ``end`` (a shorter last step) and commit all of it."""
         try:
             if end > self._processed:
-                await self._process(end, flushing=True, last=True)
+                await self._process(end, flushing=True)
             update = self.policy.finish()
             if update.committed:
                 await self._send_update(update, end, None)
@@ -335,9 +335,7 @@ class StreamSession:
     def _slice(self, start: int, end: int) -> np.ndarray:
         return self._audio[start - self._audio_start : end - self._audio_start]
 
-    async def _process(self, end: int, flushing: bool = False, last: bool = False) -> None:
-        """Detect and decode the audio up to ``end``; ``last``: the stream or the client's
-        utterance ends there, so this decode commits everything (with more context before it)."""
+    async def _process(self, end: int, flushing: bool = False) -> None:
         begin = self._processed
         speech = True
         if flushing and end - begin < MIN_DETECT_SAMPLES:
@@ -347,19 +345,15 @@ class StreamSession:
             if speech is None:
                 speech = True  # the detector is unreachable: decode rather than risk dropping speech
         await self._speech_edge(bool(speech), begin, end)
-        silence_ended = self.policy.utterance_end is not None
-        self.policy.advance(end, bool(speech), last=last)
-        # An utterance that ends here because the caller said so is announced by the caller
-        # (reason "flush" or "finish"), not as one that ended in silence.
-        closing = last and speech and not silence_ended
+        self.policy.advance(end, bool(speech))
         self._processed = end
         await self._report_lag()
         span = self.policy.window()  # one decode per step; a backlog is worked off step by step
         if span is not None:
-            await self._decode(span, announce=not closing)
+            await self._decode(span)
         self._trim()
 
-    async def _decode(self, span: tuple[int, int], announce: bool = True) -> None:
+    async def _decode(self, span: tuple[int, int]) -> None:
         start, end = span
         language = self.options.language or self.language_lock.language
         pcm = self._slice(start, end).tobytes()
@@ -376,7 +370,7 @@ class StreamSession:
             )
         update = self.policy.update(segments, offset)
         await self._send_update(update, end, answer.get("backend"), answer.get("model"))
-        if announce and utterance_end is not None and self.policy.utterance_end is None:
+        if utterance_end is not None and self.policy.utterance_end is None:
             await self._utterance_ended("silence", utterance_end)  # this decode committed the utterance whole
 
     async def _send_update(

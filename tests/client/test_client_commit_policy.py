@@ -62,12 +62,8 @@ class Replay:
 
 
 def replay(recording: dict, config: PolicyConfig | None = None) -> Replay:
-    """Feed recorded steps through a policy; it must ask for exactly the recorded windows.
-
-    The recordings predate the closing context (``final_context_s``): their utterance-ending
-    windows were asked with ``context_s``, so they are replayed that way."""
-    recorded = {"final_context_s": recording["config"].get("context_s", PolicyConfig.context_s), **recording["config"]}
-    run = Replay(CommitPolicy(config or PolicyConfig(**recorded)))
+    """Feed recorded steps through a policy; it must ask for exactly the recorded windows."""
+    run = Replay(CommitPolicy(config or PolicyConfig(**recording["config"])))
     for step in recording["steps"]:
         run.policy.advance(step["end"], step["speech"])
         span = run.policy.window()
@@ -320,71 +316,6 @@ def test_silence_after_speech_commits_the_utterance_then_nothing_is_decoded() ->
     assert windows[-1][1] == 12 * SR  # decoded once more through the first silent step, then no more
     assert oracle.calls == 4
     assert policy.partial == []
-
-
-def closing_run(
-    config: PolicyConfig, seconds: float, last: bool
-) -> tuple[CommitPolicy, list[tuple[int, int]], list[int]]:
-    """Steps through ``seconds`` of WORDS, the last step flagged ``last``; the windows asked for and
-    what ``keep_from`` was before each step (the audio a caller still held)."""
-    policy, oracle = CommitPolicy(config), Oracle(WORDS)
-    step = round(config.step_s * SR)
-    ends = [*range(step, round(seconds * SR), step), round(seconds * SR)]
-    windows, kept = [], []
-    for end in ends:
-        kept.append(policy.keep_from)
-        policy.advance(end, last=last and end == ends[-1])
-        if span := policy.window():
-            windows.append(span)
-            policy.update(oracle(span[0] / SR, span[1] / SR), span[0] / SR)
-    return policy, windows, kept
-
-
-def test_the_decode_that_ends_the_stream_hears_the_closing_context_and_commits_everything() -> None:
-    config = PolicyConfig()
-    policy, windows, kept = closing_run(config, 20.5, last=True)
-    last_start, last_end = windows[-1]
-    assert last_end == round(20.5 * SR)
-    # context_s (2 s) before the uncommitted audio in the windows before it, 8 s in this one:
-    # the words Whisper hears it with, where plain faster-whisper hears the whole file
-    assert policy.committed[-1].end - last_start / SR >= config.final_context_s
-    assert not any(w.start < last_start / SR < w.end for w in WORDS), "the context starts in a pause"
-    # the caller still held that audio: keep_from never passed a window's start
-    assert all(k <= start for k, (start, _) in zip(kept[1:], windows[1:], strict=False))
-    assert policy.partial == [], "the last decode committed everything"
-    assert texts(policy.committed) == texts([w for w in WORDS if w.end <= 20.5])
-
-
-def test_without_last_the_same_stream_keeps_its_last_words_partial_until_finish() -> None:
-    _, closed, _ = closing_run(PolicyConfig(), 20.5, last=True)
-    policy, windows, _ = closing_run(PolicyConfig(), 20.5, last=False)
-    assert windows[:-1] == closed[:-1] and windows[-1][1] == closed[-1][1]
-    assert windows[-1][0] > closed[-1][0], "only the closing decode reaches further back"
-    assert policy.partial, "the newest words wait for finish() as before"
-
-
-def test_an_utterance_that_ends_in_silence_gets_the_closing_context_too() -> None:
-    words = [w for w in WORDS if w.end <= 14.5]
-    policy, windows, _ = stream(Oracle(words), 24.0, silent={5, 6, 7})  # silence from 15 s
-    _, without, _ = stream(Oracle(words), 24.0, PolicyConfig(final_context_s=0.0), silent={5, 6, 7})
-    assert windows[-1][1] == without[-1][1] == 18 * SR and windows[:-1] == without[:-1]
-    assert (without[-1][0] - windows[-1][0]) / SR >= 3.0, "the closing decode reaches further back"
-    assert texts(policy.committed) == texts(words)
-
-
-@pytest.mark.parametrize(
-    ("settings", "expected"),
-    [({}, 8.0), ({"final_context_s": 0.0}, 2.0), ({"context_s": 10.0}, 10.0), ({"max_window_s": 25.0}, 5.0)],
-)
-def test_the_closing_context_is_at_least_context_s_and_fits_whispers_window(settings: dict, expected: float) -> None:
-    assert PolicyConfig(**settings).closing_context_s == expected
-
-
-def test_a_resumed_stream_never_asks_for_audio_from_before_it_resumed() -> None:
-    policy = CommitPolicy.resumed(PolicyConfig(), audio_from=10 * SR, committed_until=11 * SR)
-    policy.advance(13 * SR, last=True)
-    start, end = policy.window()
-    assert start >= 10 * SR and end == 13 * SR and policy.keep_from >= 10 * SR
 
 
 def test_speech_after_silence_starts_a_new_window_after_it() -> None:
