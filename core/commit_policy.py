@@ -522,7 +522,7 @@ class CommitPolicy(Transcript):
         forced = 0
         utterance_ended = self._flush_end is not None and end >= self._flush_end
         if utterance_ended:
-            newly, rest = words, []
+            newly, rest = newly + rest, []  # all of it: an early stop keeps what the decode before heard
         else:
             # The next window (one more step) must fit in the bound: older words go now.
             limit = end + round((cfg.step_s - cfg.max_window_s) * self._sr)

@@ -318,6 +318,19 @@ def test_silence_after_speech_commits_the_utterance_then_nothing_is_decoded() ->
     assert policy.partial == []
 
 
+def test_a_closing_decode_that_stops_early_keeps_what_the_decode_before_heard() -> None:
+    words = [w for w in WORDS if w.end <= 8.5]  # speech until 8.5 s, then silence
+
+    class StopsAtTheEnd(Oracle):
+        def __call__(self, start: float, end: float) -> list[Word]:
+            heard = super().__call__(start, end)
+            return [] if end == 12.0 else heard  # the decode that ends the utterance writes nothing
+
+    policy, windows, _ = stream(StopsAtTheEnd(words), 18.0, silent={3, 4, 5})
+    assert windows[-1][1] == 12 * SR
+    assert texts(policy.committed) == texts(words), "no word of the utterance is lost"
+
+
 def test_speech_after_silence_starts_a_new_window_after_it() -> None:
     first = [w for w in WORDS if w.end <= 5.5]
     later = [Word(w.start + 12.0, w.end + 12.0, w.text, w.probability) for w in first]
