@@ -38,7 +38,7 @@ from bench.metrics import percentile, word_errors
 from bench.sessions import pcm16
 from core.commit_policy import CommitPolicy, PolicyConfig, Segment
 from core.language_lock import LanguageLock
-from core.vocabulary import SAMPLE_RATE
+from core.vocabulary import SAMPLE_RATE, SESSION_BEAM_SIZE
 from services.local_stack import Stack, free_ports
 
 PCM = {"content-type": "audio/pcm;rate=16000"}
@@ -62,6 +62,7 @@ class Answers:
 
     base: str
     tiny: str
+    beam_size: int = SESSION_BEAM_SIZE  # Whisper's beams per window, as a session decodes them
     client: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=300))
     cache: dict[str, tuple] = field(default_factory=dict)
 
@@ -76,10 +77,11 @@ class Answers:
     def transcribe(self, pcm: bytes, language: str | None) -> tuple[list[dict], float, str, float]:
         """Segments, the decode's seconds, and the language (detected when ``language`` is None)
         with Whisper's probability for it."""
-        key = "t" + hashlib.sha1(pcm).hexdigest() + (language or "?")
+        key = "t" + hashlib.sha1(pcm).hexdigest() + (language or "?") + f"b{self.beam_size}"
         if key not in self.cache:
             start = time.perf_counter()
             query = "word_timestamps=true" + (f"&language={language}" if language else "")
+            query += f"&beam_size={self.beam_size}"
             response = self.client.post(f"{self.base}/transcribe-chunk?{query}", content=pcm, headers=PCM)
             response.raise_for_status()
             body = response.json()
@@ -202,6 +204,12 @@ def main(argv: list[str] | None = None) -> int:
         help="replay the other-language clips joined per language into streams of about this length instead",
     )
     p.add_argument(
+        "--beam-size",
+        type=int,
+        default=SESSION_BEAM_SIZE,
+        help=f"Whisper's beams per window (1: greedy; default {SESSION_BEAM_SIZE}, what sessions use)",
+    )
+    p.add_argument(
         "--service-env", action="append", default=[], metavar="NAME=VALUE", help="a service setting (repeatable)"
     )
     args = p.parse_args(argv)
@@ -219,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stack.start("tiny")
         stack.start("base")
-        answers = Answers(stack.base_url, stack.tiny_url)
+        answers = Answers(stack.base_url, stack.tiny_url, args.beam_size)
         for (config_name, settings), language in itertools.product(configs.items(), args.language or ["given"]):
             name = config_name if language == "given" else f"{config_name}, language {language}"
             measured = measure(answers, PolicyConfig(**settings), items, timed, language)

@@ -22,6 +22,7 @@ from client.spill import LeftoverRun, default_spill_root, find_leftovers
 from client.stats import Stats
 from client.stitcher import join_words
 from client.ws_transport import WsFatalError, WsSettings, WsTransport, stream_url
+from core.vocabulary import MAX_BEAM_SIZE, SESSION_BEAM_SIZE
 
 DEFAULT_URL = "http://127.0.0.1:5001"
 TRANSPORTS = ("ws", "http")
@@ -99,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"agreement and ws: seconds of new audio per decode (default {Settings.step_s:g})",
     )
     p.add_argument(
+        "--beam-size",
+        type=int,
+        help=f"ws: Whisper's beams per window, 1 (greedy) to {MAX_BEAM_SIZE} (default: the proxy's, "
+        f"{SESSION_BEAM_SIZE}); a wider search costs the backend more decoder time (measured: see docs/client.md)",
+    )
+    p.add_argument(
         "--window",
         type=float,
         default=Settings.window_s,
@@ -162,6 +169,7 @@ def ws_settings(args: argparse.Namespace) -> WsSettings:
         step_s=args.step,
         window_s=args.window,
         context_s=args.context,
+        beam_size=args.beam_size,
         max_in_memory_s=max(1, args.max_held) * args.step,
         spill_dir=args.spill_dir,
         source_label=source_label(args),
@@ -337,6 +345,10 @@ def resolve(args: argparse.Namespace) -> str | None:
             return f"--url: {exc}"
         if not 1.0 <= args.step <= 10.0:
             return "--step must be between 1 and 10 seconds with --transport ws"
+        if args.beam_size is not None and not 1 <= args.beam_size <= MAX_BEAM_SIZE:
+            return f"--beam-size must be between 1 (greedy) and {MAX_BEAM_SIZE}"
+    elif args.beam_size is not None:
+        return "--beam-size needs --transport ws (the streaming proxy asks the backend for it)"
     elif len(args.url) > 1:
         return "--url may repeat only with --transport ws"
     for name, default in HTTP_ONLY_DEFAULTS.items():

@@ -92,6 +92,7 @@ class WsSettings:
     step_s: float = PolicyConfig.step_s
     window_s: float = PolicyConfig.max_window_s
     context_s: float = PolicyConfig.context_s
+    beam_size: int | None = None  # Whisper's beams per window (1: greedy); None: the proxy's default
     max_in_memory_s: float = 192.0  # kept audio also held in memory (6 MB); past it, read back from disk
     spill_dir: Path | None = None  # root of the per-run spill directories (None: default_spill_root())
     persist_s: float = 1.0  # kept audio goes to disk this often: what a kill -9 can lose (docs/client.md)
@@ -112,6 +113,8 @@ class WsSettings:
             "context_s": f"{self.context_s:g}",
             "resume_from": str(resume_from),
         }
+        if self.beam_size is not None:
+            q["beam_size"] = str(self.beam_size)
         if self.language:
             q["language"] = self.language
         if committed_until is not None:

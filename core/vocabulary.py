@@ -11,6 +11,14 @@ from enum import StrEnum
 
 SAMPLE_RATE = 16_000  # Hz: what Whisper and Silero take; every chunk on the wire is 16 kHz mono
 WHISPER_WINDOW_S = 30.0  # Whisper's encoder sees at most 30 s; longer audio must be cut
+# The widest beam search a caller may ask of the base service for one chunk (``beam_size`` on
+# /transcribe-chunk, a session's ``beam_size``): faster-whisper's own default, and a bound on
+# what one request can make a decode cost.
+MAX_BEAM_SIZE = 5
+# What a streaming session decodes its windows with unless it asks otherwise: a window hears a few
+# seconds, where a beam search misses fewer words than greedy decoding (docs/client.md, "Beam
+# search for session windows"). Whole files and plain chunks stay greedy, as offline faster-whisper.
+SESSION_BEAM_SIZE = 5
 
 
 class RoutingMode(StrEnum):

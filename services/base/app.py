@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from core.audio import decode_audio
 from core.errors import ApiError
 from core.subtitles import to_srt, to_vtt
-from core.vocabulary import SAMPLE_RATE, WHISPER_WINDOW_S
+from core.vocabulary import MAX_BEAM_SIZE, SAMPLE_RATE, WHISPER_WINDOW_S
 from services.base import metrics
 from services.base.batcher import Batcher, Priority
 from services.base.coverage import GapRule, repair_span, splice, uncovered_speech
@@ -130,7 +130,8 @@ class Engine:
         metrics.AUDIO_TRANSCRIBED_SECONDS.labels(device).inc(audio)
         if audio > 0:
             metrics.REALTIME_FACTOR.labels(device).observe(elapsed / audio)
-        for result in results:
+        for chunk, result in zip(batch, results, strict=True):
+            metrics.CHUNKS_BY_BEAM_SIZE.labels(str(chunk.beam_size)).inc()
             if result.retried:
                 metrics.UNSURE_RETRIED.labels(result.retried).inc()
         return results
@@ -269,6 +270,9 @@ async def transcribe_chunk(
     prompt: str | None = Query(None, max_length=MAX_PROMPT_CHARS, description="text that came just before this audio"),
     word_timestamps: bool = Query(True, description="return per-word timings (needed for stitching)"),
     vad: bool = Query(False, description="skip the model when Silero VAD hears no speech"),
+    beam_size: int = Query(
+        1, ge=1, le=MAX_BEAM_SIZE, description="1: greedy; more: a beam search this wide (costs decoder time)"
+    ),
     settings: TranscriberSettings = Depends(app_settings),
 ) -> dict:
     """Body: audio bytes (Content-Type names the format) or multipart field ``file``."""
@@ -283,7 +287,7 @@ async def transcribe_chunk(
     if vad and not await anyio.to_thread.run_sync(has_speech, samples):
         result, batch_size = Result("", lang or "", 0.0, round(samples.size / SAMPLE_RATE, 3)), 0
     else:
-        chunk = Chunk(samples, lang, prompt, word_timestamps)
+        chunk = Chunk(samples, lang, prompt, word_timestamps, beam_size=beam_size)
         result, batch_size = await unless_caller_leaves(
             request.receive,
             engine.batcher.submit(chunk, Priority.LIVE, deadline=deadline),

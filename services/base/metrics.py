@@ -55,6 +55,12 @@ SEAMS_CARRIED = Counter(
     "stt_file_seams_carried_total",
     "Whole-file windows cut inside speech whose last segment was decoded again with the next window",
 )
+CHUNKS_BY_BEAM_SIZE = Counter(
+    "stt_chunks_decoded_total",
+    "Live chunks and whole-file windows decoded, by the beam size of their first decode (1: greedy; "
+    "streaming sessions may ask for more)",
+    ["beam_size"],
+)
 UNSURE_RETRIED = Counter(
     "stt_unsure_retried_total",
     "Live chunks and whole-file windows whose greedy decode failed Whisper's quality checks, decoded again by "

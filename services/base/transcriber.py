@@ -53,14 +53,19 @@ class Request:
     # transcriber's ``encoder_pad_seconds``: whole-file windows, where a transcript as close to
     # offline as possible matters more than the encoder time a live chunk saves.
     full_window: bool = False
+    # Beams of the first decode: 1 is greedy (what plain faster-whisper's ``beam_size=1`` does);
+    # more is a beam search from the start, which a streaming session may ask for: its windows
+    # hear a few seconds each, where greedy decoding misses more words than on a whole file
+    # (docs/client.md, "Beam search for session windows").
+    beam_size: int = 1
 
     @property
     def group_key(self) -> tuple:
         # Alignment runs once per batch with one tokenizer, so batches share a language setting;
         # CTranslate2 needs <|startoftranscript|> at the same position in every prompt of a batch,
         # so only chunks with the same prompt (usually none) share a batch. The task token is part
-        # of every prompt, so a batch also shares its task.
-        return (self.language, self.word_timestamps, self.prompt or None, self.task)
+        # of every prompt, so a batch also shares its task; one decode call has one beam size.
+        return (self.language, self.word_timestamps, self.prompt or None, self.task, self.beam_size)
 
 
 @dataclass
@@ -474,7 +479,7 @@ class BatchTranscriber:
 
     def _check(self, batch: list[Request]) -> None:
         if any(r.group_key != batch[0].group_key for r in batch):
-            raise ValueError("a batch must share language, word_timestamps, prompt and task")
+            raise ValueError("a batch must share language, word_timestamps, prompt, task and beam size")
         if batch[0].task != "transcribe" and not self.multilingual:
             # An English-only model has no task tokens: it would silently transcribe instead.
             raise ValueError(f"task {batch[0].task!r} needs a multilingual model")
@@ -494,19 +499,24 @@ class BatchTranscriber:
     def _decode(
         self, encoded: EncodedBatch, prompts: list[list[int]], tokenizers: list[whisper.Tokenizer]
     ) -> tuple[list[whisper.Decoded], list[str | None]]:
-        """Greedy for the whole batch; then the items that failed the checks (:func:`needs_retry`)
-        by beam search, in one more call. They are encoded again on their own: CTranslate2's
-        encoder output cannot be sliced on every device, and retries are rare enough
-        (docs/performance.md, "Unsure decodes") that the chunks batched with one seldom wait."""
+        """The batch's own beam size (greedy unless its chunks asked for more); then the items
+        that failed the checks (:func:`needs_retry`) by a beam search of ``RETRY_BEAM_SIZE``, in
+        one more call, unless the first decode already searched as wide. They are encoded again
+        on their own: CTranslate2's encoder output cannot be sliced on every device, and retries
+        are rare enough (docs/performance.md, "Unsure decodes") that the chunks batched with one
+        seldom wait."""
         budget = token_budget(max(encoded.durations), self.tokens_per_second)
-        decoded = whisper.decode(self.model, encoded.encoder_output, prompts, self._suppress, max_tokens=budget)
+        beam_size = encoded.requests[0].beam_size
+        decoded = whisper.decode(
+            self.model, encoded.encoder_output, prompts, self._suppress, beam_size, max_tokens=budget
+        )
         outcomes: list[str | None] = [None] * len(decoded)
         greedy: dict[int, str] = {}
         for i, d in enumerate(decoded):
             text = tokenizers[i].decode(d.tokens).strip()
             if needs_retry(d, text, self.no_speech_threshold, self.logprob_threshold):
                 greedy[i] = text
-        if not greedy:
+        if not greedy or beam_size >= RETRY_BEAM_SIZE:
             return decoded, outcomes
         pending = list(greedy)
         output = whisper.encode(self.model, np.ascontiguousarray(encoded.features[pending]))

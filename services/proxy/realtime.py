@@ -798,7 +798,7 @@ async def realtime(
             "openai-beta.realtime-v1" in (websocket.scope.get("subprotocols") or [])
         )
         adapter = RealtimeTranscription(
-            ProxyBackend(app.state.upstreams),
+            ProxyBackend(app.state.upstreams, settings.beam_size),
             sender.emit,
             beta=beta,
             limits=settings.limits,

@@ -38,7 +38,7 @@ import numpy as np
 from core.commit_policy import CommitPolicy, PolicyConfig, Segment, Update, Word, join_words
 from core.errors import ApiError
 from core.language_lock import LanguageLock
-from core.vocabulary import SAMPLE_RATE
+from core.vocabulary import MAX_BEAM_SIZE, SAMPLE_RATE, SESSION_BEAM_SIZE
 from services.proxy import metrics
 
 log = logging.getLogger("stt.proxy.sessions")
@@ -60,10 +60,12 @@ class SessionBackend(Protocol):
 
 
 class ProxyBackend:
-    """:class:`SessionBackend` over the proxy's :class:`~services.proxy.upstream.Upstreams`."""
+    """:class:`SessionBackend` over the proxy's :class:`~services.proxy.upstream.Upstreams`;
+    ``beam_size``: what the session asked its windows to be decoded with (1: greedy)."""
 
-    def __init__(self, upstreams) -> None:
+    def __init__(self, upstreams, beam_size: int = SESSION_BEAM_SIZE) -> None:
         self.upstreams = upstreams
+        self.beam_size = beam_size
 
     async def detect(self, pcm: bytes) -> bool:
         response = await self.upstreams.detect(pcm, PCM_TYPE)
@@ -72,6 +74,8 @@ class ProxyBackend:
 
     async def transcribe(self, pcm: bytes, language: str | None) -> dict:
         query = "word_timestamps=true" + (f"&language={language}" if language else "")
+        if self.beam_size != 1:
+            query += f"&beam_size={self.beam_size}"
         response, backend, _ = await self.upstreams.routed("/transcribe-chunk", pcm, PCM_TYPE, query, "session")
         _raise_for(response)
         body = json.loads(response.body)
@@ -101,10 +105,14 @@ class SessionOptions:
     window_s: float = PolicyConfig.max_window_s
     context_s: float = PolicyConfig.context_s
     settle_s: float = PolicyConfig.settle_s
+    beam_size: int = SESSION_BEAM_SIZE  # Whisper's beams per window: 1 greedy, up to MAX_BEAM_SIZE (docs/api.md)
     resume_from: int = 0  # stream sample where the audio sent now begins
     committed_until: int | None = None  # with resume_from: words before this sample are already committed
 
     def policy(self) -> CommitPolicy:
+        """The commit policy these options ask for; ValueError says which option is out of range."""
+        if not 1 <= self.beam_size <= MAX_BEAM_SIZE:
+            raise ValueError(f"beam_size must be between 1 (greedy) and {MAX_BEAM_SIZE}")
         config = PolicyConfig(
             step_s=self.step_s, max_window_s=self.window_s, context_s=self.context_s, settle_s=self.settle_s
         )

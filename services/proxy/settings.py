@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from core.vocabulary import RoutingMode
+from core.vocabulary import MAX_BEAM_SIZE, SESSION_BEAM_SIZE, RoutingMode
 from services.common.limits import DEFAULT_MAX_CONCURRENCY
 from services.common.memory import DEFAULT_BODY_BYTES_IN_FLIGHT
 from services.common.settings import BODY_BUDGET_HELP, CONCURRENCY_HELP, Lower, ServiceSettings, SettingsError
@@ -120,6 +120,14 @@ class ProxySettings(ServiceSettings):
         ge=10.0,
         description="audio a session may hold unprocessed before it is closed (1013, resume later)",
     )
+    session_beam_size: int = Field(
+        default=SESSION_BEAM_SIZE,
+        ge=1,
+        le=MAX_BEAM_SIZE,
+        description="Whisper's beams per window for sessions that do not ask (`beam_size`): 1 greedy, up to "
+        "5; wider misses fewer words and costs the backends decoder time ([docs/client.md]"
+        "(client.md#beam-search-for-session-windows-the-default-since-2026-12-06))",
+    )
     api_keys_file: str = Field(
         default="",
         description="file of API key digests, one `name:sha256hex` a line (`#` comments), re-read when it "
@@ -184,6 +192,7 @@ class ProxySettings(ServiceSettings):
             max_sessions=self.max_sessions,
             max_frame_bytes=self.session_max_frame_bytes,
             idle_timeout_s=self.session_idle_timeout_s,
+            beam_size=self.session_beam_size,
             limits=Limits(max_buffer_s=self.session_max_buffer_s),
         )
 

@@ -50,6 +50,7 @@ class SessionSettings:
     idle_timeout_s: float = 60.0
     max_queued_events: int = 256
     retry_after_s: float = 5.0
+    beam_size: int = SessionOptions.beam_size  # what a session decodes with unless it asks (STT_SESSION_BEAM_SIZE)
     limits: Limits | None = None
 
 
@@ -207,6 +208,7 @@ async def stream(
     window_s: float = Query(PolicyConfig.max_window_s),
     context_s: float = Query(PolicyConfig.context_s),
     settle_s: float = Query(PolicyConfig.settle_s),
+    beam_size: int | None = Query(None),
     resume_from: int = Query(0, ge=0),
     committed_until: int | None = Query(None, ge=0),
 ) -> None:
@@ -228,6 +230,7 @@ async def stream(
                 window_s=window_s,
                 context_s=context_s,
                 settle_s=settle_s,
+                beam_size=settings.beam_size if beam_size is None else beam_size,
                 resume_from=resume_from,
                 committed_until=committed_until,
             )
@@ -241,7 +244,12 @@ async def stream(
             await websocket.close(CLOSE_POLICY, "bad session options")
             return
         session = StreamSession(
-            ProxyBackend(app.state.upstreams), sender.emit, options, settings.limits, "native", sender.on_session_error
+            ProxyBackend(app.state.upstreams, options.beam_size),
+            sender.emit,
+            options,
+            settings.limits,
+            "native",
+            sender.on_session_error,
         )
         app.state.sessions.add(session)
         await session.start()

@@ -30,7 +30,7 @@ from websockets.http11 import Response
 
 from client import spill
 from client.api import SttApi, Word
-from client.cli import build_parser, resolve
+from client.cli import build_parser, resolve, ws_settings
 from client.cli import main as cli_main
 from client.dispatcher import Backoff
 from client.display import Display
@@ -548,6 +548,8 @@ async def test_stop_sends_the_rest_and_collects_the_last_words() -> None:
         (["--transport", "ws", "--policy", "stitch"], "--transport http"),
         (["--transport", "ws", "--url", "a:1"], "--url"),
         (["--transport", "ws", "--step", "0.5"], "--step"),
+        (["--beam-size", "6"], "--beam-size must be between 1 (greedy) and 5"),
+        (["--transport", "http", "--beam-size", "3"], "--beam-size needs --transport ws"),
     ],
 )
 def test_cli_refuses_options_the_transport_cannot_use(args: list[str], message: str, capsys) -> None:
@@ -570,6 +572,13 @@ def test_cli_chooses_the_transport(args: list[str], transport: str) -> None:
     assert resolve(parsed) is None
     assert parsed.transport == transport
     assert parsed.policy in ("stitch", "agreement") and parsed.concurrency == 2  # defaults filled in
+
+
+def test_the_beam_size_is_asked_of_the_session_only_when_it_is_not_greedy() -> None:
+    parsed = build_parser().parse_args(["--beam-size", "5", "--file", "x.wav"])
+    assert resolve(parsed) is None
+    assert ws_settings(parsed).query(0, None)["beam_size"] == "5"
+    assert "beam_size" not in WsSettings().query(0, None)  # an older proxy never sees the option
 
 
 # ---------------------------------------------------------------------------------------------

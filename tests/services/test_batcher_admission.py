@@ -35,6 +35,7 @@ class FakeModel:
 
     def __init__(self) -> None:
         self.calls: list[list[int]] = []
+        self.beams: list[list[int]] = []  # each call's chunks' beam sizes
         self.gate = threading.Event()
         self.gate.set()
         self.hold_from = 1
@@ -42,6 +43,7 @@ class FakeModel:
 
     def __call__(self, batch: list[Request]) -> list[Result]:
         self.calls.append([r.samples.size for r in batch])
+        self.beams.append([r.beam_size for r in batch])
         if len(self.calls) >= self.hold_from:
             self.in_call.set()
             self.gate.wait(10)
@@ -326,6 +328,23 @@ async def post_chunk(client: httpx.AsyncClient, seconds: float = 1.0, **headers:
         headers={"content-type": "audio/wav", **headers},
         timeout=30,
     )
+
+
+async def test_a_chunk_asks_for_its_beam_size_and_one_out_of_range_is_refused_with_the_range(served) -> None:
+    for query, beam in (("", 1), ("?beam_size=3", 3)):
+        answer = await served.client.post(
+            f"/transcribe-chunk{query}", content=wav_bytes(1.0), headers={"content-type": "audio/wav"}
+        )
+        assert answer.status_code == 200, answer.text
+        assert served.model.beams[-1] == [beam]
+    calls = len(served.model.calls)
+    for wrong in ("0", "6", "wide"):
+        answer = await served.client.post(
+            f"/transcribe-chunk?beam_size={wrong}", content=wav_bytes(1.0), headers={"content-type": "audio/wav"}
+        )
+        assert answer.status_code == 422, answer.text
+        assert "beam_size" in answer.json()["error"]["message"]
+    assert len(served.model.calls) == calls  # nothing refused reached the model
 
 
 async def test_a_file_with_more_windows_than_the_queue_holds_transcribes_on_an_idle_server(served) -> None:

@@ -433,7 +433,7 @@ async def test_beta_protocol_with_g711_and_a_language() -> None:
 
 
 def _app(monkeypatch: pytest.MonkeyPatch, max_sessions: int = 4) -> FastAPI:
-    monkeypatch.setattr(realtime, "ProxyBackend", lambda upstreams: ScriptedBackend())
+    monkeypatch.setattr(realtime, "ProxyBackend", lambda upstreams, beam_size: ScriptedBackend())
     app = FastAPI()
     app.include_router(realtime.router)
     # A short idle timeout lets the server close each socket: Starlette's test client cancels a

@@ -188,6 +188,45 @@ class Multilingual(ScriptedBackend):
         return {**answer, "language": code, "language_probability": probability}
 
 
+async def test_the_beam_size_a_session_asks_for_goes_with_each_window_and_greedy_adds_nothing() -> None:
+    from types import SimpleNamespace
+
+    from services.proxy.sessions import ProxyBackend
+
+    class Upstreams:
+        def __init__(self) -> None:
+            self.queries: list[str] = []
+
+        async def routed(self, path: str, body: bytes, content_type: str, query: str, kind: str):
+            self.queries.append(query)
+            response = SimpleNamespace(status=200, body=b'{"segments": []}', headers={})
+            return response, SimpleNamespace(name="cpu"), None
+
+    upstreams = Upstreams()
+    await ProxyBackend(upstreams, beam_size=1).transcribe(b"", "en")
+    await ProxyBackend(upstreams, beam_size=4).transcribe(b"", None)
+    await ProxyBackend(upstreams).transcribe(b"", "en")  # the sessions' default (the OpenAI Realtime adapter's)
+    assert upstreams.queries == [
+        "word_timestamps=true&language=en",
+        "word_timestamps=true&beam_size=4",
+        f"word_timestamps=true&language=en&beam_size={SessionOptions().beam_size}",
+    ]
+    with pytest.raises(ValueError, match="beam_size must be between 1"):
+        SessionOptions(beam_size=6).policy()
+
+
+def test_the_operator_sets_the_sessions_default_beam_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.common.settings import SettingsError, load_settings
+    from services.proxy.settings import ProxySettings
+
+    assert load_settings(ProxySettings).sessions.beam_size == SessionOptions().beam_size
+    monkeypatch.setenv("STT_SESSION_BEAM_SIZE", "1")
+    assert load_settings(ProxySettings).sessions.beam_size == 1
+    monkeypatch.setenv("STT_SESSION_BEAM_SIZE", "6")
+    with pytest.raises(SettingsError, match="STT_SESSION_BEAM_SIZE='6'"):
+        load_settings(ProxySettings)
+
+
 def test_only_a_sure_detection_on_enough_words_is_kept() -> None:
     lock = LanguageLock()
     lock.observe("it", 0.99, 3)  # sure, but three words are too few to trust
@@ -303,6 +342,27 @@ def test_a_streamed_recording_is_as_accurate_as_the_http_chunk_pipeline(stack: S
 
 
 @pytest.mark.slow
+def test_sessions_decode_with_a_beam_search_unless_they_ask_for_greedy(stack: Stack, librivox) -> None:
+    def decoded() -> dict[str, float]:
+        metrics = httpx.get(f"{stack.base_url}/metrics").text
+        prefix = 'stt_chunks_decoded_total{beam_size="'
+        return {
+            line[len(prefix) :].split('"')[0]: float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith(prefix)
+        }
+
+    clip = librivox[1]
+    for asked, beams in ({}, str(SessionOptions().beam_size)), ({"beam_size": 1}, "1"):
+        before = decoded()
+        events = stream_file(ws_url(stack.proxy_url, language="en", **asked), pcm_of(clip.path))
+        assert wer(clip.text, events[-1]["text"]) < 0.2
+        after = decoded()
+        grown = {k for k, v in after.items() if v > before.get(k, 0.0)}
+        assert grown == {beams}, (asked, before, after)  # every window reached the model so, and only so
+
+
+@pytest.mark.slow
 def test_bad_frames_get_error_events_and_the_session_goes_on(stack: Stack, librivox) -> None:
     clip = librivox[0]
     extra = [b"\x01\x02\x03", "not json", json.dumps({"type": "pause"}), json.dumps([1, 2])]
@@ -334,6 +394,9 @@ def test_oversized_frames_and_bad_options_are_refused(stack: Stack) -> None:
     with connect(ws_url(stack.proxy_url, settle_s=-1), open_timeout=10) as ws:
         event = json.loads(ws.recv())
         assert event["code"] == "bad_option" and "settle_s" in event["message"]
+    with connect(ws_url(stack.proxy_url, beam_size=9), open_timeout=10) as ws:
+        event = json.loads(ws.recv())
+        assert event["code"] == "bad_option" and "beam_size must be between 1 (greedy) and 5" in event["message"]
     assert httpx.get(f"{stack.proxy_url}/readyz").status_code == 200
 
 

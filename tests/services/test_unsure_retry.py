@@ -123,6 +123,28 @@ def test_a_batch_where_nothing_is_unsure_takes_one_call(scripted) -> None:
     assert model.calls == [([0, 1], 1)] and outcomes == [None, None]
 
 
+def test_a_batch_that_asked_for_a_beam_search_is_searched_from_the_start_and_not_again(scripted) -> None:
+    transcriber, model = scripted({})  # everything unsure
+    encoded, tokenizers = batch_of(2)
+    for request in encoded.requests:
+        request.beam_size = RETRY_BEAM_SIZE
+    _, outcomes = transcriber._decode(encoded, [[1], [1]], tokenizers)
+    # the retry would search the same beams again: one call, the first decode kept
+    assert model.calls == [([0, 1], RETRY_BEAM_SIZE)] and outcomes == [None, None]
+    for request in encoded.requests:
+        request.beam_size = 2  # narrower than the retry's: unsure items are still searched wider
+    model.calls.clear()
+    transcriber._decode(encoded, [[1], [1]], tokenizers)
+    assert model.calls == [([0, 1], 2), ([0, 1], RETRY_BEAM_SIZE)]
+
+
+def test_chunks_with_different_beam_sizes_never_share_a_batch() -> None:
+    greedy, searched = Request(np.zeros(160, np.float32), "en"), Request(np.zeros(160, np.float32), "en", beam_size=4)
+    assert greedy.group_key != searched.group_key
+    with pytest.raises(ValueError, match="beam size"):
+        object.__new__(BatchTranscriber)._check([greedy, searched])
+
+
 @pytest.fixture(scope="module")
 def real_transcriber() -> BatchTranscriber:
     from services.base.transcriber import load_model
@@ -150,6 +172,9 @@ def test_an_unsure_telephone_clip_is_decoded_again_and_comes_out_better(real_tra
     assert errors[1] < errors[0], (greedy_text, retried.text)
     # a beam search, not a sample: the same every time
     assert real_transcriber.transcribe([Request(samples, "en", full_window=True)])[0].text == retried.text
+    # a chunk that asks for that beam search gets it in its first decode, with no retry
+    searched = real_transcriber.transcribe([Request(samples, "en", full_window=True, beam_size=RETRY_BEAM_SIZE)])[0]
+    assert searched.retried is None and searched.text == retried.text
 
 
 @pytest.mark.slow
