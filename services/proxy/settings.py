@@ -125,7 +125,7 @@ class ProxySettings(ServiceSettings):
         ge=1,
         le=MAX_BEAM_SIZE,
         description="Whisper's beams per window for sessions that do not ask (`beam_size`): 1 greedy, up to "
-        "5; wider misses fewer words and costs the backends decoder time ([docs/client.md]"
+        f"{MAX_BEAM_SIZE}; wider misses fewer words and costs the backends decoder time ([docs/client.md]"
         "(client.md#beam-search-for-session-windows-the-default-since-2026-12-06))",
     )
     api_keys_file: str = Field(
