@@ -77,10 +77,10 @@ class Answers:
     def transcribe(self, pcm: bytes, language: str | None) -> tuple[list[dict], float, str, float]:
         """Segments, the decode's seconds, and the language (detected when ``language`` is None)
         with Whisper's probability for it."""
-        key = "t" + hashlib.sha1(pcm).hexdigest() + (language or "?") + f"b{self.beam_size}"
+        key = "t" + hashlib.sha1(pcm).hexdigest() + (language or "?") + f"b{self.beam_size}f"
         if key not in self.cache:
             start = time.perf_counter()
-            query = "word_timestamps=true" + (f"&language={language}" if language else "")
+            query = "word_timestamps=true&fill_skipped=true" + (f"&language={language}" if language else "")
             query += f"&beam_size={self.beam_size}"
             response = self.client.post(f"{self.base}/transcribe-chunk?{query}", content=pcm, headers=PCM)
             response.raise_for_status()

@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
 
 import anyio
@@ -32,7 +32,16 @@ from core.subtitles import to_srt, to_vtt
 from core.vocabulary import MAX_BEAM_SIZE, SAMPLE_RATE, WHISPER_WINDOW_S
 from services.base import metrics
 from services.base.batcher import Batcher, Priority
-from services.base.coverage import GapRule, repair_span, splice, uncovered_speech
+from services.base.coverage import (
+    GapRule,
+    between_words,
+    holes_between_words,
+    neighbour_bounds,
+    repair_span,
+    repair_span_between,
+    splice,
+    uncovered_speech,
+)
 from services.base.seams import SEAM_SPAN_S, carry_point, is_seam
 from services.base.settings import TranscriberSettings
 from services.base.transcriber import BatchTranscriber, DeviceInfo, Result, load_model
@@ -107,6 +116,8 @@ class Engine:
         self.file_batch_max = settings.file_batch_max or (1 if self.device.device == "cpu" else settings.batch_max)
         self.file_windows_in_flight = settings.file_windows_in_flight or self.file_batch_max
         self.gap_rule = GapRule(min_gap_s=settings.skipped_speech_min_s) if settings.skipped_speech_min_s else None
+        live_gap = settings.live_skipped_speech_min_s
+        self.live_gap_rule = GapRule(min_gap_s=live_gap) if live_gap else None
         self.batcher = Batcher(
             self._run,
             settings.batch_max,
@@ -273,6 +284,11 @@ async def transcribe_chunk(
     beam_size: int = Query(
         1, ge=1, le=MAX_BEAM_SIZE, description="1: greedy; more: a beam search this wide (costs decoder time)"
     ),
+    fill_skipped: bool = Query(
+        False,
+        description="decode again, on its own, speech between two words that the decode left out, and splice "
+        "its words in (needs word_timestamps; streaming sessions ask for it)",
+    ),
     settings: TranscriberSettings = Depends(app_settings),
 ) -> dict:
     """Body: audio bytes (Content-Type names the format) or multipart field ``file``."""
@@ -293,6 +309,9 @@ async def transcribe_chunk(
             engine.batcher.submit(chunk, Priority.LIVE, deadline=deadline),
             GONE,
         )
+        if fill_skipped and word_timestamps:
+            repairing = fill_skipped_live(engine, chunk, result, deadline)
+            result = await unless_caller_leaves(request.receive, repairing, GONE)
     return {
         "text": result.text,
         "language": result.language,
@@ -482,27 +501,72 @@ def gap_rule(engine: Engine, job: FileJob) -> GapRule | None:
     return engine.gap_rule if job.task == "transcribe" else None
 
 
+async def repair_skipped(
+    audio: np.ndarray,
+    segments: list[dict],
+    rule: GapRule,
+    decode: Callable[[np.ndarray], Awaitable[Result]],
+    between: bool = False,
+) -> tuple[list[dict], list[str]]:
+    """``segments`` (one window's, times from the start of ``audio``) with each stretch of speech
+    that no word covers decoded again by ``decode`` and spliced in (:mod:`services.base.coverage`);
+    ``between``: only stretches between two words. Also each repair's outcome: ``recovered``
+    (words came back) or ``empty`` (the second decode found none either)."""
+    spoken = [w for s in segments for w in s.get("words", [])]
+    if not spoken or (between and not holes_between_words(spoken, rule)):
+        return segments, []
+    duration = audio.size / SAMPLE_RATE
+    probs = await anyio.to_thread.run_sync(shared_detector().frame_probabilities, audio)
+    gaps = uncovered_speech(spoken, probs, duration, rule)
+    outcomes = []
+    for gap in between_words(gaps, spoken) if between else gaps:
+        lo, hi = repair_span_between(spoken, gap, duration, rule) if between else repair_span(gap, duration, rule)
+        repaired = await decode(audio[int(lo * SAMPLE_RATE) : int(hi * SAMPLE_RATE)])
+        before = len(segments)
+        bounds = neighbour_bounds(spoken, gap, repaired.segments, lo) if between else None
+        segments = splice(segments, gap, repaired.segments, lo, bounds)
+        outcomes.append("recovered" if len(segments) > before else "empty")
+        log.info("skipped speech %.1f-%.1f s into a window: %s", gap[0], gap[1], outcomes[-1])
+    return segments, outcomes
+
+
+async def fill_skipped_live(engine: Engine, chunk: Chunk, result: Result, deadline: float | None) -> Result:
+    """``result`` with the speech its decode skipped between two words decoded again and spliced
+    in, as live work with the chunk's own settings and deadline. A repair refused (overload) or too
+    late leaves the answer as decoded: it is still the best there is for this window."""
+    rule = engine.live_gap_rule
+    if rule is None or chunk.task != "transcribe":
+        return result
+
+    async def decode(piece: np.ndarray) -> Result:
+        again = dataclasses.replace(chunk, samples=piece, prompt=None)
+        return (await engine.batcher.submit(again, Priority.LIVE, deadline=deadline, admitted=True))[0]
+
+    try:
+        segments, outcomes = await repair_skipped(chunk.samples, result.segments, rule, decode, between=True)
+    except ApiError as exc:
+        log.info("skipped speech in a live chunk left as it is: %s", exc.message)
+        return result
+    for outcome in outcomes:
+        metrics.LIVE_SKIPPED_SPEECH_REPAIRED.labels(outcome).inc()
+    return with_segments(result, segments) if outcomes else result
+
+
 async def fill_skipped(
     engine: Engine, job: FileJob, window: tuple[int, int], result: Result, lang: str | None
 ) -> Result:
     """``result`` with the speech its decode skipped transcribed again on its own and spliced in
     (:mod:`services.base.coverage`), as file work; the words dropped again unless asked for."""
     segments = result.segments
-    spoken = [w for s in segments for w in s.get("words", [])]
-    if (rule := gap_rule(engine, job)) is not None and spoken:
-        audio = job.samples[window[0] : window[1]]
-        duration = audio.size / SAMPLE_RATE
-        probs = await anyio.to_thread.run_sync(shared_detector().frame_probabilities, audio)
-        for gap in uncovered_speech(spoken, probs, duration, rule):
-            lo, hi = repair_span(gap, duration, rule)
-            piece = audio[int(lo * SAMPLE_RATE) : int(hi * SAMPLE_RATE)]
+    if (rule := gap_rule(engine, job)) is not None:
+
+        async def decode(piece: np.ndarray) -> Result:
             chunk = Chunk(piece, lang, None, True, job.task, full_window=True)
-            repaired, _ = await engine.batcher.submit(chunk, Priority.FILE, deadline=job.deadline, admitted=True)
-            before = len(segments)
-            segments = splice(segments, gap, repaired.segments, lo)
-            outcome = "recovered" if len(segments) > before else "empty"
+            return (await engine.batcher.submit(chunk, Priority.FILE, deadline=job.deadline, admitted=True))[0]
+
+        segments, outcomes = await repair_skipped(job.samples[window[0] : window[1]], segments, rule, decode)
+        for outcome in outcomes:
             metrics.SKIPPED_SPEECH_REPAIRED.labels(outcome).inc()
-            log.info("skipped speech %.1f-%.1f s into a window: %s", gap[0], gap[1], outcome)
     if not job.want_words:
         segments = [{k: v for k, v in s.items() if k != "words"} for s in segments]
     if segments is result.segments:

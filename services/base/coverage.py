@@ -8,16 +8,24 @@ shows in the word timestamps: a stretch of the window that Silero calls speech a
 Such a stretch, when it lasts at least ``min_gap_s``, is cut out with a little audio either side
 and transcribed alone; the words that fall inside it are spliced into the window's segments.
 
-Pure functions (no model, no I/O): the whole-file endpoint (:mod:`services.base.app`) runs the
-model calls. Measured in docs/performance.md ("Skipped speech in whole files").
+A streaming session's window is checked too (``/transcribe-chunk?fill_skipped=true``), between
+its first and last word only: speech before the first word is committed context or the policy's
+``max_gap_s`` case, and speech after the last is the window's edge, which the next step decodes
+again. The last decode of a stream has no next step: a phrase it skips was lost for good.
+
+Pure functions (no model, no I/O): :mod:`services.base.app` runs the model calls. Measured in
+docs/performance.md ("Skipped speech in whole files") and docs/client.md ("Skipped speech in
+session windows").
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from core.commit_policy import norm
 from core.vocabulary import SAMPLE_RATE
 from services.common.speech import FRAME
 
@@ -74,18 +82,92 @@ def uncovered_speech(
     return gaps
 
 
+def holes_between_words(words: list[dict], rule: GapRule = GapRule()) -> bool:
+    """Whether two consecutive words (in time) lie far enough apart for :func:`uncovered_speech`
+    to find ``rule.min_gap_s`` between them: the check that spares a window with none the
+    detector's pass over its audio."""
+    spans = sorted((w["start"], w["end"]) for w in words)
+    reach = -math.inf
+    for start, end in spans:
+        if reach > -math.inf and start - reach >= rule.min_gap_s + 2 * rule.pad_s:
+            return True
+        reach = max(reach, end)
+    return False
+
+
+def between_words(gaps: list[tuple[float, float]], words: list[dict]) -> list[tuple[float, float]]:
+    """The ``gaps`` that have a word before and a word after them."""
+    if not words:
+        return []
+    first_end = min(w["end"] for w in words)
+    last_start = max(w["start"] for w in words)
+    return [(lo, hi) for lo, hi in gaps if lo >= first_end and hi <= last_start]
+
+
 def repair_span(gap: tuple[float, float], duration_s: float, rule: GapRule = GapRule()) -> tuple[float, float]:
     """The audio to send for ``gap``: the gap with ``rule.margin_s`` either side, within the window."""
     return max(0.0, gap[0] - rule.margin_s), min(duration_s, gap[1] + rule.margin_s)
 
 
-def splice(segments: list[dict], gap: tuple[float, float], repaired: list[dict], offset_s: float) -> list[dict]:
+def neighbours(words: list[dict], gap: tuple[float, float]) -> tuple[dict, dict]:
+    """The word just before ``gap`` and the word just after it (``gap`` lies between two words)."""
+    before = max((w for w in words if w["end"] <= gap[0]), key=lambda w: w["end"])
+    after = min((w for w in words if w["start"] >= gap[1]), key=lambda w: w["start"])
+    return before, after
+
+
+def repair_span_between(
+    words: list[dict], gap: tuple[float, float], duration_s: float, rule: GapRule = GapRule()
+) -> tuple[float, float]:
+    """:func:`repair_span` for a gap between two words, widened to hear both of them whole: a
+    repair that began inside the word before wrote the first skipped word wrong (measured:
+    "followed" came back as "all")."""
+    before, after = neighbours(words, gap)
+    lo, hi = repair_span(gap, duration_s, rule)
+    return max(0.0, min(lo, before["start"])), min(duration_s, max(hi, after["end"]))
+
+
+def neighbour_bounds(
+    words: list[dict], gap: tuple[float, float], repaired: list[dict], offset_s: float
+) -> tuple[float, float]:
+    """Where the words of a repair (``repaired``, as for :func:`splice`) belong when ``gap`` lies
+    between two of the window's ``words``: after the word before it and before the word after it.
+
+    The gap itself is too narrow a bound here: the alignment often stretches a neighbour over the
+    first or last skipped word (measured: "press", aligned 0.45 s early, lay over "key" of the
+    skipped "followed by the pound key"), and the gap ends where that word's padding begins. The
+    repair hears the neighbours in its margins: where it wrote one (same word), that is the
+    bound, so it is not taken twice; where it did not, the neighbour's middle is. Exclusive
+    bounds, for :func:`splice`'s inclusive test."""
+    before, after = neighbours(words, gap)
+    lo, hi = _mid(before), _mid(after)
+    heard = [(norm(w["word"]), _mid(w) + offset_s) for seg in repaired for w in seg.get("words", [])]
+    lo = max([lo, *(m for text, m in heard if text == norm(before["word"]) and m < gap[0])])
+    hi = min([hi, *(m for text, m in heard if text == norm(after["word"]) and m > gap[1])])
+    return lo + EXCLUSIVE_S, hi - EXCLUSIVE_S
+
+
+EXCLUSIVE_S = 1e-3  # moves an exclusive bound inside, for an inclusive test (times are in ms)
+
+
+def _mid(word: dict) -> float:
+    return (word["start"] + word["end"]) / 2
+
+
+def splice(
+    segments: list[dict],
+    gap: tuple[float, float],
+    repaired: list[dict],
+    offset_s: float,
+    bounds: tuple[float, float] | None = None,
+) -> list[dict]:
     """``segments`` with the words of ``repaired`` (the gap's own transcript, times relative to
     ``offset_s`` into the window) that fall inside ``gap`` added as one new segment, in time
     order. A word belongs to the gap when its middle does: the margin's words are the window's
     already (the gap ends where the window's words, widened by ``rule.pad_s``, begin), and
-    taking them again would double them. Nothing found: ``segments`` unchanged."""
-    lo, hi = gap
+    taking them again would double them. ``bounds``: where words belong instead of ``gap``
+    (:func:`neighbour_bounds`). Nothing found: ``segments`` unchanged."""
+    lo, hi = bounds or gap
     words = []
     for seg in repaired:
         for w in seg.get("words", []):

@@ -51,6 +51,11 @@ SKIPPED_SPEECH_REPAIRED = Counter(
     "Stretches of whole-file speech the model left out of a window, decoded again on their own",
     ["outcome"],  # "recovered": words came back; "empty": the second decode found none either
 )
+LIVE_SKIPPED_SPEECH_REPAIRED = Counter(
+    "stt_chunk_skipped_speech_total",
+    "Stretches of speech between two words of a live chunk (fill_skipped) that the model left out, decoded again",
+    ["outcome"],  # as stt_file_skipped_speech_total
+)
 SEAMS_CARRIED = Counter(
     "stt_file_seams_carried_total",
     "Whole-file windows cut inside speech whose last segment was decoded again with the next window",

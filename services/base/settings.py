@@ -112,6 +112,14 @@ class TranscriberSettings(ServiceSettings, ModelCacheSettings):
         "covers is transcribed again on its own and spliced in (Whisper skips phrases of long windows; "
         "services/base/coverage.py); file windows then always align words. `0`: off",
     )
+    live_skipped_speech_min_s: float = Field(
+        default=0.5,
+        ge=0.0,
+        description="live chunks that ask for it (`fill_skipped=true`, what streaming sessions send): a stretch "
+        "this long between two decoded words that Silero calls speech and no word covers is transcribed again "
+        "on its own and spliced in (a session's last window has no later decode to bring a skipped phrase "
+        'back; docs/client.md, "Skipped speech in session windows"). `0`: off',
+    )
     live_deadline_s: float = Field(
         default=60.0,
         ge=0.0,

@@ -73,7 +73,8 @@ class ProxyBackend:
         return bool(json.loads(response.body).get("speech"))
 
     async def transcribe(self, pcm: bytes, language: str | None) -> dict:
-        query = "word_timestamps=true" + (f"&language={language}" if language else "")
+        # fill_skipped: the window's last decode has no later one to bring back a phrase it left out
+        query = "word_timestamps=true&fill_skipped=true" + (f"&language={language}" if language else "")
         if self.beam_size != 1:
             query += f"&beam_size={self.beam_size}"
         response, backend, _ = await self.upstreams.routed("/transcribe-chunk", pcm, PCM_TYPE, query, "session")

@@ -188,7 +188,7 @@ class Multilingual(ScriptedBackend):
         return {**answer, "language": code, "language_probability": probability}
 
 
-async def test_the_beam_size_a_session_asks_for_goes_with_each_window_and_greedy_adds_nothing() -> None:
+async def test_each_window_asks_for_words_skipped_speech_and_the_sessions_beam_size_greedy_adds_nothing() -> None:
     from types import SimpleNamespace
 
     from services.proxy.sessions import ProxyBackend
@@ -207,9 +207,9 @@ async def test_the_beam_size_a_session_asks_for_goes_with_each_window_and_greedy
     await ProxyBackend(upstreams, beam_size=4).transcribe(b"", None)
     await ProxyBackend(upstreams).transcribe(b"", "en")  # the sessions' default (the OpenAI Realtime adapter's)
     assert upstreams.queries == [
-        "word_timestamps=true&language=en",
-        "word_timestamps=true&beam_size=4",
-        f"word_timestamps=true&language=en&beam_size={SessionOptions().beam_size}",
+        "word_timestamps=true&fill_skipped=true&language=en",
+        "word_timestamps=true&fill_skipped=true&beam_size=4",
+        f"word_timestamps=true&fill_skipped=true&language=en&beam_size={SessionOptions().beam_size}",
     ]
     with pytest.raises(ValueError, match="beam_size must be between 1"):
         SessionOptions(beam_size=6).policy()

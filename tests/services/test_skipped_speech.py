@@ -15,7 +15,16 @@ import numpy as np
 import pytest
 
 from core.vocabulary import SAMPLE_RATE
-from services.base.coverage import GapRule, repair_span, splice, uncovered_speech
+from services.base.coverage import (
+    GapRule,
+    between_words,
+    holes_between_words,
+    neighbour_bounds,
+    repair_span,
+    repair_span_between,
+    splice,
+    uncovered_speech,
+)
 from services.common.speech import FRAME
 
 FRAME_S = FRAME / SAMPLE_RATE
@@ -57,9 +66,83 @@ def test_a_hole_at_the_end_of_the_window_counts_and_no_words_is_all_gap() -> Non
     assert uncovered_speech([], np.zeros(0, np.float32), 0.0) == []
 
 
+def test_a_live_window_is_checked_between_its_first_and_last_word_only() -> None:
+    rule = GapRule(min_gap_s=0.5)
+    words = [word("connection", 1.9, 2.4), word("press", 3.6, 4.2), word("seven", 4.2, 4.6)]
+    assert holes_between_words(words, rule)  # 1.2 s apart: room for 0.5 s of speech past the 0.2 s pads
+    assert not holes_between_words([word("a", 0.0, 1.0), word("b", 1.8, 2.0)], rule)  # 0.8 s < 0.5 + 2 x 0.2
+    assert not holes_between_words([word("only", 0.0, 0.4)], rule) and not holes_between_words([], rule)
+    # a word that lies over the next one's start still closes the hole (times as aligned, unordered)
+    assert not holes_between_words([word("b", 1.5, 2.0), word("long", 0.0, 1.8), word("c", 2.1, 2.5)], rule)
+    probs = probs_for(6.0, [(0.0, 6.0)])  # speech before, between and after the words
+    gaps = uncovered_speech(words, probs, 6.0, rule)
+    assert len(gaps) == 3  # the window's start, the hole, and its edge after the last word
+    [(start, end)] = between_words(gaps, words)
+    assert start == pytest.approx(2.6, abs=FRAME_S) and end == pytest.approx(3.4, abs=FRAME_S)
+    assert between_words(gaps, []) == []
+
+
+def test_a_hole_between_words_takes_every_word_the_repair_heard_between_its_neighbours() -> None:
+    # as measured on a real window: "press" aligned over "key" of the skipped phrase, so the gap
+    # (speech no padded word covers) ends before "key" does
+    window = [word("connection.", 1.9, 2.4), word("Press", 3.6, 4.2), word("7", 4.2, 4.6)]
+    segments = [{"start": 1.9, "end": 4.6, "text": " connection. Press 7", "avg_logprob": -0.2, "words": window}]
+    gap, offset = (2.69, 3.39), 2.19  # the repair heard 2.19-3.89 s of the window
+    heard = ["connection.", "Followed", "by", "the", "pound", "key.", "Press"]
+    times = [(0.0, 0.2), (0.25, 0.7), (0.7, 0.8), (0.8, 0.9), (0.9, 1.05), (1.05, 1.4), (1.43, 1.62)]
+    heard_words = [word(t, a, b) for t, (a, b) in zip(heard, times, strict=True)]
+    repaired = [{"start": 0.0, "end": 1.62, "text": "", "words": heard_words}]
+
+    def text(out: list[dict]) -> str:
+        return " ".join(w["word"].strip() for seg in out for w in seg["words"])
+
+    bounds = neighbour_bounds(window, gap, repaired, offset)
+    assert text(splice(segments, gap, repaired, offset, bounds)) == "connection. Followed by the pound key. Press 7"
+    assert text(splice(segments, gap, repaired, offset)) == "connection. by the pound Press 7"  # the gap alone
+    # neighbours the repair did not write: their middles bound it (a repeated "press" is not taken)
+    repaired[0]["words"] = repaired[0]["words"][1:6]
+    assert text(splice(segments, gap, repaired, offset, neighbour_bounds(window, gap, repaired, offset))) == (
+        "connection. Followed by the pound key. Press 7"
+    )
+
+
+def test_a_live_repair_refused_for_overload_leaves_the_answer_as_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from core.errors import ApiError
+    from services.base import app
+    from services.base.transcriber import Request, Result
+
+    words = [word("connection", 1.9, 2.4), word("press", 3.6, 4.2)]
+    segment = {"start": 1.9, "end": 4.2, "text": " connection press", "words": words}
+    result = Result(" connection press", "en", 1.0, 6.0, [segment])
+    speech = SimpleNamespace(frame_probabilities=lambda audio: probs_for(6.0, [(0.0, 6.0)]))
+    monkeypatch.setattr(app, "shared_detector", lambda: speech)
+    asked: list[Request] = []
+
+    async def overloaded(chunk: Request, priority, deadline=None, admitted=False):
+        asked.append(chunk)
+        raise ApiError(429, "overloaded", "busy")
+
+    engine = SimpleNamespace(live_gap_rule=GapRule(min_gap_s=0.5), batcher=SimpleNamespace(submit=overloaded))
+    chunk = Request(np.zeros(6 * SAMPLE_RATE, np.float32), "en", "earlier words", True, beam_size=5)
+    assert asyncio.run(app.fill_skipped_live(engine, chunk, result, None)) is result
+    # one repair was asked for: the hole's audio and both words around it, the chunk's settings, no prompt
+    [again] = asked
+    assert again.samples.size == pytest.approx(2.3 * SAMPLE_RATE, abs=0.05 * SAMPLE_RATE)
+    assert (again.beam_size, again.language, again.prompt) == (5, "en", None)
+    engine.live_gap_rule = None  # STT_LIVE_SKIPPED_SPEECH_MIN_S=0: not even asked
+    assert asyncio.run(app.fill_skipped_live(engine, chunk, result, None)) is result and len(asked) == 1
+
+
 def test_a_repair_hears_a_margin_either_side_within_the_window() -> None:
     assert repair_span((2.0, 4.0), 10.0) == (1.5, 4.5)
     assert repair_span((0.2, 9.9), 10.0) == (0.0, 10.0)
+    # between two words: at least the margin, and both words whole
+    words = [word("connection.", 1.9, 2.4), word("press", 3.6, 4.2)]
+    assert repair_span_between(words, (2.69, 3.39), 6.0) == (1.9, 4.2)
+    long_gap = [word("a", 0.0, 2.8), word("b", 5.2, 5.4)]
+    assert repair_span_between(long_gap, (3.1, 4.9), 5.3) == (0.0, 5.3)  # within the window
 
 
 def test_splice_puts_the_gap_words_between_the_words_around_it() -> None:
@@ -97,9 +180,9 @@ def test_splice_puts_the_gap_words_between_the_words_around_it() -> None:
 
 
 @pytest.mark.slow
-def test_a_phrase_removed_from_a_real_answer_comes_back_from_the_real_model() -> None:
+def test_a_phrase_removed_from_a_real_answer_comes_back_from_the_real_model_in_a_file_and_a_live_chunk() -> None:
     from corpus import long_recording
-    from services.base.app import Engine, FileJob, fill_skipped
+    from services.base.app import Engine, FileJob, fill_skipped, fill_skipped_live
     from services.base.settings import TranscriberSettings
     from services.base.transcriber import Request
 
@@ -132,12 +215,14 @@ def test_a_phrase_removed_from_a_real_answer_comes_back_from_the_real_model() ->
         engine.batcher.start()
         try:
             repaired = await fill_skipped(engine, job, window, damaged, "en")
+            # the same hole in a live chunk's answer (a session's window asks with fill_skipped)
+            live = await fill_skipped_live(engine, Request(samples, "en", None, True, beam_size=5), damaged, None)
             engine.gap_rule = None
-            return repaired, await fill_skipped(engine, job, window, damaged, "en")
+            return repaired, live, await fill_skipped(engine, job, window, damaged, "en")
         finally:
             await engine.batcher.stop()
 
-    repaired, unchecked = asyncio.run(run())
+    repaired, live, unchecked = asyncio.run(run())
 
     def norm(text: str) -> list[str]:
         return re.sub(r"[^a-z0-9' ]", " ", text.lower()).split()
@@ -149,3 +234,8 @@ def test_a_phrase_removed_from_a_real_answer_comes_back_from_the_real_model() ->
     assert similar > 0.9 and similar > before + 0.1, (repaired.text, full.text)
     assert all("words" not in s for s in repaired.segments)  # not asked for: not returned
     assert unchecked.text == damaged.text  # off: nothing is added
+    live_similar = difflib.SequenceMatcher(None, norm(full.text), norm(live.text)).ratio()
+    assert live_similar > 0.9 and live_similar > before + 0.1, (live.text, full.text)
+    live_words = [w for s in live.segments for w in s["words"]]  # a live answer keeps its words, in order
+    assert len(live_words) > len(words) - len(removed)
+    assert [w["start"] for w in live_words] == sorted(w["start"] for w in live_words)
