@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         for key, label in (("this_design_batch1", "HTTP chunks, STT_BATCH_MAX=1"), ("seed_design", "seed design")):
             if results["designs"].get(key, {}).get("_latencies"):
                 curves[label] = results["designs"][key]["_latencies"]
-        if results.get("peer", {}).get("_latencies"):
+        if results.get("peer", {}).get("status") == "measured" and results["peer"].get("_latencies"):
             curves["WhisperLive (segment commit)"] = results["peer"]["_latencies"]
         report.plot_latency_cdf(curves, out / "latency_cdf.png", CHUNK_S)
         report.plot_capacity(results["capacity"], out / "throughput_vs_streams.png", CHUNK_S)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.data import Item
-from bench.metrics import summarize_ms, word_errors
+from bench.metrics import normalize, summarize_ms, word_errors
 from bench.stacks import process_cpu_seconds
 from services.common.models import provision
 from services.local_stack import free_port
@@ -114,6 +114,23 @@ async def _stream(port: int, samples: np.ndarray) -> dict:
     return {"text": " ".join(t.strip() for t in texts), "latencies": latencies, "segments": len(completed)}
 
 
+# A peer's answer with fewer words than this share of the reference's is not a transcript: on a
+# loaded machine WhisperLive completed 5 segments of a 72 s file (WER 69.87 %), and a WER that
+# low in accuracy says the run broke, not how well the peer transcribes.
+MIN_WORDS_SHARE = 0.8
+
+
+def verdict(reference_words: int, words: int) -> tuple[str, str | None]:
+    """``measured`` when the peer's transcript is whole enough to compare with, else
+    ``incomplete`` and why (its WER is kept, but no table or goal compares with it)."""
+    if reference_words and words >= MIN_WORDS_SHARE * reference_words:
+        return "measured", None
+    return "incomplete", (
+        f"its transcript has {words} words against {reference_words} in the reference "
+        f"(under {MIN_WORDS_SHARE:.0%}): the run broke off, so it is not compared"
+    )
+
+
 def run(item: Item, device: str, log_dir: Path, note: Callable[[str], None]) -> dict:
     """Start the peer, stream ``item`` at real-time pace, score it; never raises."""
     base = {"name": NAME, "audio_s": round(item.seconds, 1)}
@@ -141,9 +158,11 @@ def run(item: Item, device: str, log_dir: Path, note: Callable[[str], None]) -> 
         except subprocess.TimeoutExpired:
             proc.kill()
     counts = word_errors([item.text], [out["text"]])
+    status, reason = verdict(counts.reference_words, len(normalize(out["text"]).split()))
     return {
         **base,
-        "status": "measured",
+        "status": status,
+        **({"reason": reason} if reason else {}),
         "wer": round(counts.wer, 4),
         "latency_ms": summarize_ms(out["latencies"]),
         "latency_definition": "segment end (wall clock) → first message marking it completed",

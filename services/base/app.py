@@ -549,7 +549,7 @@ async def fill_skipped_live(engine: Engine, chunk: Chunk, result: Result, deadli
         return result
     for outcome in outcomes:
         metrics.LIVE_SKIPPED_SPEECH_REPAIRED.labels(outcome).inc()
-    return with_segments(result, segments) if outcomes else result
+    return result if segments is result.segments else with_segments(result, segments)
 
 
 async def fill_skipped(
