@@ -239,3 +239,53 @@ def test_a_phrase_removed_from_a_real_answer_comes_back_from_the_real_model_in_a
     live_words = [w for s in live.segments for w in s["words"]]  # a live answer keeps its words, in order
     assert len(live_words) > len(words) - len(removed)
     assert [w["start"] for w in live_words] == sorted(w["start"] for w in live_words)
+
+
+async def test_a_session_window_asking_fill_skipped_gets_the_skipped_words_back_over_http(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``/transcribe-chunk?fill_skipped=true`` through the real base app (a stand-in model): the
+    hole between two words is sent again, from the word before it to the word after, and what came
+    back between them is in the answer; without the flag the model is asked once."""
+    from types import SimpleNamespace
+
+    from services.base import app
+    from services.base.transcriber import Request, Result
+    from tests.services.base_harness import serving
+
+    window = [word("connection.", 1.9, 2.4), word("Press", 3.6, 4.2)]
+    heard = [word("connection.", 0.0, 0.5), word("followed", 0.55, 0.9), word("by", 0.9, 1.0)]
+    heard += [word("the", 1.0, 1.1), word("pound", 1.1, 1.35), word("key", 1.35, 1.65), word("Press", 1.7, 2.2)]
+    asked: list[Request] = []
+
+    async def submit(chunk: Request, priority, deadline=None, admitted=False):
+        asked.append(chunk)
+        words = window if len(asked) == 1 else heard
+        segment = {"start": words[0]["start"], "end": words[-1]["end"], "text": "", "words": words}
+        segment["text"] = "".join(w["word"] for w in words)
+        return Result(segment["text"].strip(), "en", 1.0, chunk.samples.size / SAMPLE_RATE, [segment]), 1
+
+    speech = SimpleNamespace(frame_probabilities=lambda audio: probs_for(audio.size / SAMPLE_RATE, [(0.0, 6.0)]))
+    monkeypatch.setattr(app, "shared_detector", lambda: speech)
+    engine = SimpleNamespace(
+        batcher=SimpleNamespace(submit=submit, hung=lambda: None),
+        live_gap_rule=GapRule(min_gap_s=0.5),
+        describe=lambda: {"model": "stand-in"},
+        model_name="stand-in",
+    )
+    pcm = np.zeros(6 * SAMPLE_RATE, "<i2").tobytes()
+    headers = {"content-type": "audio/pcm;rate=16000"}
+    async with serving(engine) as client:
+        plain = await client.post("/transcribe-chunk?language=en&beam_size=5", content=pcm, headers=headers)
+        assert plain.status_code == 200 and len(asked) == 1
+        assert plain.json()["text"] == "connection. Press"
+        asked.clear()
+        filled = await client.post(
+            "/transcribe-chunk?language=en&beam_size=5&fill_skipped=true", content=pcm, headers=headers
+        )
+    assert filled.status_code == 200, filled.text
+    assert filled.json()["text"] == "connection. followed by the pound key Press"
+    [_, again] = asked
+    assert again.beam_size == 5 and again.samples.size == pytest.approx(2.3 * SAMPLE_RATE, abs=160)
+    words = [w for s in filled.json()["segments"] for w in s["words"]]
+    assert [w["start"] for w in words] == sorted(w["start"] for w in words)
