@@ -120,11 +120,14 @@ def repair_span_between(
     words: list[dict], gap: tuple[float, float], duration_s: float, rule: GapRule = GapRule()
 ) -> tuple[float, float]:
     """:func:`repair_span` for a gap between two words, widened to hear both of them whole: a
-    repair that began inside the word before wrote the first skipped word wrong (measured:
-    "followed" came back as "all")."""
+    repair that begins inside the word before can write the first skipped word wrong
+    (docs/client.md, "Skipped speech in session windows")."""
     before, after = neighbours(words, gap)
     lo, hi = repair_span(gap, duration_s, rule)
     return max(0.0, min(lo, before["start"])), min(duration_s, max(hi, after["end"]))
+
+
+EXCLUSIVE_S = 1e-3  # moves an exclusive bound inside, for an inclusive test (times are in ms)
 
 
 def neighbour_bounds(
@@ -133,21 +136,17 @@ def neighbour_bounds(
     """Where the words of a repair (``repaired``, as for :func:`splice`) belong when ``gap`` lies
     between two of the window's ``words``: after the word before it and before the word after it.
 
-    The gap itself is too narrow a bound here: the alignment often stretches a neighbour over the
-    first or last skipped word (measured: "press", aligned 0.45 s early, lay over "key" of the
-    skipped "followed by the pound key"), and the gap ends where that word's padding begins. The
-    repair hears the neighbours in its margins: where it wrote one (same word), that is the
-    bound, so it is not taken twice; where it did not, the neighbour's middle is. Exclusive
-    bounds, for :func:`splice`'s inclusive test."""
+    The gap itself is too narrow a bound here: the alignment can stretch a neighbour over the
+    first or last skipped word, and the gap ends where that word's padding begins (the case is in
+    docs/client.md, "Skipped speech in session windows"). The repair hears the neighbours in its
+    margins: where it wrote one (same word), that is the bound, so it is not taken twice; where
+    it did not, the neighbour's middle is. Exclusive bounds, for :func:`splice`'s inclusive test."""
     before, after = neighbours(words, gap)
     lo, hi = _mid(before), _mid(after)
     heard = [(norm(w["word"]), _mid(w) + offset_s) for seg in repaired for w in seg.get("words", [])]
     lo = max([lo, *(m for text, m in heard if text == norm(before["word"]) and m < gap[0])])
     hi = min([hi, *(m for text, m in heard if text == norm(after["word"]) and m > gap[1])])
     return lo + EXCLUSIVE_S, hi - EXCLUSIVE_S
-
-
-EXCLUSIVE_S = 1e-3  # moves an exclusive bound inside, for an inclusive test (times are in ms)
 
 
 def _mid(word: dict) -> float:
