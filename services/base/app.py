@@ -129,6 +129,8 @@ class Engine:
             hang_seconds_per_audio_second=settings.hang_seconds_per_audio_second,
             max_wait_s=settings.max_queue_wait_s,
             live_lane=settings.live_lane,
+            lighten=greedy_under_load,
+            lighten_after_s=settings.live_greedy_after_wait_s or None,
         )
 
     def _run(self, batch: list[Chunk]) -> list[Result]:
@@ -160,6 +162,16 @@ class Engine:
         if info.compute_type_timings:  # STT_COMPUTE_TYPE=auto: what the start-up probe measured
             described["compute_type_probe_ms"] = {c: round(s * 1000, 1) for c, s in info.compute_type_timings.items()}
         return described
+
+
+def greedy_under_load(chunk: Chunk) -> Chunk:
+    """The batcher's lighter form of a waiting live chunk: greedy instead of a beam search. On
+    two cores 5 beams cost about a quarter more per window than greedy, and chunks of one beam
+    size batch together (docs/client.md, "Beams under load")."""
+    if chunk.beam_size == 1:
+        return chunk
+    metrics.GREEDY_UNDER_LOAD.inc()
+    return dataclasses.replace(chunk, beam_size=1)
 
 
 def decoded_budget(settings: TranscriberSettings) -> Budget:
@@ -321,6 +333,7 @@ async def transcribe_chunk(
         "segments": result.segments,
         **engine.describe(),
         "batch_size": batch_size,
+        "beam_size": result.beam_size,
     }
 
 
@@ -539,7 +552,7 @@ async def fill_skipped_live(engine: Engine, chunk: Chunk, result: Result, deadli
         return result
 
     async def decode(piece: np.ndarray) -> Result:
-        again = dataclasses.replace(chunk, samples=piece, prompt=None)
+        again = dataclasses.replace(chunk, samples=piece, prompt=None, beam_size=result.beam_size)
         return (await engine.batcher.submit(again, Priority.LIVE, deadline=deadline, admitted=True))[0]
 
     try:

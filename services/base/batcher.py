@@ -37,6 +37,13 @@ Why each part exists:
   while the item still waits, the item is removed and its caller gets 504 ``deadline_exceeded``
   (``stt_queue_expired_total``): whoever sent it has already given up, so running it would only
   delay work someone still waits for.
+- **Lighter work when live chunks wait.** With ``lighten`` and ``lighten_after_s``, once the
+  oldest waiting live chunk has waited that long, every waiting live chunk is replaced by
+  ``lighten(request)`` before the batch is taken (the app drops a session window's beam search
+  to greedy decoding). A backend that keeps up never does it, so one stream's words are the
+  ones it asked for; one that has fallen behind spends less per chunk and batches more of them
+  together (chunks of different beam sizes never share a call) until it catches up, instead of
+  letting every stream's latency grow (docs/client.md, "Beams under load").
 - **Hang watch.** A model call that never returns (a hang in C, not a crash) blocks every
   request of this process and cannot be undone from Python. :meth:`Batcher.hung` says so once a
   call (of either class) has run longer than ``hang_seconds`` plus
@@ -114,13 +121,17 @@ class Batcher:
         hang_seconds_per_audio_second: float = 2.0,
         max_wait_s: float | None = None,
         live_lane: bool = False,
+        lighten: Callable[[Request], Request] | None = None,
+        lighten_after_s: float | None = None,
     ):
         """``key``: what the chunks of one batch must share (``BatchTranscriber.batch_key``).
         ``max_batch``: most live chunks per call; ``file_batch_max``: most file windows per call
         (default ``max_batch``). ``max_queue``: waiting chunks per class before 429.
         ``max_wait_s``: the longest a new live chunk may expect to wait before 429 (None: no bound).
         ``live_lane``: a live call may run while a file call runs (``run_batch`` is then called
-        from two threads at once, so the model must have two workers); otherwise one call at a time."""
+        from two threads at once, so the model must have two workers); otherwise one call at a time.
+        ``lighten``: a cheaper form of a live request, used for every waiting live chunk once the
+        oldest has waited ``lighten_after_s`` (None: never)."""
         self.run_batch = run_batch
         self.key = key
         self.max_batch = max_batch
@@ -131,6 +142,8 @@ class Batcher:
         self.hang_seconds_per_audio_second = hang_seconds_per_audio_second
         self.max_wait_s = max_wait_s
         self.live_lane = live_lane
+        self.lighten = lighten if lighten_after_s is not None else None
+        self.lighten_after_s = lighten_after_s
         self._live_call_s: float | None = None  # moving average of a live model call's wall time
         self._queues: dict[Priority, list[_Pending]] = {p: [] for p in Priority}
         self._wakeup = asyncio.Event()
@@ -310,12 +323,24 @@ class Batcher:
         queue, limit = self._queues[priority], self._limit(priority)
         if not queue:
             return []
+        if priority is Priority.LIVE:
+            self._lighten_if_behind(queue)
         key = self.key(queue[0].request)
         batch = [p for p in queue if self.key(p.request) == key][:limit]
         taken = set(map(id, batch))
         queue[:] = [p for p in queue if id(p) not in taken]
         self._count()
         return batch
+
+    def _lighten_if_behind(self, queue: list[_Pending]) -> None:
+        """Replace every waiting live request by its lighter form once the oldest has waited
+        ``lighten_after_s``; the replaced ones then share a batch key and run together."""
+        if self.lighten is None or self.lighten_after_s is None:
+            return
+        if time.perf_counter() - queue[0].enqueued < self.lighten_after_s:
+            return
+        for item in queue:
+            item.request = self.lighten(item.request)
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()

@@ -66,6 +66,11 @@ CHUNKS_BY_BEAM_SIZE = Counter(
     "streaming sessions may ask for more)",
     ["beam_size"],
 )
+GREEDY_UNDER_LOAD = Counter(
+    "stt_chunks_greedy_under_load_total",
+    "Live chunks that asked for a beam search but were decoded greedily because live chunks had waited "
+    "STT_LIVE_GREEDY_AFTER_WAIT_S or longer (the backend had fallen behind)",
+)
 UNSURE_RETRIED = Counter(
     "stt_unsure_retried_total",
     "Live chunks and whole-file windows whose greedy decode failed Whisper's quality checks, decoded again by "

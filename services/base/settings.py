@@ -120,6 +120,14 @@ class TranscriberSettings(ServiceSettings, ModelCacheSettings):
         "on its own and spliced in (a session's last window has no later decode to bring a skipped phrase "
         'back; docs/client.md, "Skipped speech in session windows"). `0`: off',
     )
+    live_greedy_after_wait_s: float = Field(
+        default=1.0,
+        ge=0.0,
+        description="once the oldest waiting live chunk has waited this long, every waiting live chunk that asked "
+        "for a beam search (`beam_size` > 1, what streaming sessions send) is decoded greedily instead, so a "
+        "backend that has fallen behind catches up instead of every stream's latency growing "
+        '(docs/client.md, "Beams under load"). `0`: never',
+    )
     live_deadline_s: float = Field(
         default=60.0,
         ge=0.0,

@@ -78,6 +78,9 @@ class Result:
     # The retry's outcome: None (the greedy decode passed), "passed" (the beam
     # search's decode passed the checks) or "surest" (it did not either; the surer one was kept).
     retried: str | None = None
+    # Beams of the first decode as run: what the request asked for, or 1 where the batcher
+    # lightened it under load (services/base/batcher.py).
+    beam_size: int = 1
 
 
 @dataclass
@@ -617,6 +620,7 @@ class BatchTranscriber:
             duration_s=round(request.samples.size / SAMPLE_RATE, 3),
             segments=[seg.as_dict(i) for i, seg in enumerate(segments)],
             retried=retried,
+            beam_size=request.beam_size,
         )
 
 

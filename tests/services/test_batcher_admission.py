@@ -8,6 +8,7 @@ model call cannot be interrupted either, which is what makes these orderings mat
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import threading
 import time
@@ -24,7 +25,7 @@ from core.errors import ApiError
 from core.vocabulary import SAMPLE_RATE
 from services.base import app as base
 from services.base.batcher import Batcher, Priority, _Call
-from services.base.metrics import BATCH_CANCELLED, BATCH_EXPIRED
+from services.base.metrics import BATCH_CANCELLED, BATCH_EXPIRED, GREEDY_UNDER_LOAD
 from services.base.transcriber import Request, Result
 from tests.services.base_harness import serving
 
@@ -52,7 +53,9 @@ class FakeModel:
         for r in batch:
             seconds = r.samples.size / SAMPLE_RATE
             segment = {"start": 0.0, "end": round(seconds, 3), "text": f" {r.samples.size}"}
-            results.append(Result(str(r.samples.size), r.language or "en", 1.0, seconds, [segment]))
+            results.append(
+                Result(str(r.samples.size), r.language or "en", 1.0, seconds, [segment], beam_size=r.beam_size)
+            )
         return results
 
     async def held(self) -> None:
@@ -68,8 +71,8 @@ class FakeModel:
         return [n for call in self.calls for n in call]
 
 
-def chunk(samples: int, language: str | None = "en") -> Request:
-    return Request(np.zeros(samples, np.float32), language)
+def chunk(samples: int, language: str | None = "en", beam_size: int = 1) -> Request:
+    return Request(np.zeros(samples, np.float32), language, beam_size=beam_size)
 
 
 def counter(metric, priority: Priority) -> float:
@@ -218,6 +221,51 @@ async def test_a_live_chunk_that_would_wait_too_long_is_refused_at_once() -> Non
         assert 99 not in model.sizes
 
 
+def greedy(request: Request) -> Request:
+    return dataclasses.replace(request, beam_size=1)
+
+
+async def test_live_chunks_that_waited_past_the_bound_are_decoded_greedily_and_together() -> None:
+    """A backend that has fallen behind drops the beam search of every waiting live chunk: they
+    then share a batch key and run in one call instead of one call per beam size."""
+    async with running(max_batch=8, window_ms=0, lighten=greedy, lighten_after_s=0.05) as (model, batcher):
+        model.gate.clear()
+        first = asyncio.create_task(batcher.submit(chunk(100, beam_size=5)))
+        await model.held()  # started at once: it never waited, so it keeps its beams
+        waiting = [asyncio.create_task(batcher.submit(chunk(200 + i, beam_size=5 - 2 * (i % 2)))) for i in range(3)]
+        await asyncio.sleep(0.1)  # past the bound
+        model.gate.set()
+        results = await asyncio.gather(first, *waiting)
+        assert model.calls == [[100], [200, 201, 202]]
+        assert model.beams == [[5], [1, 1, 1]]
+        assert [result.beam_size for result, _ in results] == [5, 1, 1, 1]  # the caller is told
+
+
+async def test_live_chunks_within_the_bound_keep_their_beams_and_batch_by_beam_size() -> None:
+    async with running(max_batch=8, window_ms=0, lighten=greedy, lighten_after_s=10.0) as (model, batcher):
+        model.gate.clear()
+        first = asyncio.create_task(batcher.submit(chunk(100, beam_size=5)))
+        await model.held()
+        waiting = [asyncio.create_task(batcher.submit(chunk(200 + i, beam_size=5 - 2 * (i % 2)))) for i in range(3)]
+        await asyncio.sleep(0.1)
+        model.gate.set()
+        await asyncio.gather(first, *waiting)
+        assert model.calls == [[100], [200, 202], [201]]
+        assert model.beams == [[5], [5, 5], [3]]
+
+
+async def test_file_windows_are_never_lightened() -> None:
+    async with running(max_batch=8, window_ms=0, lighten=greedy, lighten_after_s=0.0) as (model, batcher):
+        model.gate.clear()
+        blocker = asyncio.create_task(batcher.submit(chunk(1, beam_size=5)))
+        await model.held()
+        window = asyncio.create_task(batcher.submit(chunk(100, beam_size=5), Priority.FILE))
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        await asyncio.gather(blocker, window)
+        assert model.beams == [[1], [5]]  # the live chunk waited (0 s bound); the file window kept its beams
+
+
 async def test_a_cancelled_caller_s_queued_chunk_is_removed_and_never_run() -> None:
     async with running(max_batch=8, window_ms=0) as (model, batcher):
         model.gate.clear()
@@ -337,6 +385,7 @@ async def test_a_chunk_asks_for_its_beam_size_and_one_out_of_range_is_refused_wi
         )
         assert answer.status_code == 200, answer.text
         assert served.model.beams[-1] == [beam]
+        assert answer.json()["beam_size"] == beam  # the beams the decode ran with
     calls = len(served.model.calls)
     for wrong in ("0", "6", "wide"):
         answer = await served.client.post(
@@ -345,6 +394,39 @@ async def test_a_chunk_asks_for_its_beam_size_and_one_out_of_range_is_refused_wi
         assert answer.status_code == 422, answer.text
         assert "beam_size" in answer.json()["error"]["message"]
     assert len(served.model.calls) == calls  # nothing refused reached the model
+
+
+async def test_a_chunk_that_waited_behind_a_long_call_is_decoded_greedily_and_says_so() -> None:
+    """Through the real app, with its own lighter form (``greedy_under_load``): the answer's
+    ``beam_size`` and ``stt_chunks_greedy_under_load_total`` show the beams that were dropped."""
+    model = FakeModel()
+    batcher = Batcher(model, max_batch=4, window_ms=0, lighten=base.greedy_under_load, lighten_after_s=0.05)
+    batcher.start()
+    dropped = GREEDY_UNDER_LOAD._value.get()
+    try:
+        async with serving(FakeEngine(batcher, file_windows_in_flight=4)) as client:
+            model.gate.clear()
+            first = asyncio.create_task(
+                client.post(
+                    "/transcribe-chunk?beam_size=5", content=wav_bytes(1.0), headers={"content-type": "audio/wav"}
+                )
+            )
+            await model.held()
+            late = asyncio.create_task(
+                client.post(
+                    "/transcribe-chunk?beam_size=5", content=wav_bytes(2.0), headers={"content-type": "audio/wav"}
+                )
+            )
+            await until(lambda: batcher.depth == 1)
+            await asyncio.sleep(0.1)
+            model.gate.set()
+            answers = [(await first).json(), (await late).json()]
+    finally:
+        model.gate.set()
+        await batcher.stop()
+    assert [a["beam_size"] for a in answers] == [5, 1]
+    assert model.beams == [[5], [1]]
+    assert GREEDY_UNDER_LOAD._value.get() == dropped + 1
 
 
 async def test_a_file_with_more_windows_than_the_queue_holds_transcribes_on_an_idle_server(served) -> None:

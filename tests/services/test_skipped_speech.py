@@ -8,6 +8,7 @@ service code finds the hole and the real model fills it, in the right place.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import difflib
 import re
 
@@ -115,7 +116,7 @@ def test_a_live_repair_refused_for_overload_leaves_the_answer_as_decoded(monkeyp
 
     words = [word("connection", 1.9, 2.4), word("press", 3.6, 4.2)]
     segment = {"start": 1.9, "end": 4.2, "text": " connection press", "words": words}
-    result = Result(" connection press", "en", 1.0, 6.0, [segment])
+    result = Result(" connection press", "en", 1.0, 6.0, [segment], beam_size=5)
     speech = SimpleNamespace(frame_probabilities=lambda audio: probs_for(6.0, [(0.0, 6.0)]))
     monkeypatch.setattr(app, "shared_detector", lambda: speech)
     asked: list[Request] = []
@@ -131,6 +132,11 @@ def test_a_live_repair_refused_for_overload_leaves_the_answer_as_decoded(monkeyp
     [again] = asked
     assert again.samples.size == pytest.approx(2.3 * SAMPLE_RATE, abs=0.05 * SAMPLE_RATE)
     assert (again.beam_size, again.language, again.prompt) == (5, "en", None)
+    # a window the batcher decoded greedily under load is repaired greedily too
+    under_load = dataclasses.replace(result, beam_size=1)
+    assert asyncio.run(app.fill_skipped_live(engine, chunk, under_load, None)) is under_load
+    assert asked[-1].beam_size == 1
+    asked[1:] = []
     engine.live_gap_rule = None  # STT_LIVE_SKIPPED_SPEECH_MIN_S=0: not even asked
     assert asyncio.run(app.fill_skipped_live(engine, chunk, result, None)) is result and len(asked) == 1
 
@@ -263,7 +269,8 @@ async def test_a_session_window_asking_fill_skipped_gets_the_skipped_words_back_
         words = window if len(asked) == 1 else heard
         segment = {"start": words[0]["start"], "end": words[-1]["end"], "text": "", "words": words}
         segment["text"] = "".join(w["word"] for w in words)
-        return Result(segment["text"].strip(), "en", 1.0, chunk.samples.size / SAMPLE_RATE, [segment]), 1
+        duration = chunk.samples.size / SAMPLE_RATE
+        return Result(segment["text"].strip(), "en", 1.0, duration, [segment], beam_size=chunk.beam_size), 1
 
     speech = SimpleNamespace(frame_probabilities=lambda audio: probs_for(audio.size / SAMPLE_RATE, [(0.0, 6.0)]))
     monkeypatch.setattr(app, "shared_detector", lambda: speech)
@@ -285,6 +292,7 @@ async def test_a_session_window_asking_fill_skipped_gets_the_skipped_words_back_
         )
     assert filled.status_code == 200, filled.text
     assert filled.json()["text"] == "connection. followed by the pound key Press"
+    assert filled.json()["beam_size"] == 5
     [_, again] = asked
     assert again.beam_size == 5 and again.samples.size == pytest.approx(2.3 * SAMPLE_RATE, abs=160)
     words = [w for s in filled.json()["segments"] for w in s["words"]]
