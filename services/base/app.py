@@ -165,9 +165,9 @@ class Engine:
 
 
 def greedy_under_load(chunk: Chunk) -> Chunk:
-    """The batcher's lighter form of a waiting live chunk: greedy instead of a beam search. On
-    two cores 5 beams cost about a quarter more per window than greedy, and chunks of one beam
-    size batch together (docs/client.md, "Beams under load")."""
+    """The batcher's lighter form of a waiting live chunk: greedy instead of a beam search, which
+    spends more decoder time on every window, and one beam size for all, so they batch together
+    (docs/client.md, "Beams under load")."""
     if chunk.beam_size == 1:
         return chunk
     metrics.GREEDY_UNDER_LOAD.inc()
