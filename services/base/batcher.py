@@ -142,7 +142,7 @@ class Batcher:
         self.hang_seconds_per_audio_second = hang_seconds_per_audio_second
         self.max_wait_s = max_wait_s
         self.live_lane = live_lane
-        self.lighten = lighten if lighten_after_s is not None else None
+        self.lighten = lighten
         self.lighten_after_s = lighten_after_s
         self._live_call_s: float | None = None  # moving average of a live model call's wall time
         self._queues: dict[Priority, list[_Pending]] = {p: [] for p in Priority}

@@ -8,13 +8,12 @@ model call cannot be interrupted either, which is what makes these orderings mat
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import io
 import threading
 import time
 import wave
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import SimpleNamespace
 
 import httpx
@@ -221,14 +220,15 @@ async def test_a_live_chunk_that_would_wait_too_long_is_refused_at_once() -> Non
         assert 99 not in model.sizes
 
 
-def greedy(request: Request) -> Request:
-    return dataclasses.replace(request, beam_size=1)
+def greedy_after(bound_s: float) -> AbstractAsyncContextManager[tuple[FakeModel, Batcher]]:
+    """A batcher that decodes waiting live chunks greedily, as the app does, past ``bound_s``."""
+    return running(max_batch=8, window_ms=0, lighten=base.greedy_under_load, lighten_after_s=bound_s)
 
 
 async def test_live_chunks_that_waited_past_the_bound_are_decoded_greedily_and_together() -> None:
     """A backend that has fallen behind drops the beam search of every waiting live chunk: they
     then share a batch key and run in one call instead of one call per beam size."""
-    async with running(max_batch=8, window_ms=0, lighten=greedy, lighten_after_s=0.05) as (model, batcher):
+    async with greedy_after(0.05) as (model, batcher):
         model.gate.clear()
         first = asyncio.create_task(batcher.submit(chunk(100, beam_size=5)))
         await model.held()  # started at once: it never waited, so it keeps its beams
@@ -242,7 +242,7 @@ async def test_live_chunks_that_waited_past_the_bound_are_decoded_greedily_and_t
 
 
 async def test_live_chunks_within_the_bound_keep_their_beams_and_batch_by_beam_size() -> None:
-    async with running(max_batch=8, window_ms=0, lighten=greedy, lighten_after_s=10.0) as (model, batcher):
+    async with greedy_after(10.0) as (model, batcher):
         model.gate.clear()
         first = asyncio.create_task(batcher.submit(chunk(100, beam_size=5)))
         await model.held()
@@ -255,7 +255,7 @@ async def test_live_chunks_within_the_bound_keep_their_beams_and_batch_by_beam_s
 
 
 async def test_file_windows_are_never_lightened() -> None:
-    async with running(max_batch=8, window_ms=0, lighten=greedy, lighten_after_s=0.0) as (model, batcher):
+    async with greedy_after(0.0) as (model, batcher):
         model.gate.clear()
         blocker = asyncio.create_task(batcher.submit(chunk(1, beam_size=5)))
         await model.held()
