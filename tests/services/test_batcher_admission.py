@@ -369,9 +369,11 @@ async def post_file(client: httpx.AsyncClient, seconds: float, **headers: str) -
     )
 
 
-async def post_chunk(client: httpx.AsyncClient, seconds: float = 1.0, **headers: str) -> httpx.Response:
+async def post_chunk(
+    client: httpx.AsyncClient, seconds: float = 1.0, query: str = "", **headers: str
+) -> httpx.Response:
     return await client.post(
-        "/transcribe-chunk",
+        f"/transcribe-chunk{query}",
         content=wav_bytes(seconds),
         headers={"content-type": "audio/wav", **headers},
         timeout=30,
@@ -406,17 +408,9 @@ async def test_a_chunk_that_waited_behind_a_long_call_is_decoded_greedily_and_sa
     try:
         async with serving(FakeEngine(batcher, file_windows_in_flight=4)) as client:
             model.gate.clear()
-            first = asyncio.create_task(
-                client.post(
-                    "/transcribe-chunk?beam_size=5", content=wav_bytes(1.0), headers={"content-type": "audio/wav"}
-                )
-            )
+            first = asyncio.create_task(post_chunk(client, 1.0, "?beam_size=5"))
             await model.held()
-            late = asyncio.create_task(
-                client.post(
-                    "/transcribe-chunk?beam_size=5", content=wav_bytes(2.0), headers={"content-type": "audio/wav"}
-                )
-            )
+            late = asyncio.create_task(post_chunk(client, 2.0, "?beam_size=5"))
             await until(lambda: batcher.depth == 1)
             await asyncio.sleep(0.1)
             model.gate.set()
