@@ -43,6 +43,7 @@ every script) and :func:`drop_hallucinations` (Whisper's stock phrases on silenc
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import re
@@ -469,6 +470,22 @@ class CommitPolicy(Transcript):
             end = min(end, self._flush_end)  # the utterance ends here; what follows is the next one
         self._pending = (self._start if self._without_context else self.keep_from, end)
         return self._pending
+
+    def window_ahead(self, end_sample: int) -> tuple[int, int] | None:
+        """The window :meth:`window` will hand out once :meth:`advance` brings the audio to
+        ``end_sample``, when that does not depend on what the detector says of the new audio;
+        None when it does, or when nothing would be decoded. Inside an utterance it never does
+        (speech continues it, silence ends it there, and either way the window ends at
+        ``end_sample``), so a caller may start that decode while the detector still listens."""
+        if self._pending is not None:
+            return None
+        spans = set()
+        for speech in (True, False):
+            trial = copy.copy(self)
+            trial._silence = list(self._silence)  # the only state advance() changes in place
+            trial.advance(end_sample, speech)
+            spans.add(trial.window())
+        return spans.pop() if len(spans) == 1 else None
 
     def update(self, hypothesis: Sequence[Segment] | Sequence[Word], window_start_s: float) -> Update:
         """Take Whisper's answer for the window last handed out; words carry stream times.

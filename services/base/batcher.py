@@ -1,7 +1,7 @@
 """Dynamic batching with two priorities, bounded queues, cancellation, deadlines and a hang watch.
 
-Requests wait at most ``window_ms`` for company (only when the model is busy or others are
-queued does a batch grow), then run together. The model runs in dedicated threads (one, or two
+Requests wait at most ``window_ms`` for company, then run together; a live chunk waits only
+when company came lately (see below). The model runs in dedicated threads (one, or two
 with a live lane), so the event loop stays free to accept and answer requests while it works.
 
 Why each part exists:
@@ -37,6 +37,10 @@ Why each part exists:
   while the item still waits, the item is removed and its caller gets 504 ``deadline_exceeded``
   (``stt_queue_expired_total``): whoever sent it has already given up, so running it would only
   delay work someone still waits for.
+- **A lone stream does not wait for company.** Live chunks arrive every step (3 s) per stream;
+  unless two arrived within ``window_ms`` of each other in the last ``COMPANY_MEMORY_S``, no
+  other is likely to join, and waiting only adds the window to every answer. (Chunks that
+  queued behind a running call never wait: they are already older than the window.)
 - **Lighter work when live chunks wait.** With ``lighten`` and ``lighten_after_s``, once the
   oldest waiting live chunk has waited that long, every waiting live chunk is replaced by
   ``lighten(request)`` before the batch is taken (the app drops a session window's beam search
@@ -80,6 +84,9 @@ from services.base.transcriber import Request, Result
 log = logging.getLogger(__name__)
 # Weight of the newest live call in the moving average that estimates a new chunk's wait.
 LIVE_CALL_SMOOTHING = 0.3
+# How long two live chunks arriving within the window of each other keep live chunks waiting
+# for company: several steps (3 s each) of streams whose chunks arrive together.
+COMPANY_MEMORY_S = 30.0
 
 
 class Priority(enum.Enum):
@@ -145,6 +152,8 @@ class Batcher:
         self.lighten = lighten
         self.lighten_after_s = lighten_after_s
         self._live_call_s: float | None = None  # moving average of a live model call's wall time
+        self._last_live_arrival = -math.inf  # time.perf_counter() of the newest live chunk
+        self._live_company_at = -math.inf  # when two live chunks last arrived within the window
         self._queues: dict[Priority, list[_Pending]] = {p: [] for p in Priority}
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=2 if live_lane else 1, thread_name_prefix="whisper")
@@ -218,6 +227,10 @@ class Batcher:
         if deadline is not None and deadline <= item.enqueued:
             BATCH_EXPIRED.labels(priority.value).inc()
             raise self._expired_error(item)
+        if priority is Priority.LIVE:
+            if item.enqueued - self._last_live_arrival <= self.window:
+                self._live_company_at = item.enqueued
+            self._last_live_arrival = item.enqueued
         queue.append(item)
         self._count()
         self._wakeup.set()
@@ -315,6 +328,11 @@ class Batcher:
             return Priority.FILE
         return None
 
+    def _company_likely(self, priority: Priority) -> bool:
+        """Whether a batch of this class is worth holding back for more: always for file
+        windows (a file sends several), for live chunks only when they came together lately."""
+        return priority is Priority.FILE or time.perf_counter() - self._live_company_at <= COMPANY_MEMORY_S
+
     def _limit(self, priority: Priority) -> int:
         return self.max_batch if priority is Priority.LIVE else self.file_batch_max
 
@@ -348,11 +366,12 @@ class Batcher:
             while self._next() is None:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            # Give concurrent senders a brief moment to join, unless the batch is already full.
+            # Give concurrent senders a brief moment to join, unless the batch is already full
+            # or (live) no company came lately.
             # Re-checked on every wake-up: a live chunk arriving meanwhile is served first.
             while (priority := self._next()) is not None:
                 queue = self._queues[priority]
-                if len(queue) >= self._limit(priority):
+                if len(queue) >= self._limit(priority) or not self._company_likely(priority):
                     break
                 delay = queue[0].enqueued + self.window - time.perf_counter()
                 if delay <= 0:

@@ -68,7 +68,12 @@ class TranscriberSettings(ServiceSettings, ModelCacheSettings):
         'budget per decode")',
     )
     batch_max: int = Field(default=8, ge=1, description="most chunks per model call")
-    batch_window_ms: float = Field(default=20.0, ge=0.0, description="how long a chunk waits for company")
+    batch_window_ms: float = Field(
+        default=20.0,
+        ge=0.0,
+        description="how long a chunk waits for company; a live chunk only while live chunks came together "
+        "lately (two within the window in the last 30 s), so a lone stream's never waits",
+    )
     max_queue: int = Field(
         default=64,
         ge=1,

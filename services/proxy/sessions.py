@@ -12,9 +12,11 @@ The session knows nothing of WebSockets or JSON framing: it takes samples
 native protocol (:mod:`services.proxy.stream_ws`) sends them as they are; the OpenAI
 Realtime adapter (:mod:`services.proxy.realtime`) translates them.
 
-No audio is lost: the session processes every step in order, one backend request at a time
-(a window's start depends on what the previous answer committed); a backend that is busy or
-down is retried with backoff while new audio waits; the client is told its lag. Each
+No audio is lost: the session processes every step in order, one window at a time (a window's
+start depends on what the previous answer committed; inside an utterance a step's window is
+sent while the detector still listens to the step, as it is decoded whatever the detector
+says); a backend that is busy or down is retried with backoff while new audio waits; the
+client is told its lag. Each
 ``transcript.committed`` event carries ``settled_sample`` and ``keep_from_sample``: audio
 before ``keep_from_sample`` will never be needed again, so a client that keeps the rest can
 resume on any replica (:meth:`SessionOptions` ``resume_from`` / ``committed_until``).
@@ -29,9 +31,9 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -347,26 +349,42 @@ class StreamSession:
     async def _process(self, end: int, flushing: bool = False) -> None:
         begin = self._processed
         speech = True
-        if flushing and end - begin < MIN_DETECT_SAMPLES:
-            speech = self._speaking  # too short for the detector to call speech: it continues what came before
-        elif self.options.detector:
-            speech = await self._retrying("detect", self.backend.detect, self._slice(begin, end).tobytes())
-            if speech is None:
-                speech = True  # the detector is unreachable: decode rather than risk dropping speech
-        await self._speech_edge(bool(speech), begin, end)
-        self.policy.advance(end, bool(speech))
-        self._processed = end
-        await self._report_lag()
-        span = self.policy.window()  # one decode per step; a backlog is worked off step by step
-        if span is not None:
-            await self._decode(span)
+        early: tuple[tuple[int, int], asyncio.Task] | None = None
+        try:
+            if flushing and end - begin < MIN_DETECT_SAMPLES:
+                speech = self._speaking  # too short for the detector to call speech: it continues what came before
+            elif self.options.detector:
+                # Inside an utterance the step is decoded whatever the detector says: start
+                # that decode now instead of after the detector's answer.
+                if (ahead := self.policy.window_ahead(end)) is not None:
+                    early = (ahead, asyncio.create_task(self._transcribe(ahead)))
+                speech = await self._retrying("detect", self.backend.detect, self._slice(begin, end).tobytes())
+                if speech is None:
+                    speech = True  # the detector is unreachable: decode rather than risk dropping speech
+            await self._speech_edge(bool(speech), begin, end)
+            self.policy.advance(end, bool(speech))
+            self._processed = end
+            await self._report_lag()
+            span = self.policy.window()  # one decode per step; a backlog is worked off step by step
+            if span is not None:
+                started = early[1] if early is not None and early[0] == span else None
+                await self._decode(span, started)
+        finally:
+            if early is not None and not early[1].done():
+                early[1].cancel()  # not the window decoded after all (or the session ended)
         self._trim()
 
-    async def _decode(self, span: tuple[int, int]) -> None:
+    def _transcribe(self, span: tuple[int, int]) -> Coroutine[Any, Any, dict | None]:
         start, end = span
         language = self.options.language or self.language_lock.language
-        pcm = self._slice(start, end).tobytes()
-        answer = await self._retrying("transcribe", self.backend.transcribe, pcm, language)
+        return self._retrying("transcribe", self.backend.transcribe, self._slice(start, end).tobytes(), language)
+
+    async def _decode(self, span: tuple[int, int], started: Awaitable[dict | None] | None = None) -> None:
+        """Decode ``span`` (or take the answer of its decode ``started`` earlier) and pass the
+        policy's update on."""
+        start, end = span
+        language = self.options.language or self.language_lock.language
+        answer = await (started if started is not None else self._transcribe(span))
         if answer is None:  # refused for good: the next window covers this audio again
             self.policy.cancel()
             return

@@ -339,6 +339,48 @@ def test_speech_after_silence_starts_a_new_window_after_it() -> None:
     assert windows[-1][0] >= 12 * SR - 2 * SR  # context reaches back at most context_s before the speech
 
 
+def test_the_window_ahead_is_the_one_asked_for_whatever_the_detector_then_says() -> None:
+    """The proxy starts a step's decode while the detector still listens, with the window
+    ``window_ahead`` gives; that is only right if ``window()`` then asks for the same one."""
+    first = [w for w in WORDS if w.end <= 5.5]
+    later = [Word(w.start + 12.0, w.end + 12.0, w.text, w.probability) for w in first]
+    oracle, policy = Oracle(first + later), CommitPolicy()
+    unknown = []
+    for i, end in enumerate(range(3 * SR, 25 * SR, 3 * SR)):  # silence 6-12 s
+        ahead = policy.window_ahead(end)
+        policy.advance(end, i not in {2, 3})
+        span = policy.window()
+        if ahead is None:
+            unknown.append(i)
+        else:
+            assert ahead == span, f"step {i}"
+        if span:
+            policy.update(oracle(span[0] / SR, span[1] / SR), span[0] / SR)
+    # Unknown only where no utterance was open: the first step, the silent step after the
+    # utterance was committed whole, and the step where speech began again.
+    assert unknown == [0, 3, 4]
+    assert texts(policy.committed) == texts(first) * 2, "asking ahead changed nothing"
+
+
+# Steps whose window was known ahead: all but the first (agreement-120s: speech throughout),
+# and in thank-you also not the one where speech began again after the silence that ended
+# the utterance.
+@pytest.mark.parametrize(("name", "unknown"), [("agreement-120s.json", 1), ("thank-you.json", 2)])
+def test_the_window_ahead_matches_on_real_answers_and_changes_nothing(name: str, unknown: int) -> None:
+    recording = load(name)
+    policy = CommitPolicy(PolicyConfig(**recording["config"]))
+    known = 0
+    for step in recording["steps"]:
+        ahead = policy.window_ahead(step["end"])
+        policy.advance(step["end"], step["speech"])
+        span = policy.window()
+        assert (list(span) if span else None) == step["window"]
+        known += ahead is not None
+        assert ahead in (None, span)
+        policy.update(Segment.parse(step["segments"], span[0] / SR), span[0] / SR)
+    assert known == len(recording["steps"]) - unknown
+
+
 def test_a_backlog_is_decoded_oldest_first_without_skipping_audio() -> None:
     policy = CommitPolicy(PolicyConfig(max_window_s=15.0))
     policy.advance(40 * SR)  # the service was down: 40 s arrived at once

@@ -103,6 +103,19 @@ async def running(**settings) -> AsyncIterator[tuple[FakeModel, Batcher]]:
         await batcher.stop()
 
 
+async def test_a_lone_live_chunk_waits_for_company_only_after_chunks_came_together() -> None:
+    """One stream's chunks come 3 s apart: holding each back for the window only delays it."""
+    async with running(max_batch=8, window_ms=1000) as (model, batcher):
+        started = time.perf_counter()
+        await batcher.submit(chunk(100))
+        assert time.perf_counter() - started < 0.5, "a lone chunk started at once, not after the 1 s window"
+        await asyncio.gather(batcher.submit(chunk(200)), batcher.submit(chunk(201)))  # company came
+        first = asyncio.create_task(batcher.submit(chunk(300)))
+        await asyncio.sleep(0.2)
+        await asyncio.gather(first, batcher.submit(chunk(301)))  # joined the one waiting for it
+    assert model.calls == [[100], [200, 201], [300, 301]]
+
+
 async def test_a_live_chunk_submitted_after_file_windows_runs_before_them() -> None:
     async with running(max_batch=8, window_ms=0, file_batch_max=1) as (model, batcher):
         model.gate.clear()

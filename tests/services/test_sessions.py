@@ -84,15 +84,13 @@ class Recorder:
 async def run_session(backend: ScriptedBackend, seconds: float, **options) -> Recorder:
     recorder = Recorder()
     session = StreamSession(backend, recorder.emit, SessionOptions(**options), Limits(retry_first_s=0.01))
-    original = session.policy.window
+    original = session._transcribe
 
-    def window():  # tell the scripted backend where the window it is about to get begins
-        span = original()
-        if span is not None:
-            backend._next_start = span[0] / SR
-        return span
+    def transcribe(span: tuple[int, int]):  # tell the scripted backend where its next window begins
+        backend._next_start = span[0] / SR
+        return original(span)
 
-    session.policy.window = window  # type: ignore[method-assign]
+    session._transcribe = transcribe  # type: ignore[method-assign]
     await session.start()
     samples = np.zeros(int(seconds * SR), np.int16)
     for i in range(0, samples.size, SR // 10):  # 100 ms frames
@@ -153,6 +151,33 @@ async def test_a_busy_backend_is_retried_and_nothing_is_lost() -> None:
 async def test_speech_is_decoded_when_the_detector_is_unreachable() -> None:
     backend = ScriptedBackend(9, detector_down=True)
     recorder = await run_session(backend, 9)
+    assert committed_words(recorder) == [t.strip() for s, e, t in backend.words]
+
+
+async def test_inside_an_utterance_the_window_is_sent_while_the_detector_listens() -> None:
+    """The detector's answer cannot change the window once an utterance is open, so waiting
+    for it before the decode only adds its time to the first partial."""
+
+    class SlowDetector(ScriptedBackend):
+        def __init__(self, seconds: float) -> None:
+            super().__init__(seconds)
+            self.calls: list[str] = []
+
+        async def detect(self, pcm: bytes) -> bool:
+            self.calls.append("detect")
+            await asyncio.sleep(0.02)
+            self.calls.append("detected")
+            return True
+
+        async def transcribe(self, pcm: bytes, language: str | None) -> dict:
+            self.calls.append("transcribe")
+            return await super().transcribe(pcm, language)
+
+    backend = SlowDetector(12)
+    recorder = await run_session(backend, 12)
+    steps = [backend.calls[i : i + 3] for i in range(0, len(backend.calls), 3)]
+    assert steps[0] == ["detect", "detected", "transcribe"]  # no utterance yet: the detector decides
+    assert len(steps) == 4 and all(s == ["detect", "transcribe", "detected"] for s in steps[1:])
     assert committed_words(recorder) == [t.strip() for s, e, t in backend.words]
 
 
