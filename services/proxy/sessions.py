@@ -16,10 +16,10 @@ No audio is lost: the session processes every step in order, one window at a tim
 start depends on what the previous answer committed; inside an utterance a step's window is
 sent while the detector still listens to the step, as it is decoded whatever the detector
 says); a backend that is busy or down is retried with backoff while new audio waits; the
-client is told its lag. Each
-``transcript.committed`` event carries ``settled_sample`` and ``keep_from_sample``: audio
-before ``keep_from_sample`` will never be needed again, so a client that keeps the rest can
-resume on any replica (:meth:`SessionOptions` ``resume_from`` / ``committed_until``).
+client is told its lag. Each ``transcript.committed`` event carries ``settled_sample`` and
+``keep_from_sample``: audio before ``keep_from_sample`` will never be needed again, so a
+client that keeps the rest can resume on any replica (:meth:`SessionOptions` ``resume_from`` /
+``committed_until``).
 """
 
 from __future__ import annotations
