@@ -374,16 +374,21 @@ class StreamSession:
                 early[1].cancel()  # not the window decoded after all (or the session ended)
         self._trim()
 
+    @property
+    def _language(self) -> str | None:
+        """The language each window asks for: the client's, else the one the session locked
+        on; None: the backend detects it."""
+        return self.options.language or self.language_lock.language
+
     def _transcribe(self, span: tuple[int, int]) -> Coroutine[Any, Any, dict | None]:
         start, end = span
-        language = self.options.language or self.language_lock.language
-        return self._retrying("transcribe", self.backend.transcribe, self._slice(start, end).tobytes(), language)
+        return self._retrying("transcribe", self.backend.transcribe, self._slice(start, end).tobytes(), self._language)
 
     async def _decode(self, span: tuple[int, int], started: Awaitable[dict | None] | None = None) -> None:
         """Decode ``span`` (or take the answer of its decode ``started`` earlier) and pass the
         policy's update on."""
         start, end = span
-        language = self.options.language or self.language_lock.language
+        language = self._language
         answer = await (started if started is not None else self._transcribe(span))
         if answer is None:  # refused for good: the next window covers this audio again
             self.policy.cancel()
