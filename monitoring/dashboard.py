@@ -397,6 +397,24 @@ def build() -> dict:
             ],
         )
     )
+    g.add(
+        timeseries(
+            "Decodes by beam size",
+            "Live chunks and file windows decoded per second, by the beams of their first decode (1: greedy, "
+            "as HTTP chunks and files are; streaming sessions ask for 5), and session windows that asked for "
+            "beams but were decoded greedily because the replica had fallen behind: a steady share of those "
+            "means less accurate live transcripts (alert SttBeamsDroppedUnderLoad).",
+            [
+                q(
+                    f"sum by (beam_size) (rate({m('stt_chunks_decoded_total')}[{RATE}]))",
+                    "{{beam_size}} beams",
+                    "A",
+                ),
+                q(f"sum(rate({m('stt_chunks_greedy_under_load_total')}[{RATE}]))", "greedy under load", "B"),
+            ],
+            "reqps",
+        )
+    )
 
     g.row("Routing (proxy)")
     routed = m("stt_proxy_routed_total")
