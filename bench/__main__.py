@@ -46,7 +46,9 @@ def machine_line() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, load {load:.1f} at start, Python {platform.python_version()}"
 
 
-def plan_units(sizes: Sizes, wer_items: int, det_speech: int, det_nonspeech: int, recall_clips: int = 0) -> int:
+def plan_units(
+    sizes: Sizes, wer_items: int, det_speech: int, det_nonspeech: int, recall_clips: int = 0, peer_s: float = 0.0
+) -> int:
     """Units of work, roughly one per second or two of wall time, so the bar moves evenly."""
     return (
         (1 + len(accuracy.PATHS)) * wer_items  # offline + each service path
@@ -56,7 +58,7 @@ def plan_units(sizes: Sizes, wer_items: int, det_speech: int, det_nonspeech: int
         + sizes.proxy_pairs // 10
         + 4 * realtime_units(sizes.design_seconds)  # seed, this, session, what-if
         + 15 * realtime_units(sizes.step_seconds)  # capacity steps, roughly
-        + realtime_units(sizes.design_seconds)  # peer
+        + realtime_units(peer_s)  # the peer's streams, at least as long as their audio
     )
 
 
@@ -106,12 +108,18 @@ def main(argv: list[str] | None = None) -> int:
         quiet = [Item(c.name, c.samples(), "") for c in nonspeech_clips()]
         speech_chunks, nonspeech_chunks = detector_chunks(sizes)
         design_audio = long_files(1, sizes.design_seconds, first_seed=50)[0]
+        # The peer streams the design recording twice (at real-time pace, then flow-controlled)
+        # and the continuous recordings flow-controlled (bench.peer).
+        peer_items = [] if args.no_peer else [i for i in items if i.category == "continuous"]
+        peer_s = 0.0 if args.no_peer else 2 * design_audio.seconds + sum(i.seconds for i in peer_items)
         try:
             dev_clips, dev_error = recall_set("all"), ""
         except (OSError, RuntimeError) as exc:  # e.g. no registry reachable: the rest still runs
             dev_clips, dev_error = [], f"{type(exc).__name__}: {str(exc)[-500:]}"
         progress = Progress(
-            plan_units(sizes, len(items) + len(quiet), len(speech_chunks), len(nonspeech_chunks), len(dev_clips))
+            plan_units(
+                sizes, len(items) + len(quiet), len(speech_chunks), len(nonspeech_chunks), len(dev_clips), peer_s
+            )
         )
         progress.start("starting services")
         for stack in stacks.values():
@@ -219,8 +227,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if not args.no_peer:
             progress.start("peer: WhisperLive")
-            results["peer"] = peer.run(design_audio, args.device, out / "logs", progress.note)
-            progress.tick(units=realtime_units(sizes.design_seconds))
+            results["peer"] = peer.run(design_audio, args.device, out / "logs", progress.note, peer_items)
+            results["peer"]["compared"] = peer.compared(results, items, design_audio.name)
+            progress.tick(units=realtime_units(peer_s))
             save()
         progress.close()
         results["meta"]["phase_s"] = progress.phase_seconds
@@ -234,8 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         for key, label in (("this_design_batch1", "HTTP chunks, STT_BATCH_MAX=1"), ("seed_design", "seed design")):
             if results["designs"].get(key, {}).get("_latencies"):
                 curves[label] = results["designs"][key]["_latencies"]
-        if results.get("peer", {}).get("status") == "measured" and results["peer"].get("_latencies"):
-            curves["WhisperLive (segment commit)"] = results["peer"]["_latencies"]
+        peer_run, how = report.peer_design_run(results.get("peer", {}))
+        if peer_run.get("_latencies"):
+            curves[f"WhisperLive, {how} (segment commit)"] = peer_run["_latencies"]
         report.plot_latency_cdf(curves, out / "latency_cdf.png", CHUNK_S)
         report.plot_capacity(results["capacity"], out / "throughput_vs_streams.png", CHUNK_S)
     finally:

@@ -10,6 +10,19 @@ from GitHub at first use, which no machine here can reach, so the stream is sent
 Latency is measured the way WhisperLive commits text: a segment is final once the server
 marks it ``completed``; latency runs from the wall-clock moment the segment's last sample
 was sent to the first message that carries it completed.
+
+Two ways of sending, both reported:
+
+- **at real-time pace**, as a microphone would: what a user of this machine gets. WhisperLive
+  keeps at most 45 s of audio and, past that, throws away the oldest 30 s whether it has
+  transcribed them or not (``MAX_BUFFER_DURATION_S`` in its ``backend/base.py``); on 2 cores
+  it needs ~1.7 CPU s per audio second, falls that far behind and loses a third of the file
+  (docs/performance.md), and such a run is ``incomplete``, not an accuracy figure;
+- **flow-controlled**: each block is sent on the real-time schedule but never more than
+  ``MAX_AHEAD_S`` of audio past the end of its last completed segment, so nothing is thrown
+  away and its accuracy and CPU per audio second are its own. On a machine that keeps up the
+  two are the same run. The same files as the session's are compared this way: the bench's
+  design recording and the dev set's continuous recordings.
 """
 
 from __future__ import annotations
@@ -17,12 +30,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +57,12 @@ SERVER = (
     " faster_whisper_custom_model_path=sys.argv[2], single_model=True, max_clients=4)"
 )
 BLOCK = 1600  # 100 ms, as the project's own client sends
+# Flow control: WhisperLive trims its buffer once it holds 45 s and keeps the newest 15 s, so a
+# backlog under 15 s is never thrown away; 10 s leaves room for its own ~3-7 s commit delay.
+MAX_AHEAD_S = 10.0
+# A peer whose completed transcript did not move for this long (silence, or a long segment) gets
+# the next block anyway: flow control slows the stream, it never stops it.
+STALL_S = 10.0
 
 
 def _wait_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
@@ -57,10 +77,19 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
     raise TimeoutError(f"the WhisperLive server did not listen within {timeout:.0f} s")
 
 
-async def _stream(port: int, samples: np.ndarray) -> dict:
+def held_back(audio_end_s: float, heard_s: float, max_ahead_s: float | None) -> bool:
+    """Whether a block ending at ``audio_end_s`` must wait for the peer's completed transcript
+    (``heard_s``, the end of its last completed segment) to come closer."""
+    return max_ahead_s is not None and audio_end_s - heard_s > max_ahead_s
+
+
+async def _stream(port: int, samples: np.ndarray, max_ahead_s: float | None = None) -> dict:
+    """One stream of ``samples``: on the real-time schedule, and with ``max_ahead_s`` never that
+    far past the peer's completed transcript (see the module docstring)."""
     import websockets
 
     completed: dict[float, tuple[str, float, float]] = {}  # start -> (text, end, first seen completed)
+    heard = [0.0, time.monotonic()]  # end of the last completed segment, and when it moved
     partial: list[dict] = []
     async with websockets.connect(f"ws://127.0.0.1:{port}", max_size=None, open_timeout=60) as ws:
         options = {"uid": str(uuid.uuid4()), "language": "en", "task": "transcribe", "model": "base", "use_vad": False}
@@ -81,17 +110,27 @@ async def _stream(port: int, samples: np.ndarray) -> dict:
                     start = round(float(seg["start"]), 2)
                     if seg.get("completed") and start not in completed:
                         completed[start] = (seg["text"], float(seg["end"]), now)
+                        if float(seg["end"]) > heard[0]:
+                            heard[:] = [float(seg["end"]), now]
                 pending = [s for s in segments if not s.get("completed")]
                 if pending:  # a message may list only completed segments; keep the last tail seen
                     partial[:] = pending
 
         receiver = asyncio.create_task(receive())
         began = time.monotonic()
+        held_s = 0.0  # wall time spent waiting for the peer beyond the real-time schedule
+        sent_at: list[float] = []  # wall-clock moment each block went out
         for offset in range(0, samples.size, BLOCK):
             block = samples[offset : offset + BLOCK]
-            due = began + (offset + block.size) / 16_000  # a microphone hands a block over once it is recorded
+            end_s = (offset + block.size) / 16_000
+            due = began + held_s + end_s  # a microphone hands a block over once it is recorded
             await asyncio.sleep(max(0.0, due - time.monotonic()))
+            waited = time.monotonic()
+            while held_back(end_s, heard[0], max_ahead_s) and time.monotonic() - heard[1] < STALL_S:
+                await asyncio.sleep(0.05)
+            held_s += time.monotonic() - waited
             await ws.send(block.astype(np.float32).tobytes())
+            sent_at.append(time.monotonic())
         await ws.send(b"END_OF_AUDIO")
         # It may be many seconds behind by now: wait until its transcript reaches the end of
         # the audio and stops changing (at most a minute), then hang up.
@@ -107,11 +146,20 @@ async def _stream(port: int, samples: np.ndarray) -> dict:
         receiver.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await receiver
-    latencies = [max(0.0, seen - (began + end)) for _, end, seen in completed.values()]
+
+    def sent_when(end_s: float) -> float:  # when the block holding this moment of audio went out
+        return sent_at[min(len(sent_at) - 1, max(0, math.ceil(end_s * 16_000 / BLOCK) - 1))]
+
+    latencies = [max(0.0, seen - sent_when(end)) for _, end, seen in completed.values()]
     last_end = max((end for _, end, _ in completed.values()), default=0.0)
     texts = [completed[k][0] for k in sorted(completed)]
     texts += [s["text"] for s in partial if float(s["start"]) >= last_end - 0.05]
-    return {"text": " ".join(t.strip() for t in texts), "latencies": latencies, "segments": len(completed)}
+    return {
+        "text": " ".join(t.strip() for t in texts),
+        "latencies": latencies,
+        "segments": len(completed),
+        "pace": round(samples.size / 16_000 / max(1e-9, sent_at[-1] - began), 3),  # audio s per wall s
+    }
 
 
 # A peer's answer with fewer words than this share of the reference's is not a transcript: on a
@@ -131,8 +179,9 @@ def verdict(reference_words: int, words: int) -> tuple[str, str | None]:
     )
 
 
-def run(item: Item, device: str, log_dir: Path, note: Callable[[str], None]) -> dict:
-    """Start the peer, stream ``item`` at real-time pace, score it; never raises."""
+def run(item: Item, device: str, log_dir: Path, note: Callable[[str], None], also: Sequence[Item] = ()) -> dict:
+    """Start the peer; stream ``item`` at real-time pace, then ``item`` and ``also``
+    flow-controlled (``MAX_AHEAD_S``); score each. Never raises."""
     base = {"name": NAME, "audio_s": round(item.seconds, 1)}
     if not PEER_PYTHON.exists():
         return {**base, "status": "not run", "reason": f"{PEER_PYTHON} missing: run `make bench-peer` to install it"}
@@ -142,11 +191,31 @@ def run(item: Item, device: str, log_dir: Path, note: Callable[[str], None]) -> 
     cmd = [str(PEER_PYTHON), "-c", SERVER, str(port), str(provision("base"))]
     env = {"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else {}
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}, cwd=log_dir)
+
+    def scored(one: Item, max_ahead_s: float | None) -> dict:
+        cpu_before = process_cpu_seconds(proc.pid)
+        out = asyncio.run(_stream(port, one.samples, max_ahead_s))
+        cpu = process_cpu_seconds(proc.pid) - cpu_before
+        counts = word_errors([one.text], [out["text"]])
+        status, reason = verdict(counts.reference_words, len(normalize(out["text"]).split()))
+        return {
+            "status": status,
+            **({"reason": reason} if reason else {}),
+            "wer": round(counts.wer, 4),
+            "errors": counts.errors,
+            "reference_words": counts.reference_words,
+            "latency_ms": summarize_ms(out["latencies"]),
+            "cpu_s_per_audio_s": round(cpu / one.seconds, 4),
+            "pace": out["pace"],
+            "completed_segments": out["segments"],
+            "text": out["text"],
+            "_latencies": out["latencies"],
+        }
+
     try:
         _wait_port(port, proc, 120)
-        cpu_before = process_cpu_seconds(proc.pid)
-        out = asyncio.run(_stream(port, item.samples))
-        cpu = process_cpu_seconds(proc.pid) - cpu_before
+        realtime = scored(item, None)
+        flowing = {one.name: scored(one, MAX_AHEAD_S) for one in (item, *also)}
     except Exception as exc:  # the peer is a comparison, not a dependency: record why and go on
         tail = (log_dir / "whisperlive.log").read_text(errors="replace")[-600:]
         note(f"peer: WhisperLive failed: {exc}")
@@ -157,23 +226,56 @@ def run(item: Item, device: str, log_dir: Path, note: Callable[[str], None]) -> 
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
-    counts = word_errors([item.text], [out["text"]])
-    status, reason = verdict(counts.reference_words, len(normalize(out["text"]).split()))
     return {
         **base,
-        "status": status,
-        **({"reason": reason} if reason else {}),
-        "wer": round(counts.wer, 4),
-        "latency_ms": summarize_ms(out["latencies"]),
+        **realtime,
         "latency_definition": "segment end (wall clock) → first message marking it completed",
-        "cpu_s_per_audio_s": round(cpu / item.seconds, 4),
-        "completed_segments": out["segments"],
-        "text": out["text"],
+        "flow_controlled": {
+            "max_ahead_s": MAX_AHEAD_S,
+            "files": flowing,  # the first is ``item``; ``_latencies`` stay out of latest.json
+        },
         "settings": {
             "use_vad": False,
             "model": str(provision("base")),
             "compute_type": "int8 (WhisperLive's CPU default)",
         },
         "vad_note": "use_vad=false: its VAD downloads silero_vad.onnx from GitHub at first use (unreachable here)",
-        "_latencies": out["latencies"],
     }
+
+
+def compared(results: dict, items: Sequence[Item], design_name: str) -> dict:
+    """The peer's flow-controlled runs beside the session (the default) on the same audio: the
+    design recording (WER and CPU per audio second of one stream) and the continuous recordings
+    pooled (WER, with offline's for scale). Empty when the peer did not run."""
+    files = results.get("peer", {}).get("flow_controlled", {}).get("files", {})
+    if not files:
+        return {}
+    session = results["designs"]["session"]
+    design = files[design_name]
+    out: dict = {
+        "design": {
+            "peer_status": design["status"],
+            "peer_wer": design["wer"],
+            "session_wer": session["wer"],
+            "peer_cpu_s_per_audio_s": design["cpu_s_per_audio_s"],
+            "session_cpu_s_per_audio_s": session["cpu_s_per_audio_s"],
+            "cpu_ratio": round(design["cpu_s_per_audio_s"] / max(1e-9, session["cpu_s_per_audio_s"]), 2),
+        }
+    }
+    picked = [(i, item) for i, item in enumerate(items) if item.name in files]
+    if picked:
+        refs = [item.text for _, item in picked]
+        langs = [item.language for _, item in picked]
+        out["continuous"] = {
+            "files": [item.name for _, item in picked],
+            "peer_status": sorted({files[item.name]["status"] for _, item in picked}),
+            **{
+                f"{path}_wer": round(word_errors(refs, texts, langs).wer, 4)
+                for path, texts in (
+                    ("peer", [files[item.name]["text"] for _, item in picked]),
+                    ("session", [results["streamed"]["_texts"][i] for i, _ in picked]),
+                    ("offline", [results["offline"]["_texts"][i] for i, _ in picked]),
+                )
+            },
+        }
+    return out

@@ -172,14 +172,55 @@ def markdown(results: dict) -> str:
         ]
     peer = results.get("peer", {})
     if peer:
-        lines += [
-            "## Peer",
-            "",
-            f"{peer.get('name', 'WhisperLive')}: {peer.get('status')}"
-            + (f" — {peer.get('reason')}" if peer.get("reason") else ""),
-            "",
-        ]
+        lines += ["## Peer", "", *peer_markdown(peer), ""]
     return "\n".join(lines) + "\n"
+
+
+def peer_design_run(peer: dict) -> tuple[dict, str]:
+    """The peer's run of the design recording to show beside the session's: at real-time pace
+    when that one is a whole transcript, else flow-controlled when that one is; ({}, "") if neither."""
+    if peer.get("status") == "measured":
+        return peer, "real-time pace"
+    files = peer.get("flow_controlled", {}).get("files", {})
+    first: dict = next(iter(files.values()), {})
+    if first.get("status") == "measured":
+        return first, "flow-controlled"
+    return {}, ""
+
+
+def peer_markdown(peer: dict) -> list[str]:
+    """The peer at real-time pace, then flow-controlled beside the session on the same audio."""
+    lines = [
+        f"{peer.get('name', 'WhisperLive')} at real-time pace: {peer.get('status')}"
+        + (f" — {peer.get('reason')}" if peer.get("reason") else "")
+        + (
+            f" (WER {_pct(peer.get('wer'))}, {_fmt(peer.get('cpu_s_per_audio_s'), '.2f')} CPU s per audio s)"
+            if "wer" in peer
+            else ""
+        )
+    ]
+    flow = peer.get("flow_controlled", {})
+    for name, run in flow.get("files", {}).items():
+        lines.append(
+            f"- flow-controlled (at most {flow.get('max_ahead_s')} s ahead of its completed text), {name}: "
+            f"{run.get('status')}, WER {_pct(run.get('wer'))}, {_fmt(run.get('cpu_s_per_audio_s'), '.2f')} CPU s "
+            f"per audio s, sent at {_fmt(run.get('pace'), '.2f')}× real time"
+        )
+    design = peer.get("compared", {}).get("design")
+    if design:
+        lines.append(
+            f"- design recording: session WER {_pct(design['session_wer'])} at {design['session_cpu_s_per_audio_s']} "
+            f"CPU s per audio s; peer {_pct(design['peer_wer'])} at {design['peer_cpu_s_per_audio_s']} "
+            f"({design['cpu_ratio']}× the session's CPU; peer run {design['peer_status']})"
+        )
+    cont = peer.get("compared", {}).get("continuous")
+    if cont:
+        lines.append(
+            f"- continuous recordings ({', '.join(cont['files'])}): session {_pct(cont['session_wer'])}, "
+            f"peer {_pct(cont['peer_wer'])}, offline {_pct(cont['offline_wer'])} "
+            f"(peer runs {', '.join(cont['peer_status'])})"
+        )
+    return lines
 
 
 def accuracy_markdown(results: dict) -> list[str]:
@@ -232,11 +273,12 @@ def accuracy_markdown(results: dict) -> list[str]:
                 f"| {_fmt(r.get('cpu_s_per_audio_s_one_stream'), '.3f')} |"
             )
     peer = results.get("peer", {})
-    if peer.get("status") == "measured":
-        lat = peer.get("latency_ms", {})
+    run, how = peer_design_run(peer)
+    if run:
+        lat = run.get("latency_ms", {})
         lines.append(
-            f"| peer: {peer.get('name')} (WER {_pct(peer.get('wer'))}) | {lat.get('p50')} / {lat.get('p95')} ms | – "
-            f"| {_fmt(peer.get('cpu_s_per_audio_s'), '.3f')} |"
+            f"| peer: {peer.get('name')}, {how} (WER {_pct(run.get('wer'))}) | {lat.get('p50')} / {lat.get('p95')} ms "
+            f"| – | {_fmt(run.get('cpu_s_per_audio_s'), '.3f')} |"
         )
     lines.append("")
     return lines
