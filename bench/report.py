@@ -204,7 +204,8 @@ def peer_markdown(peer: dict) -> list[str]:
         lines.append(
             f"- flow-controlled (at most {flow.get('max_ahead_s')} s ahead of its completed text), {name}: "
             f"{run.get('status')}, WER {_pct(run.get('wer'))}, {_fmt(run.get('cpu_s_per_audio_s'), '.2f')} CPU s "
-            f"per audio s, sent at {_fmt(run.get('pace'), '.2f')}× real time"
+            f"per audio s, sent at {_fmt(run.get('pace'), '.2f')}× real time, {_fmt(run.get('stalls'))} stalls"
+            + (f" — {run['reason']}" if run.get("reason") else "")
         )
     design = peer.get("compared", {}).get("design")
     if design:

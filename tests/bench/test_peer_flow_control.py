@@ -76,6 +76,7 @@ def test_flow_control_keeps_the_stream_within_reach_of_the_completed_text() -> N
     assert max(backlogs) <= AHEAD_S + 1e-6
     assert out["pace"] < 0.8  # the stream slowed down to the server's speed
     assert out["segments"] == 4  # and nothing was lost: 2 s in four 0.5 s segments
+    assert out["stalls"] == 0  # its text kept moving, so no block went out past the bound
 
 
 @pytest.mark.slow
