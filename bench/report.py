@@ -202,7 +202,7 @@ def peer_markdown(peer: dict) -> list[str]:
     flow = peer.get("flow_controlled", {})
     for name, run in flow.get("files", {}).items():
         lines.append(
-            f"- flow-controlled (at most {flow.get('max_ahead_s')} s ahead of its completed text), {name}: "
+            f"- flow-controlled (at most {flow.get('max_ahead_s')} s ahead of what it decoded), {name}: "
             f"{run.get('status')}, WER {_pct(run.get('wer'))}, {_fmt(run.get('cpu_s_per_audio_s'), '.2f')} CPU s "
             f"per audio s, sent at {_fmt(run.get('pace'), '.2f')}× real time, {_fmt(run.get('stalls'))} stalls"
             + (f" — {run['reason']}" if run.get("reason") else "")

@@ -1,5 +1,6 @@
-"""The peer's stream keeps within ``max_ahead_s`` of its completed transcript (issue 11: at
-real-time pace on 2 cores WhisperLive fell behind and threw away a third of the file).
+"""The peer's stream keeps within ``max_ahead_s`` of what the peer has transcribed (issue 11: at
+real-time pace on 2 cores WhisperLive fell behind and threw away a third of the file), and the
+report sets its runs beside the session's.
 
 The server here speaks WhisperLive's WebSocket protocol (options, SERVER_READY, float32 blocks,
 END_OF_AUDIO; segments marked ``completed``) and completes audio at half real-time speed, as
@@ -14,7 +15,8 @@ import numpy as np
 import pytest
 import websockets
 
-from bench import peer
+from bench import peer, report
+from bench.data import Item
 
 SEGMENT = 8_000  # the server completes audio in segments of 0.5 s (samples at 16 kHz)
 SPEED = 0.5  # audio seconds it completes per wall second
@@ -93,3 +95,40 @@ def test_held_back_only_past_the_bound() -> None:
     assert not peer.held_back(10.0, 0.0, 10.0)
     assert peer.held_back(10.1, 0.0, 10.0)
     assert not peer.held_back(20.0, 12.0, 10.0)
+
+
+def _run(status: str, wer: float, text: str = "") -> dict:
+    return {"status": status, "wer": wer, "cpu_s_per_audio_s": 1.9, "latency_ms": {}, "text": text, "stalls": 0}
+
+
+def test_the_design_run_shown_is_a_whole_transcript_or_none() -> None:
+    flow = {"flow_controlled": {"max_ahead_s": 10.0, "files": {"design": _run("measured", 0.02)}}}
+    assert report.peer_design_run({**_run("measured", 0.04), **flow})[1] == "real-time pace"
+    run, how = report.peer_design_run({**_run("incomplete", 0.3), **flow})
+    assert (how, run["wer"]) == ("flow-controlled", 0.02)
+    broken = {"flow_controlled": {"files": {"design": _run("incomplete", 0.5)}}}
+    assert report.peer_design_run({**_run("incomplete", 0.3), **broken}) == ({}, "")
+
+
+def test_the_peer_is_compared_with_the_session_on_the_same_files() -> None:
+    items = [
+        Item("read-0", np.zeros(1), "a b c d"),
+        Item("cont-0", np.zeros(1), "press the pound key", category="continuous"),
+    ]
+    files = {"design": _run("measured", 0.05), "cont-0": _run("measured", 0.25, "press the pound")}
+    results = {
+        "peer": {"flow_controlled": {"files": files}},
+        "designs": {"session": {"wer": 0.02, "cpu_s_per_audio_s": 0.2}},
+        "streamed": {"_texts": ["a b c d", "press the pound key"]},
+        "offline": {"_texts": ["a b c d", "press a pound key"]},
+    }
+    compared = peer.compared(results, items, "design")
+    assert compared["design"]["cpu_ratio"] == 9.5  # 1.9 against 0.2
+    assert compared["continuous"]["files"] == ["cont-0"]  # only the files the peer streamed
+    wers = {k: compared["continuous"][k] for k in ("peer_wer", "session_wer", "offline_wer")}
+    assert wers == {"peer_wer": 0.25, "session_wer": 0.0, "offline_wer": 0.25}
+    lines = report.peer_markdown(
+        {"name": "WhisperLive", **_run("incomplete", 0.3), **results["peer"], "compared": compared}
+    )
+    assert any("session 0.00%, peer 25.00%, offline 25.00%" in line for line in lines)
+    assert peer.compared({"peer": {}}, items, "design") == {}
