@@ -86,7 +86,7 @@ def held_back(audio_end_s: float, heard_s: float, max_ahead_s: float | None) -> 
 
 async def _stream(port: int, samples: np.ndarray, max_ahead_s: float | None = None) -> dict:
     """One stream of ``samples``: on the real-time schedule, and with ``max_ahead_s`` never that
-    far past the peer's completed transcript (see the module docstring)."""
+    far past what the peer has decoded (see the module docstring)."""
     import websockets
 
     completed: dict[float, tuple[str, float, float]] = {}  # start -> (text, end, first seen completed)
@@ -131,8 +131,9 @@ async def _stream(port: int, samples: np.ndarray, max_ahead_s: float | None = No
             waited = time.monotonic()
             while held_back(end_s, heard[0], max_ahead_s):
                 if time.monotonic() - heard[1] >= STALL_S:
-                    stalls += heard[1] != stalled_at
-                    stalled_at = heard[1]
+                    if heard[1] != stalled_at:  # a new stall, not the same one again
+                        stalls += 1
+                        stalled_at = heard[1]
                     break
                 await asyncio.sleep(0.05)
             held_s += time.monotonic() - waited
@@ -172,7 +173,7 @@ async def _stream(port: int, samples: np.ndarray, max_ahead_s: float | None = No
 
 # A peer's answer with fewer words than this share of the reference's is not a transcript: on a
 # loaded machine WhisperLive completed 5 segments of a 72 s file (WER 69.87 %), and a WER that
-# low in accuracy says the run broke, not how well the peer transcribes.
+# low in accuracy says words were lost, not how well the peer transcribes the words it kept.
 MIN_WORDS_SHARE = 0.8
 
 
