@@ -4,7 +4,7 @@ Everything works on float32 mono samples at 16 kHz in [-1, 1], keeps the input's
 clean source's speech timing stays valid), and needs only numpy:
 
 - :func:`telephone_band`: a phone line — band-pass 300 to 3400 Hz, down to 8 kHz, G.711 µ-law
-  (:func:`mulaw_encode` / :func:`mulaw_decode`, ITU-T G.711 with its segment table), back to 16 kHz;
+  (:mod:`core.g711`, the codec the proxy decodes for Realtime clients), back to 16 kHz;
 - :func:`at_level`: a quieter (or louder) talker;
 - :func:`mix_at_snr`: noise or music added at a given signal-to-noise ratio;
 - :func:`continuous`: read sentences back to back, each trimmed to its speech and crossfaded
@@ -17,32 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.g711 import ulaw_decode, ulaw_encode
 from core.vocabulary import SAMPLE_RATE
 
 Regions = list[tuple[float, float]]
-
-# G.711 µ-law on the 14-bit scale of the ITU reference code (g711.c): bias 0x84, clip 32635.
-_BIAS = 0x84
-_CLIP = 32635
-
-
-def mulaw_encode(samples: np.ndarray) -> np.ndarray:
-    """Float samples in [-1, 1] → G.711 µ-law bytes (uint8), as a phone line carries them."""
-    pcm = np.clip(np.round(np.asarray(samples, np.float64) * 32768.0), -32768, 32767).astype(np.int32)
-    sign = np.where(pcm < 0, 0x80, 0x00)
-    magnitude = np.minimum(np.abs(pcm), _CLIP) + _BIAS
-    exponent = np.clip(np.floor(np.log2(magnitude)).astype(np.int32) - 7, 0, 7)
-    mantissa = (magnitude >> (exponent + 3)) & 0x0F
-    return (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8)
-
-
-def mulaw_decode(codes: np.ndarray) -> np.ndarray:
-    """G.711 µ-law bytes → float32 samples in [-1, 1]."""
-    code = ~np.asarray(codes, np.int32) & 0xFF
-    exponent = (code >> 4) & 0x07
-    magnitude = (((code & 0x0F) << 3) + _BIAS) << exponent
-    pcm = np.where(code & 0x80, _BIAS - magnitude, magnitude - _BIAS)
-    return (pcm / 32768.0).astype(np.float32)
 
 
 def _lowpass(cutoff_hz: float, rate: int, taps: int = 255, beta: float = 8.0) -> np.ndarray:
@@ -64,7 +42,7 @@ def telephone_band(samples: np.ndarray, low_hz: float = 300.0, high_hz: float = 
         return np.zeros(0, np.float32)
     band = _lowpass(high_hz, SAMPLE_RATE) - _lowpass(low_hz, SAMPLE_RATE)
     narrow = _filter(x, band)[::2]  # nothing above 3.4 kHz is left to alias at 8 kHz
-    line = mulaw_decode(mulaw_encode(narrow)).astype(np.float64)
+    line = ulaw_decode(ulaw_encode(narrow)).astype(np.float64)
     up = np.zeros(line.size * 2)
     up[::2] = line
     wide = _filter(up, 2 * _lowpass(3800.0, SAMPLE_RATE))  # interpolate back to 16 kHz

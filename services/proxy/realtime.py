@@ -33,10 +33,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import copy
 import json
-import logging
 import math
 import re
 import uuid
@@ -45,9 +43,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from fastapi import APIRouter, Query, WebSocket
-from starlette.websockets import WebSocketState
 
 from core.commit_policy import Word, join_words
+from core.g711 import ALAW_TO_PCM16, ULAW_TO_PCM16
 from services.proxy import metrics
 from services.proxy.sessions import (
     SAMPLE_RATE,
@@ -62,14 +60,14 @@ from services.proxy.stream_ws import (
     CLOSE_GOING_AWAY,
     CLOSE_POLICY,
     CLOSE_TRY_AGAIN,
-    ClientNotReadingError,
     EventSender,
     SessionGate,
+    SessionRun,
     SessionSettings,
+    end_connection,
     finish_unless_gone,
 )
 
-log = logging.getLogger("stt.proxy.realtime")
 router = APIRouter()
 
 PROTOCOL = "openai-realtime"  # the ``protocol`` label of the session metrics
@@ -86,27 +84,6 @@ Send = Callable[[dict], Awaitable[None]]
 
 # ---------------------------------------------------------------------------------------------
 # Audio
-
-
-def _ulaw_table() -> np.ndarray:
-    """G.711 μ-law byte → 16-bit sample (ITU-T G.711; the classic Sun g711.c decoder)."""
-    u = ~np.arange(256, dtype=np.int32) & 0xFF
-    exponent = (u >> 4) & 0x07
-    magnitude = ((((u & 0x0F) << 3) + 0x84) << exponent) - 0x84
-    return np.where(u & 0x80, -magnitude, magnitude).astype(np.int16)
-
-
-def _alaw_table() -> np.ndarray:
-    """G.711 A-law byte → 16-bit sample (even bits inverted on the wire; sign bit 1 is positive)."""
-    a = np.arange(256, dtype=np.int32) ^ 0x55
-    exponent = (a >> 4) & 0x07
-    mantissa = (a & 0x0F) << 4
-    magnitude = np.where(exponent == 0, mantissa + 8, (mantissa + 0x108) << np.maximum(exponent - 1, 0))
-    return np.where(a & 0x80, magnitude, -magnitude).astype(np.int16)
-
-
-ULAW = _ulaw_table()
-ALAW = _alaw_table()
 
 
 class StreamResampler:
@@ -186,7 +163,7 @@ class AudioFormat:
                     "invalid_value", "pcm16 audio must hold whole 16-bit samples (an even number of bytes)", "audio"
                 )
             return np.frombuffer(data, dtype="<i2")
-        table = ULAW if self.encoding == "g711_ulaw" else ALAW
+        table = ULAW_TO_PCM16 if self.encoding == "g711_ulaw" else ALAW_TO_PCM16
         return table[np.frombuffer(data, dtype=np.uint8)]
 
     def beta(self) -> str:
@@ -780,8 +757,7 @@ async def realtime(
     if not await gate.admit(websocket, PROTOCOL, app.state.settings.allowed_origins, _cap_event, _key_event):
         return
     sender = EventSender(websocket, settings.max_queued_events)
-    outcome = "error"
-    adapter: RealtimeTranscription | None = None
+    run = SessionRun(websocket, PROTOCOL, sender)
     try:
         if intent != "transcription":
             metrics.SESSIONS_REFUSED.labels("bad_request").inc()
@@ -790,8 +766,7 @@ async def realtime(
                 "Connect with ?intent=transcription."
             )
             await sender.emit(error_event("invalid_request_error", "invalid_intent", message, "intent"))
-            await sender.close()
-            await _close(websocket, CLOSE_POLICY, "only intent=transcription is served")
+            await end_connection(websocket, sender, CLOSE_POLICY, "only intent=transcription is served")
             return
         # Browser clients cannot set the header; they offer the subprotocol openai-beta.realtime-v1.
         beta = "realtime=v1" in websocket.headers.get("openai-beta", "").lower() or (
@@ -805,22 +780,9 @@ async def realtime(
             max_append_s=settings.max_frame_bytes / (2 * SAMPLE_RATE),  # as long as a native frame
             on_error=sender.on_session_error,
         )
-        app.state.sessions.add(adapter.session)
-        await adapter.start()
-        outcome = await _receive(websocket, adapter, sender, settings)
-        if sender.failed:
-            outcome = "error"
-    except ClientNotReadingError as exc:
-        outcome = "error"
-        log.warning("realtime session closed: %s", exc)
+        await run.serve(adapter.session, adapter.start, lambda: _receive(websocket, adapter, sender, settings))
     finally:
-        if adapter is not None:
-            app.state.sessions.discard(adapter.session)
-            if outcome != "finished":
-                await adapter.session.cancel()
-        await sender.close()
-        gate.release(PROTOCOL)
-        metrics.SESSIONS.labels(PROTOCOL, outcome).inc()
+        await run.end()
 
 
 async def _receive(
@@ -841,8 +803,7 @@ async def _receive(
             )
             if not await finish_unless_gone(websocket, adapter.session):  # the open item is completed first
                 return "disconnected"
-            await sender.close()
-            await _close(websocket, CLOSE_GOING_AWAY, "idle")
+            await end_connection(websocket, sender, CLOSE_GOING_AWAY, "idle")
             return "finished"
         if message["type"] == "websocket.disconnect":
             return "disconnected"
@@ -870,12 +831,5 @@ async def _receive(
             await adapter.handle(text)
         except TooFarBehindError as exc:
             await sender.emit(error_event("server_error", "too_far_behind", str(exc)))
-            await sender.close()
-            await _close(websocket, CLOSE_TRY_AGAIN, "too far behind; reconnect later")
+            await end_connection(websocket, sender, CLOSE_TRY_AGAIN, "too far behind; reconnect later")
             return "too_far_behind"
-
-
-async def _close(websocket: WebSocket, code: int, reason: str, timeout: float = 5.0) -> None:
-    if websocket.application_state != WebSocketState.DISCONNECTED:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(websocket.close(code, reason), timeout)

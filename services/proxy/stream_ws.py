@@ -7,8 +7,9 @@ sent as one JSON text frame (fields in docs/api.md, "Streaming sessions"). Sessi
 are query parameters, because a browser cannot set headers on a WebSocket.
 
 The pieces shared with the OpenAI Realtime endpoint (:mod:`services.proxy.realtime`): the
-session cap, the Origin check and the API key check (:class:`SessionGate`), and the event sender
-that refuses to buffer without bound for a client that stops reading (:class:`EventSender`).
+session cap, the Origin check and the API key check (:class:`SessionGate`), the event sender
+that refuses to buffer without bound for a client that stops reading (:class:`EventSender`),
+and a session's run from start to counted end (:class:`SessionRun`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,9 +117,9 @@ class SessionGate:
         with contextlib.suppress(Exception):
             await websocket.send_text(json.dumps(event))
         if rate_limited:
-            await _close(websocket, CLOSE_TRY_AGAIN, f"rate limited; retry in {refused.retry_after_s} s")
+            await close_websocket(websocket, CLOSE_TRY_AGAIN, f"rate limited; retry in {refused.retry_after_s} s")
         else:
-            await _close(
+            await close_websocket(
                 websocket, CLOSE_POLICY, "missing API key" if refused.reason == "missing" else "invalid API key"
             )
 
@@ -156,7 +157,7 @@ class EventSender:
         if self._closing is None:
             self.failed = reason
             self.task.cancel()
-            self._closing = asyncio.create_task(_close(self.websocket, code, reason, timeout=5))
+            self._closing = asyncio.create_task(close_websocket(self.websocket, code, reason, timeout=5))
 
     def on_session_error(self, exc: BaseException) -> None:
         if not isinstance(exc, ClientNotReadingError):
@@ -174,6 +175,47 @@ class EventSender:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.task, timeout=5)
         self.task.cancel()
+
+
+class SessionRun:
+    """One admitted connection's session, from its start to its counted end: what the native
+    and the OpenAI Realtime endpoints do alike around their own receive loops.
+
+    :meth:`serve` registers the session (the lag gauge reads the registered ones), starts it
+    and runs the protocol's receive loop, which returns how the session ended. :meth:`end`,
+    called in ``finally`` whatever happened (a refused option, a crash, a hang-up), unregisters
+    it, cancels it unless it finished (a client gone must not leave windows decoding for
+    nobody), sends the events still queued, frees its place under the cap and counts the end.
+    """
+
+    def __init__(self, websocket: WebSocket, protocol: str, sender: EventSender) -> None:
+        self.app = websocket.app
+        self.protocol, self.sender = protocol, sender
+        self.session: StreamSession | None = None
+        self.outcome = "error"  # until the receive loop says otherwise
+
+    async def serve(
+        self, session: StreamSession, start: Callable[[], Awaitable[None]], receive: Callable[[], Awaitable[str]]
+    ) -> None:
+        self.session = session
+        self.app.state.sessions.add(session)
+        try:
+            await start()
+            self.outcome = await receive()
+            if self.sender.failed:
+                self.outcome = "error"
+        except ClientNotReadingError as exc:
+            self.outcome = "error"
+            log.warning("%s session closed: %s", self.protocol, exc)
+
+    async def end(self) -> None:
+        if self.session is not None:
+            self.app.state.sessions.discard(self.session)
+            if self.outcome != "finished":
+                await self.session.cancel()
+        await self.sender.close()
+        self.app.state.session_gate.release(self.protocol)
+        metrics.SESSIONS.labels(self.protocol, self.outcome).inc()
 
 
 def _cap_event(message: str, retry_after_s: float) -> dict:
@@ -219,8 +261,7 @@ async def stream(
     if not await gate.admit(websocket, "native", app.state.settings.allowed_origins, key_in_query=True):
         return
     sender = EventSender(websocket, settings.max_queued_events)
-    outcome = "error"
-    session: StreamSession | None = None
+    run = SessionRun(websocket, "native", sender)
     try:
         try:
             options = SessionOptions(
@@ -251,22 +292,9 @@ async def stream(
             "native",
             sender.on_session_error,
         )
-        app.state.sessions.add(session)
-        await session.start()
-        outcome = await _receive(websocket, session, sender, settings)
-        if sender.failed:
-            outcome = "error"
-    except ClientNotReadingError as exc:
-        outcome = "error"
-        log.warning("session closed: %s", exc)
+        await run.serve(session, session.start, lambda: _receive(websocket, session, sender, settings))
     finally:
-        if session is not None:
-            app.state.sessions.discard(session)
-            if outcome != "finished":
-                await session.cancel()
-        await sender.close()
-        gate.release("native")
-        metrics.SESSIONS.labels("native", outcome).inc()
+        await run.end()
 
 
 async def _receive(websocket: WebSocket, session: StreamSession, sender: EventSender, settings: SessionSettings) -> str:
@@ -284,7 +312,7 @@ async def _receive(websocket: WebSocket, session: StreamSession, sender: EventSe
             )
             if not await finish_unless_gone(websocket, session):
                 return "disconnected"
-            await _end(websocket, sender, CLOSE_GOING_AWAY, "idle")
+            await end_connection(websocket, sender, CLOSE_GOING_AWAY, "idle")
             return "finished"
         if message["type"] == "websocket.disconnect":
             return "disconnected"
@@ -298,7 +326,7 @@ async def _receive(websocket: WebSocket, session: StreamSession, sender: EventSe
                         retryable=False,
                     )
                 )
-                await _end(websocket, sender, CLOSE_TOO_BIG, "frame too large")
+                await end_connection(websocket, sender, CLOSE_TOO_BIG, "frame too large")
                 return "error"
             if len(data) % 2:
                 await sender.emit(
@@ -313,7 +341,7 @@ async def _receive(websocket: WebSocket, session: StreamSession, sender: EventSe
                 session.feed(np.frombuffer(data, dtype="<i2"))
             except TooFarBehindError as exc:
                 await sender.emit(error_event("too_far_behind", str(exc), retryable=True))
-                await _end(websocket, sender, CLOSE_TRY_AGAIN, "too far behind; resume later")
+                await end_connection(websocket, sender, CLOSE_TRY_AGAIN, "too far behind; resume later")
                 return "too_far_behind"
             metrics.SESSION_AUDIO_SECONDS.inc(len(data) / 2 / SAMPLE_RATE)
             continue
@@ -328,7 +356,7 @@ async def _receive(websocket: WebSocket, session: StreamSession, sender: EventSe
         if kind == "stop":
             if not await finish_unless_gone(websocket, session):
                 return "disconnected"
-            await _end(websocket, sender, CLOSE_NORMAL, "done")
+            await end_connection(websocket, sender, CLOSE_NORMAL, "done")
             return "finished"
         await sender.emit(
             error_event(
@@ -368,13 +396,15 @@ async def _disconnected(websocket: WebSocket) -> None:
         pass
 
 
-async def _end(websocket: WebSocket, sender: EventSender, code: int, reason: str) -> None:
+async def end_connection(websocket: WebSocket, sender: EventSender, code: int, reason: str) -> None:
     """Send the events still queued, then close with ``code``."""
     await sender.close()
-    await _close(websocket, code, reason)
+    await close_websocket(websocket, code, reason)
 
 
-async def _close(websocket: WebSocket, code: int, reason: str, timeout: float = 5.0) -> None:
+async def close_websocket(websocket: WebSocket, code: int, reason: str, timeout: float = 5.0) -> None:
+    """Close unless the client already has; a client that does not answer the close within
+    ``timeout`` is left to the server's own teardown."""
     if websocket.application_state != WebSocketState.DISCONNECTED:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(websocket.close(code, reason), timeout)
