@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         speech_chunks, nonspeech_chunks = detector_chunks(sizes)
         design_audio = long_files(1, sizes.design_seconds, first_seed=50)[0]
         # The peer streams the design recording twice (at real-time pace, then flow-controlled)
-        # and the continuous recordings flow-controlled (bench.peer).
-        peer_items = [] if args.no_peer else [i for i in items if i.category == "continuous"]
+        # and the dev set's long recordings flow-controlled (bench.peer).
+        peer_items = [] if args.no_peer else peer.long_recordings(items)
         peer_s = 0.0 if args.no_peer else 2 * design_audio.seconds + sum(i.seconds for i in peer_items)
         try:
             dev_clips, dev_error = recall_set("all"), ""

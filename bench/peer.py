@@ -23,7 +23,8 @@ Two ways of sending, both reported:
   not: the audio a machine fast enough for it would have decoded by then. Its last segment
   stays open until more audio comes, so the bound is on what it decoded, not on what it
   completed (waiting for completed text stalled both sides). The same files as the session's
-  are compared this way: the bench's design recording and the dev set's continuous recordings.
+  are compared this way: the bench's design recording and the dev set's long recordings
+  (:func:`long_recordings`), each in its own language.
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ BLOCK = 1600  # 100 ms, as the project's own client sends
 # Flow control: WhisperLive trims its buffer once it holds 45 s and keeps the newest 15 s; a
 # decode backlog of 10 s stays inside that with room for its own few seconds of commit delay.
 MAX_AHEAD_S = 10.0
+# Recordings this long are what streaming is for; the dev set's short prompts would each cost a
+# WhisperLive connection, and their errors come from the model, not from how either side streams.
+LONG_S = 20.0
 # A peer whose completed transcript did not move for this long (silence, or a long segment) gets
 # the next block anyway: flow control slows the stream, it never stops it.
 STALL_S = 10.0
@@ -84,16 +88,39 @@ def held_back(audio_end_s: float, heard_s: float, max_ahead_s: float | None) -> 
     return max_ahead_s is not None and audio_end_s - heard_s > max_ahead_s
 
 
-async def _stream(port: int, samples: np.ndarray, max_ahead_s: float | None = None) -> dict:
-    """One stream of ``samples``: on the real-time schedule, and with ``max_ahead_s`` never that
-    far past what the peer has decoded (see the module docstring)."""
+def long_recordings(items: Sequence[Item]) -> list[Item]:
+    """The dev set's recordings the peer streams beside the session: every continuous one (the
+    category live accuracy is judged on), and the longest of at least ``LONG_S`` of every other
+    category and language (spontaneous speech; each of the other languages), among ``items``
+    (the files the session and offline transcribe in this run). One per language keeps the
+    peer's added time short: it streams at about real time."""
+    longest: dict[tuple[str, str], Item] = {}
+    for item in items:
+        if item.category == "continuous" or item.seconds < LONG_S:
+            continue
+        key = (item.category, item.language)
+        if key not in longest or item.seconds > longest[key].seconds:
+            longest[key] = item
+    picked = {item.name for item in longest.values()}
+    return [item for item in items if item.category == "continuous" or item.name in picked]
+
+
+async def _stream(port: int, samples: np.ndarray, max_ahead_s: float | None = None, language: str = "en") -> dict:
+    """One stream of ``samples`` in ``language``: on the real-time schedule, and with
+    ``max_ahead_s`` never that far past what the peer has decoded (see the module docstring)."""
     import websockets
 
     completed: dict[float, tuple[str, float, float]] = {}  # start -> (text, end, first seen completed)
     heard = [0.0, time.monotonic()]  # end of the furthest segment it sent, and when that moved
     partial: list[dict] = []
     async with websockets.connect(f"ws://127.0.0.1:{port}", max_size=None, open_timeout=60) as ws:
-        options = {"uid": str(uuid.uuid4()), "language": "en", "task": "transcribe", "model": "base", "use_vad": False}
+        options = {
+            "uid": str(uuid.uuid4()),
+            "language": language,
+            "task": "transcribe",
+            "model": "base",
+            "use_vad": False,
+        }
         await ws.send(json.dumps(options))
         while True:
             message = json.loads(await asyncio.wait_for(ws.recv(), 120))
@@ -203,9 +230,9 @@ def run(item: Item, device: str, log_dir: Path, note: Callable[[str], None], als
 
     def scored(one: Item, max_ahead_s: float | None) -> dict:
         cpu_before = process_cpu_seconds(proc.pid)
-        out = asyncio.run(_stream(port, one.samples, max_ahead_s))
+        out = asyncio.run(_stream(port, one.samples, max_ahead_s, one.language))
         cpu = process_cpu_seconds(proc.pid) - cpu_before
-        counts = word_errors([one.text], [out["text"]])
+        counts = word_errors([one.text], [out["text"]], [one.language])
         status, reason = verdict(counts.reference_words, len(normalize(out["text"]).split()))
         if reason and max_ahead_s is not None and not out["stalls"]:
             # Never further behind than its buffer keeps: it did not lose the words by lagging.
@@ -258,8 +285,9 @@ def run(item: Item, device: str, log_dir: Path, note: Callable[[str], None], als
 
 def compared(results: dict, items: Sequence[Item], design_name: str) -> dict:
     """The peer's flow-controlled runs beside the session (the default) on the same audio: the
-    design recording (WER and CPU per audio second of one stream) and the continuous recordings
-    pooled (WER, with offline's for scale). Empty when the peer did not run."""
+    design recording (WER and CPU per audio second of one stream), and the dev set's recordings
+    it streamed pooled per category (WER, with offline's for scale). Empty when the peer did
+    not run."""
     files = results.get("peer", {}).get("flow_controlled", {}).get("files", {})
     if not files:
         return {}
@@ -275,12 +303,17 @@ def compared(results: dict, items: Sequence[Item], design_name: str) -> dict:
             "cpu_ratio": round(design["cpu_s_per_audio_s"] / max(1e-9, session["cpu_s_per_audio_s"]), 2),
         }
     }
-    picked = [(i, item) for i, item in enumerate(items) if item.name in files]
-    if picked:
+    by_category: dict[str, list[tuple[int, Item]]] = {}
+    for i, item in enumerate(items):
+        if item.name in files:
+            by_category.setdefault(item.category, []).append((i, item))
+    out["categories"] = {}
+    for category, picked in sorted(by_category.items()):
         refs = [item.text for _, item in picked]
         langs = [item.language for _, item in picked]
-        out["continuous"] = {
+        out["categories"][category] = {
             "files": [item.name for _, item in picked],
+            "audio_s": round(sum(item.seconds for _, item in picked), 1),
             "peer_status": sorted({files[item.name]["status"] for _, item in picked}),
             **{
                 f"{path}_wer": round(word_errors(refs, texts, langs).wer, 4)

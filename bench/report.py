@@ -214,12 +214,11 @@ def peer_markdown(peer: dict) -> list[str]:
             f"CPU s per audio s; peer {_pct(design['peer_wer'])} at {design['peer_cpu_s_per_audio_s']} "
             f"({design['cpu_ratio']}× the session's CPU; peer run {design['peer_status']})"
         )
-    cont = peer.get("compared", {}).get("continuous")
-    if cont:
+    for category, pooled in peer.get("compared", {}).get("categories", {}).items():
         lines.append(
-            f"- continuous recordings ({', '.join(cont['files'])}): session {_pct(cont['session_wer'])}, "
-            f"peer {_pct(cont['peer_wer'])}, offline {_pct(cont['offline_wer'])} "
-            f"(peer runs {', '.join(cont['peer_status'])})"
+            f"- {category} ({', '.join(pooled['files'])}; {_fmt(pooled['audio_s'])} s): "
+            f"session {_pct(pooled['session_wer'])}, peer {_pct(pooled['peer_wer'])}, "
+            f"offline {_pct(pooled['offline_wer'])} (peer runs {', '.join(pooled['peer_status'])})"
         )
     return lines
 

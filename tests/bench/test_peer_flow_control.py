@@ -110,25 +110,52 @@ def test_the_design_run_shown_is_a_whole_transcript_or_none() -> None:
     assert report.peer_design_run({**_run("incomplete", 0.3), **broken}) == ({}, "")
 
 
-def test_the_peer_is_compared_with_the_session_on_the_same_files() -> None:
+def test_the_peer_is_compared_with_the_session_on_the_same_files_per_category() -> None:
     items = [
         Item("read-0", np.zeros(1), "a b c d"),
         Item("cont-0", np.zeros(1), "press the pound key", category="continuous"),
+        Item("es-0", np.zeros(1), "pulse la tecla", language="es", category="other-languages"),
     ]
-    files = {"design": _run("measured", 0.05), "cont-0": _run("measured", 0.25, "press the pound")}
+    files = {
+        "design": _run("measured", 0.05),
+        "cont-0": _run("measured", 0.25, "press the pound"),
+        "es-0": _run("measured", 0.0, "pulse la tecla"),
+    }
     results = {
         "peer": {"flow_controlled": {"files": files}},
         "designs": {"session": {"wer": 0.02, "cpu_s_per_audio_s": 0.2}},
-        "streamed": {"_texts": ["a b c d", "press the pound key"]},
-        "offline": {"_texts": ["a b c d", "press a pound key"]},
+        "streamed": {"_texts": ["a b c d", "press the pound key", "pulse la"]},
+        "offline": {"_texts": ["a b c d", "press a pound key", "pulse la tecla"]},
     }
     compared = peer.compared(results, items, "design")
     assert compared["design"]["cpu_ratio"] == 9.5  # 1.9 against 0.2
-    assert compared["continuous"]["files"] == ["cont-0"]  # only the files the peer streamed
-    wers = {k: compared["continuous"][k] for k in ("peer_wer", "session_wer", "offline_wer")}
-    assert wers == {"peer_wer": 0.25, "session_wer": 0.0, "offline_wer": 0.25}
+    assert list(compared["categories"]) == ["continuous", "other-languages"]  # only what the peer streamed
+    wers = {
+        c: [pooled[f"{p}_wer"] for p in ("peer", "session", "offline")] for c, pooled in compared["categories"].items()
+    }
+    assert wers == {"continuous": [0.25, 0.0, 0.25], "other-languages": [0.0, 0.3333, 0.0]}
     lines = report.peer_markdown(
         {"name": "WhisperLive", **_run("incomplete", 0.3), **results["peer"], "compared": compared}
     )
-    assert any("session 0.00%, peer 25.00%, offline 25.00%" in line for line in lines)
+    assert any(
+        line.startswith("- continuous (cont-0;") and "session 0.00%, peer 25.00%, offline 25.00%" in line
+        for line in lines
+    )
+    assert any(line.startswith("- other-languages (es-0;") and "session 33.33%, peer 0.00%" in line for line in lines)
     assert peer.compared({"peer": {}}, items, "design") == {}
+
+
+def test_the_peer_streams_every_continuous_recording_and_the_longest_per_category_and_language() -> None:
+    def item(name: str, seconds: float, category: str, language: str = "en") -> Item:
+        return Item(name, np.zeros(int(seconds * 16_000), np.float32), "x", language=language, category=category)
+
+    items = [
+        item("cont-short", 5, "continuous"),
+        item("cont-long", 70, "continuous"),
+        item("read-long", 19, "read"),  # under LONG_S: a prompt, not a recording to stream
+        item("spont", 30, "spontaneous"),
+        item("es-a", 25, "other-languages", "es"),
+        item("es-b", 31, "other-languages", "es"),
+        item("fr-a", 22, "other-languages", "fr"),
+    ]
+    assert [i.name for i in peer.long_recordings(items)] == ["cont-short", "cont-long", "spont", "es-b", "fr-a"]
