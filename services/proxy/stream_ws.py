@@ -281,8 +281,7 @@ async def stream(
         except ValueError as exc:
             metrics.SESSIONS_REFUSED.labels("bad_request").inc()
             await sender.emit(error_event("bad_option", str(exc), retryable=False))
-            await sender.close()
-            await websocket.close(CLOSE_POLICY, "bad session options")
+            await end_connection(websocket, sender, CLOSE_POLICY, "bad session options")
             return
         session = StreamSession(
             ProxyBackend(app.state.upstreams, options.beam_size),
