@@ -68,6 +68,8 @@ CHUNK_NAME = re.compile(r"^chunk-(?P<index>\d+)-at-(?P<at>\d+)-lead-(?P<lead>\d+
 # --transport ws: audio-at-<stream sample of its first sample>.npy, int16 samples not yet acknowledged.
 SEGMENT_NAME = re.compile(r"^audio-at-(?P<at>\d+)\.npy$")
 WS_STATE = "ws.json"  # {"settled_sample": N}: the ws run's words before sample N were committed (shown)
+# Files that hold no audio: a kill while rewriting one leaves a temporary copy that costs no words.
+BOOKKEEPING = (RUN_META, WS_STATE)
 
 
 def default_spill_root() -> Path:
@@ -125,7 +127,7 @@ def _save(file: Any, data: np.ndarray) -> None:
 
 def write_atomic(path: Path, data: np.ndarray) -> None:
     """Write ``path`` so that it either does not exist or is complete: temp name, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+    tmp = path.with_name(_tmp_name(path.name))
     try:
         with open(tmp, "wb") as file:
             _save(file, data)
@@ -252,8 +254,18 @@ def _remove_if_empty(path: Path) -> int:
     return left
 
 
+def _tmp_name(name: str) -> str:
+    """The hidden name a file is written under before its rename (see :func:`write_atomic`)."""
+    return f".{name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+
+
+def _is_bookkeeping_tmp(name: str) -> bool:
+    """Whether ``name`` is a temporary copy of a :data:`BOOKKEEPING` file (no audio in it)."""
+    return any(name.startswith(f".{kept}.") and name.endswith(TMP_SUFFIX) for kept in BOOKKEEPING)
+
+
 def _write_json_atomic(path: Path, value: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+    tmp = path.with_name(_tmp_name(path.name))
     try:
         with open(tmp, "w", encoding="utf-8") as file:
             json.dump(value, file)
@@ -418,8 +430,10 @@ def find_leftovers(root: Path, exclude: Path | None = None) -> list[LeftoverRun]
     """Runs under ``root`` whose process is gone (their lock is free), oldest first, each locked.
 
     Half-written temporary files (a kill between write and rename) and files whose name does
-    not parse are removed and listed in ``damaged``: they are never loaded. A directory with
-    nothing left in it is removed.
+    not parse are removed and listed in ``damaged``: they are never loaded. A temporary copy of
+    :data:`BOOKKEEPING` (a kill while ``ws.json`` was being rewritten, which the ws transport
+    does on every acknowledgement) is removed without being listed: no audio was in it. A
+    directory with nothing left in it is removed.
     """
     if not root.is_dir():
         return []
@@ -459,7 +473,8 @@ def find_leftovers(root: Path, exclude: Path | None = None) -> list[LeftoverRun]
                 continue
             m = CHUNK_NAME.match(path.name)
             if m is None:
-                run.damaged.append(path.name)
+                if not _is_bookkeeping_tmp(path.name):
+                    run.damaged.append(path.name)
                 with contextlib.suppress(OSError):
                     path.unlink()
                 continue

@@ -422,17 +422,20 @@ def test_cli_recovers_a_killed_run_and_reports_the_damaged_chunk_with_exit_statu
 def test_a_ws_run_is_found_with_its_segments_in_order_and_its_settled_sample(tmp_path: Path) -> None:
     """A killed ``--transport ws`` run leaves audio segments and ``ws.json``: found like chunks (a
     temporary file of a kill mid-write is damaged and removed), ``ws.json`` is read, not damaged;
-    an unreadable one only costs the settled sample."""
+    an unreadable one only costs the settled sample, and a kill while it was rewritten (its
+    temporary copy left) costs nothing: no audio was in it."""
     run = spill.SpillRun(tmp_path, {"source": "stdin", "transport": "ws"})
     for start in (32_000, 0, 16_000):
         run.write_segment(start, np.arange(16_000, dtype=np.int16))
     run.write_state({"settled_sample": 12_345})
     (run.path / f".{spill.segment_file_name(48_000)}.dead{spill.TMP_SUFFIX}").write_bytes(b"\x93NUMPY")
+    (run.path / f".{spill.WS_STATE}.dead{spill.TMP_SUFFIX}").write_text('{"settled_sam')
     run.release()  # killed: the lock goes with the process
 
     [found] = find_leftovers(tmp_path)
     assert [s.start for s in found.segments] == [0, 16_000, 32_000] and found.chunks == []
-    assert found.settled == 12_345 and len(found.damaged) == 1
+    assert found.settled == 12_345 and found.damaged == [f".{spill.segment_file_name(48_000)}.dead{spill.TMP_SUFFIX}"]
+    assert sorted(p.name for p in run.path.iterdir() if p.name.startswith(".")) == []  # both temporaries gone
     assert round(found.audio_s) == 3 and "stdin" in found.describe()
     assert found.release() == 3  # left for a replay
     (run.path / spill.WS_STATE).write_text("{not json")
