@@ -1,18 +1,20 @@
 """Seams: whole-file windows cut inside speech, where the sentence that ran into the cut is
 decoded again, whole, at the start of the next window (services/base/seams.py).
 
-The unit layer checks the rule on made-up segments; the slow test runs the real windowing and
-the real model over continuous speech (sentences running on without pauses) and compares the
+The unit layer checks the rule on made-up segments; the slow test runs the real model over
+continuous speech (sentences running on without pauses) cut inside words and compares the
 transcript with the one the same windows give when every seam is kept as it was cut.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 
+import numpy as np
 import pytest
 
-from core.vocabulary import WHISPER_WINDOW_S
+from core.vocabulary import SAMPLE_RATE, WHISPER_WINDOW_S
 from services.base.seams import ONSET_MARGIN_S, TOUCH_S, carry_point, is_seam
 
 
@@ -51,33 +53,52 @@ def test_a_seam_is_kept_when_the_next_window_would_outgrow_whisper_s_window() ->
 
 
 @pytest.mark.slow
-def test_continuous_speech_across_a_seam_comes_out_better_than_cut_there() -> None:
+def test_continuous_speech_cut_inside_a_word_comes_out_better_carried_than_cut() -> None:
+    """Four recordings of sentences running on without pauses, each cut into three windows in
+    the middle of a word near 20 s and 40 s (where a long file's windows are cut when speech
+    does not pause). Carrying the sentence that ran into each cut decodes it whole in the next
+    window; keeping the cuts leaves both halves of the word to Whisper. Summed over the four,
+    carried makes fewer errors. (Where the speech windows themselves cut, between two prompts,
+    both ways read the same on some CPUs and differ only in words elsewhere in the windows:
+    those cuts are no test of the rule.)"""
     from bench.metrics import word_errors
     from corpus import long_recording
     from services.base import app as base
     from services.base.settings import TranscriberSettings
 
-    clip = long_recording(60, seed=1, gap=0)  # LibriVox and IVR sentences running on, no pauses
-    samples = clip.samples()
-    windows = base.speech_windows(samples)
-    assert any(is_seam(windows, i) for i in range(len(windows))), windows
     engine = base.Engine(TranscriberSettings(compute_type="int8"))
 
-    async def text() -> str:
-        job = base.FileJob(samples, list(windows), "en", None, "json", False, "transcribe")
-        return (await base.whole_file_answer(engine, job))["text"]
+    async def answer(samples: np.ndarray, windows: list[tuple[int, int]], words: bool = False) -> dict:
+        job = base.FileJob(samples, windows, "en", None, "verbose_json" if words else "json", words, "transcribe")
+        return await base.whole_file_answer(engine, job)
 
-    async def both() -> tuple[str, str]:
+    async def one(seed: int) -> tuple[str, str, str]:
+        clip = long_recording(60, seed=seed, gap=0)  # LibriVox and IVR sentences running on
+        samples = clip.samples()
+        windows = base.speech_windows(samples)
+        assert any(is_seam(windows, i) for i in range(len(windows))), windows  # real files are cut in speech
+        spoken = [w for w in (await answer(samples, windows, words=True))["words"] if w["end"] - w["start"] >= 0.25]
+        cuts = []
+        for near in (20.0, 40.0):
+            word = min(spoken, key=lambda w: abs((w["start"] + w["end"]) / 2 - near))
+            cuts.append(round((word["start"] + word["end"]) / 2 * SAMPLE_RATE))
+        bounds = [0, *cuts, samples.size]
+        inside = list(itertools.pairwise(bounds))
+        assert all(is_seam(inside, i) for i in range(2))
+        carried = (await answer(samples, inside))["text"]
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(base, "carry_point", lambda *_: None)
+            cut = (await answer(samples, inside))["text"]
+        return clip.text, carried, cut
+
+    async def all_of(seeds: range) -> list[tuple[str, str, str]]:
         engine.batcher.start()
         try:
-            carried = await text()
-            with pytest.MonkeyPatch.context() as patch:
-                patch.setattr(base, "carry_point", lambda *_: None)
-                return carried, await text()
+            return [await one(seed) for seed in seeds]
         finally:
             await engine.batcher.stop()
 
-    carried, cut = asyncio.run(both())
-    errors = [word_errors([clip.text], [t], ["en"]).as_dict() for t in (carried, cut)]
-    counts = [e["substitutions"] + e["deletions"] + e["insertions"] for e in errors]
-    assert counts[0] < counts[1], (carried, cut)
+    results = asyncio.run(all_of(range(1, 5)))
+    references = [r[0] for r in results]
+    carried, cut = (word_errors(references, [r[i] for r in results]).errors for i in (1, 2))
+    assert carried < cut, results

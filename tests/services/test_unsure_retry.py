@@ -156,24 +156,31 @@ def real_transcriber() -> BatchTranscriber:
 
 @pytest.mark.slow
 def test_an_unsure_telephone_clip_is_decoded_again_and_comes_out_better(real_transcriber, dev_clips) -> None:
+    """The greedy decode of this clip is poor and scores about Whisper's -1.0 average log
+    probability: under it on the Xeon with AVX-512 this test was written on, just over it
+    (-0.98) on an AVX2 EPYC, whose int8 arithmetic differs. So the transcriber
+    under test takes the shipped threshold or, where this CPU's greedy decode scores over it, a
+    hair above that score: the clip is unsure on every CPU, and what is checked is what the
+    retry does with an unsure decode (never above -0.9: a clip decoded surely tests no retry)."""
     from bench.metrics import word_errors
 
     clip = dev_clips["praatio-damon~telephone"]  # "damon fried the omelet" through G.711 µ-law
     samples = clip.samples()
-    threshold = real_transcriber.logprob_threshold
     greedy = whisper_greedy(real_transcriber, samples)
+    threshold = min(max(real_transcriber.logprob_threshold, greedy.avg_logprob + 0.01), -0.9)
     assert greedy.avg_logprob < threshold, greedy  # what the retry is for: the greedy decode is unsure
+    transcriber = BatchTranscriber(real_transcriber.model, logprob_threshold=threshold)
 
-    retried = real_transcriber.transcribe([Request(samples, "en", full_window=True)])[0]
+    retried = transcriber.transcribe([Request(samples, "en", full_window=True)])[0]
     assert retried.retried == "passed", retried
     assert retried.segments[0]["avg_logprob"] >= threshold, retried
-    greedy_text = real_transcriber._tokenizer("en").decode(greedy.tokens)
+    greedy_text = transcriber._tokenizer("en").decode(greedy.tokens)
     errors = [word_errors([clip.text], [text], ["en"]).errors for text in (greedy_text, retried.text)]
     assert errors[1] < errors[0], (greedy_text, retried.text)
     # a beam search, not a sample: the same every time
-    assert real_transcriber.transcribe([Request(samples, "en", full_window=True)])[0].text == retried.text
+    assert transcriber.transcribe([Request(samples, "en", full_window=True)])[0].text == retried.text
     # a chunk that asks for that beam search gets it in its first decode, with no retry
-    searched = real_transcriber.transcribe([Request(samples, "en", full_window=True, beam_size=RETRY_BEAM_SIZE)])[0]
+    searched = transcriber.transcribe([Request(samples, "en", full_window=True, beam_size=RETRY_BEAM_SIZE)])[0]
     assert searched.retried is None and searched.text == retried.text
 
 
