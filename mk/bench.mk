@@ -1,7 +1,7 @@
 # Benchmark (included by the top-level Makefile).
 # See docs/performance.md.
 #
-#   make bench                  full run (~40 min on 2 cores): bench/results/latest.{json,md} + PNG plots
+#   make bench                  full run (~40 min on a 2-core Xeon): bench/results/latest.{json,md} + PNG plots
 #   make bench ARGS=--quick     every goal on smaller samples, without the what-if stack and the peer (~12 min)
 #   make bench ARGS="--device cuda"   base on the GPU (STT_DEVICE=cuda)
 #   make bench-peer             install the peer (WhisperLive) into .cache/peer-venv; `make bench` tries it
@@ -29,7 +29,7 @@ $(PEER_VENV)/.installed:
 
 bench-peer: $(PEER_VENV)/.installed ## Install WhisperLive (the peer the bench compares with; ~6 GB with PyTorch)
 
-bench: bench-prepare ## Benchmark everything (~40 min on 2 cores; ARGS=--quick for a short run); writes bench/results/
+bench: bench-prepare ## Benchmark everything (~40 min on a 2-core Xeon; ARGS=--quick for a short run); writes bench/results/
 	@case " $(ARGS) " in *" --quick "*|*" --no-peer "*) ;; *) \
 	  $(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) bench-peer PY=$(PY) || \
 	  echo "bench: the peer could not be installed; the results will say why";; esac
