@@ -74,13 +74,14 @@ class Answers:
             self.cache[key] = (bool(response.json()["speech"]),)
         return self.cache[key][0]
 
-    def transcribe(self, pcm: bytes, language: str | None) -> tuple[list[dict], float, str, float]:
+    def transcribe(self, pcm: bytes, language: str | None, last: bool = False) -> tuple[list[dict], float, str, float]:
         """Segments, the decode's seconds, and the language (detected when ``language`` is None)
-        with Whisper's probability for it."""
-        key = "t" + hashlib.sha1(pcm).hexdigest() + (language or "?") + f"b{self.beam_size}f"
+        with Whisper's probability for it. ``last``: the stream's last window (``fill_tail``)."""
+        key = "t" + hashlib.sha1(pcm).hexdigest() + (language or "?") + f"b{self.beam_size}f" + ("t" if last else "")
         if key not in self.cache:
             start = time.perf_counter()
-            query = "word_timestamps=true&fill_skipped=true" + (f"&language={language}" if language else "")
+            query = "word_timestamps=true&fill_skipped=true" + ("&fill_tail=true" if last else "")
+            query += f"&language={language}" if language else ""
             query += f"&beam_size={self.beam_size}"
             response = self.client.post(f"{self.base}/transcribe-chunk?{query}", content=pcm, headers=PCM)
             response.raise_for_status()
@@ -123,7 +124,8 @@ def replay(answers: Answers, config: PolicyConfig, item: Item, language: str = "
             continue
         start, stop = span
         asked = {"given": item.language, "detected": None, "locked": lock.language}[language]
-        segments, seconds, detected, probability = answers.transcribe(pcm16(samples[start:stop]), asked)
+        last = stop == samples.size  # as a session's last window: nothing decodes its end again
+        segments, seconds, detected, probability = answers.transcribe(pcm16(samples[start:stop]), asked, last)
         lock.observe(detected, probability, sum(len(s.get("words") or []) for s in segments))
         decoded += (stop - start) / SAMPLE_RATE
         clock += seconds

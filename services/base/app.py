@@ -34,6 +34,7 @@ from services.base import metrics
 from services.base.batcher import Batcher, Priority
 from services.base.coverage import (
     GapRule,
+    after_words,
     between_words,
     holes_between_words,
     neighbour_bounds,
@@ -301,6 +302,11 @@ async def transcribe_chunk(
         description="decode again, on its own, speech between two words that the decode left out, and splice "
         "its words in (needs word_timestamps; streaming sessions ask for it)",
     ),
+    fill_tail: bool = Query(
+        False,
+        description="with fill_skipped: also speech after the last word (a session's last window before a flush "
+        "or the end of its stream, which no later window decodes again)",
+    ),
     settings: TranscriberSettings = Depends(app_settings),
 ) -> dict:
     """Body: audio bytes (Content-Type names the format) or multipart field ``file``."""
@@ -322,7 +328,7 @@ async def transcribe_chunk(
             GONE,
         )
         if fill_skipped and word_timestamps:
-            repairing = fill_skipped_live(engine, chunk, result, deadline)
+            repairing = fill_skipped_live(engine, chunk, result, deadline, tail=fill_tail)
             result = await unless_caller_leaves(request.receive, repairing, GONE)
     return {
         "text": result.text,
@@ -520,33 +526,44 @@ async def repair_skipped(
     rule: GapRule,
     decode: Callable[[np.ndarray], Awaitable[Result]],
     between: bool = False,
+    tail: bool = False,
 ) -> tuple[list[dict], list[str]]:
     """``segments`` (one window's, times from the start of ``audio``) with each stretch of speech
     that no word covers decoded again by ``decode`` and spliced in (:mod:`services.base.coverage`);
-    ``between``: only stretches between two words. Also each repair's outcome: ``recovered``
-    (words came back) or ``empty`` (the second decode found none either)."""
+    ``between``: only stretches between two words, and with ``tail`` also those after the last
+    word. Also each repair's outcome: ``recovered`` (words came back) or ``empty`` (the second
+    decode found none either)."""
     spoken = [w for s in segments for w in s.get("words", [])]
-    if not spoken or (between and not holes_between_words(spoken, rule)):
+    if not spoken or (between and not tail and not holes_between_words(spoken, rule)):
         return segments, []
     duration = audio.size / SAMPLE_RATE
     probs = await anyio.to_thread.run_sync(shared_detector().frame_probabilities, audio)
     gaps = uncovered_speech(spoken, probs, duration, rule)
+    if between:  # a live window: gaps between two words are repaired hearing both words whole
+        inner = between_words(gaps, spoken)
+        chosen = inner + (after_words(gaps, spoken) if tail else [])
+    else:
+        inner, chosen = [], gaps
     outcomes = []
-    for gap in between_words(gaps, spoken) if between else gaps:
-        lo, hi = repair_span_between(spoken, gap, duration, rule) if between else repair_span(gap, duration, rule)
+    for gap in chosen:
+        inside = gap in inner
+        lo, hi = repair_span_between(spoken, gap, duration, rule) if inside else repair_span(gap, duration, rule)
         repaired = await decode(audio[int(lo * SAMPLE_RATE) : int(hi * SAMPLE_RATE)])
         before = len(segments)
-        bounds = neighbour_bounds(spoken, gap, repaired.segments, lo) if between else None
+        bounds = neighbour_bounds(spoken, gap, repaired.segments, lo) if inside else None
         segments = splice(segments, gap, repaired.segments, lo, bounds)
         outcomes.append("recovered" if len(segments) > before else "empty")
         log.info("skipped speech %.1f-%.1f s into a window: %s", gap[0], gap[1], outcomes[-1])
     return segments, outcomes
 
 
-async def fill_skipped_live(engine: Engine, chunk: Chunk, result: Result, deadline: float | None) -> Result:
-    """``result`` with the speech its decode skipped between two words decoded again and spliced
-    in, as live work with the chunk's own settings and deadline. A repair refused (overload) or too
-    late leaves the answer as decoded: it is still the best there is for this window."""
+async def fill_skipped_live(
+    engine: Engine, chunk: Chunk, result: Result, deadline: float | None, tail: bool = False
+) -> Result:
+    """``result`` with the speech its decode skipped between two words (and with ``tail`` after
+    the last one) decoded again and spliced in, as live work with the chunk's own settings and
+    deadline. A repair refused (overload) or too late leaves the answer as decoded: it is still
+    the best there is for this window."""
     rule = engine.live_gap_rule
     if rule is None or chunk.task != "transcribe":
         return result
@@ -556,7 +573,7 @@ async def fill_skipped_live(engine: Engine, chunk: Chunk, result: Result, deadli
         return (await engine.batcher.submit(again, Priority.LIVE, deadline=deadline, admitted=True))[0]
 
     try:
-        segments, outcomes = await repair_skipped(chunk.samples, result.segments, rule, decode, between=True)
+        segments, outcomes = await repair_skipped(chunk.samples, result.segments, rule, decode, between=True, tail=tail)
     except ApiError as exc:
         log.info("skipped speech in a live chunk left as it is: %s", exc.message)
         return result

@@ -9,9 +9,11 @@ Such a stretch, when it lasts at least ``min_gap_s``, is cut out with a little a
 and transcribed alone; the words that fall inside it are spliced into the window's segments.
 
 A streaming session's window is checked too (``/transcribe-chunk?fill_skipped=true``), between
-its first and last word only: speech before the first word is committed context or the policy's
+its first and last word: speech before the first word is committed context or the policy's
 ``max_gap_s`` case, and speech after the last is the window's edge, which the next step decodes
-again. The last decode of a stream has no next step: a phrase it skips was lost for good.
+again. The last window before a flush or at the end of the stream has no next step, so the
+session asks for its tail as well (``fill_tail=true``): a phrase its decode left out at the end
+would otherwise be lost for good.
 
 Pure functions (no model, no I/O): :mod:`services.base.app` runs the model calls. Measured in
 docs/performance.md ("Skipped speech in whole files") and docs/client.md ("Skipped speech in
@@ -102,6 +104,14 @@ def between_words(gaps: list[tuple[float, float]], words: list[dict]) -> list[tu
     first_end = min(w["end"] for w in words)
     last_start = max(w["start"] for w in words)
     return [(lo, hi) for lo, hi in gaps if lo >= first_end and hi <= last_start]
+
+
+def after_words(gaps: list[tuple[float, float]], words: list[dict]) -> list[tuple[float, float]]:
+    """The ``gaps`` that begin after the last word ends (the window's tail)."""
+    if not words:
+        return []
+    last_end = max(w["end"] for w in words)
+    return [(lo, hi) for lo, hi in gaps if lo >= last_end]
 
 
 def repair_span(gap: tuple[float, float], duration_s: float, rule: GapRule = GapRule()) -> tuple[float, float]:

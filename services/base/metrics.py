@@ -53,7 +53,8 @@ SKIPPED_SPEECH_REPAIRED = Counter(
 )
 LIVE_SKIPPED_SPEECH_REPAIRED = Counter(
     "stt_chunk_skipped_speech_total",
-    "Stretches of speech between two words of a live chunk (fill_skipped) that the model left out, decoded again",
+    "Stretches of speech between two words of a live chunk (fill_skipped), or after its last word (fill_tail), "
+    "that the model left out, decoded again",
     ["outcome"],  # as stt_file_skipped_speech_total
 )
 SEAMS_CARRIED = Counter(

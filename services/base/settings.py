@@ -123,7 +123,8 @@ class TranscriberSettings(ServiceSettings, ModelCacheSettings):
         description="live chunks that ask for it (`fill_skipped=true`, what streaming sessions send): a stretch "
         "this long between two decoded words that Silero calls speech and no word covers is transcribed again "
         "on its own and spliced in (a session's last window has no later decode to bring a skipped phrase "
-        'back; docs/client.md, "Skipped speech in session windows"). `0`: off',
+        "back; with `fill_tail=true`, a session's last window before a flush or the stream's end, after the "
+        'last word too; docs/client.md, "Skipped speech in session windows"). `0`: off',
     )
     live_greedy_after_wait_s: float = Field(
         default=1.0,

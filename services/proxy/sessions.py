@@ -58,7 +58,10 @@ class SessionBackend(Protocol):
 
     async def detect(self, pcm: bytes) -> bool: ...
 
-    async def transcribe(self, pcm: bytes, language: str | None) -> dict: ...
+    async def transcribe(self, pcm: bytes, language: str | None, last: bool = False) -> dict:
+        """``last``: no later window decodes this audio again (a flush or the stream's end), so
+        speech the decode left out after its last word must be recovered now."""
+        ...
 
 
 class ProxyBackend:
@@ -74,9 +77,11 @@ class ProxyBackend:
         _raise_for(response)
         return bool(json.loads(response.body).get("speech"))
 
-    async def transcribe(self, pcm: bytes, language: str | None) -> dict:
-        # fill_skipped: the window's last decode has no later one to bring back a phrase it left out
-        query = "word_timestamps=true&fill_skipped=true" + (f"&language={language}" if language else "")
+    async def transcribe(self, pcm: bytes, language: str | None, last: bool = False) -> dict:
+        # fill_skipped: the window's last decode has no later one to bring back a phrase it left
+        # out; fill_tail: nor, in the last window, one that decodes its end again
+        query = "word_timestamps=true&fill_skipped=true" + ("&fill_tail=true" if last else "")
+        query += f"&language={language}" if language else ""
         if self.beam_size != 1:
             query += f"&beam_size={self.beam_size}"
         response, backend, _ = await self.upstreams.routed("/transcribe-chunk", pcm, PCM_TYPE, query, "session")
@@ -313,7 +318,7 @@ class StreamSession:
                 continue
             if self._finishing:
                 if self._received > self._processed:
-                    await self._process(self._received)
+                    await self._process(self._received, last=True)
                 await self._end()
                 return
             self._wake.clear()
@@ -323,7 +328,7 @@ class StreamSession:
         """Process the audio up to ``end`` (a shorter last step) and commit all of it."""
         try:
             if end > self._processed:
-                await self._process(end, flushing=True)
+                await self._process(end, flushing=True, last=True)
             update = self.policy.finish()
             if update.committed:
                 await self._send_update(update, end, None)
@@ -346,7 +351,9 @@ class StreamSession:
     def _slice(self, start: int, end: int) -> np.ndarray:
         return self._audio[start - self._audio_start : end - self._audio_start]
 
-    async def _process(self, end: int, flushing: bool = False) -> None:
+    async def _process(self, end: int, flushing: bool = False, last: bool = False) -> None:
+        """One step: the detector on the new audio, then the window the policy asks for. ``last``:
+        everything up to ``end`` is committed after this step (a flush or the stream's end)."""
         begin = self._processed
         speech = True
         early: tuple[tuple[int, int], asyncio.Task] | None = None
@@ -356,7 +363,7 @@ class StreamSession:
             elif self.options.detector:
                 # Inside an utterance the step is decoded whatever the detector says: start
                 # that decode now instead of after the detector's answer.
-                if (ahead := self.policy.window_ahead(end)) is not None:
+                if not last and (ahead := self.policy.window_ahead(end)) is not None:
                     early = (ahead, asyncio.create_task(self._transcribe(ahead)))
                 speech = await self._retrying("detect", self.backend.detect, self._slice(begin, end).tobytes())
                 if speech is None:
@@ -368,7 +375,7 @@ class StreamSession:
             span = self.policy.window()  # one decode per step; a backlog is worked off step by step
             if span is not None:
                 started = early[1] if early is not None and early[0] == span else None
-                await self._decode(span, started)
+                await self._decode(span, started, last=last and span[1] >= end)
         finally:
             if early is not None and not early[1].done():
                 early[1].cancel()  # not the window decoded after all (or the session ended)
@@ -380,16 +387,19 @@ class StreamSession:
         on; None: the backend detects it."""
         return self.options.language or self.language_lock.language
 
-    def _transcribe(self, span: tuple[int, int]) -> Coroutine[Any, Any, dict | None]:
+    def _transcribe(self, span: tuple[int, int], last: bool = False) -> Coroutine[Any, Any, dict | None]:
         start, end = span
-        return self._retrying("transcribe", self.backend.transcribe, self._slice(start, end).tobytes(), self._language)
+        pcm = self._slice(start, end).tobytes()
+        return self._retrying("transcribe", self.backend.transcribe, pcm, self._language, last)
 
-    async def _decode(self, span: tuple[int, int], started: Awaitable[dict | None] | None = None) -> None:
+    async def _decode(
+        self, span: tuple[int, int], started: Awaitable[dict | None] | None = None, last: bool = False
+    ) -> None:
         """Decode ``span`` (or take the answer of its decode ``started`` earlier) and pass the
-        policy's update on."""
+        policy's update on. ``last``: no later window decodes the end of this one again."""
         start, end = span
         language = self._language
-        answer = await (started if started is not None else self._transcribe(span))
+        answer = await (started if started is not None else self._transcribe(span, last))
         if answer is None:  # refused for good: the next window covers this audio again
             self.policy.cancel()
             return

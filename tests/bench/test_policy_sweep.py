@@ -23,15 +23,17 @@ class Scripted:
         self.seconds = seconds
         self.windows: list[int] = []
         self.asked: list[str | None] = []
+        self.lasts: list[bool] = []
         self.detections = detections or []  # (language, probability) of the windows asked without one
 
     def detect(self, pcm: bytes) -> bool:
         return True
 
-    def transcribe(self, pcm: bytes, language: str | None) -> tuple[list[dict], float, str, float]:
+    def transcribe(self, pcm: bytes, language: str | None, last: bool = False) -> tuple[list[dict], float, str, float]:
         n = len(pcm) // 2 // SR
         self.windows.append(len(pcm) // 2)
         self.asked.append(language)
+        self.lasts.append(last)
         words = [{"start": i + 0.1, "end": i + 0.6, "word": f" w{i}", "probability": 0.9} for i in range(n)]
         detected, probability = (language, 1.0) if language else (self.detections or [("es", 0.95)]).pop(0)
         return [{"start": 0.0, "end": float(n), "words": words}], self.seconds, detected, probability
@@ -43,6 +45,7 @@ def test_latencies_are_stream_time_plus_the_decode(settle_s: float) -> None:
     answers = Scripted(0.25)
     run = replay(answers, PolicyConfig(settle_s=settle_s), item)  # type: ignore[arg-type]
     assert run.first_partial_s == pytest.approx([0.25] * len(run.first_partial_s))
+    assert answers.lasts[-1] and not any(answers.lasts[:-1])  # fill_tail on the stream's last window only
     assert run.decoded_s == pytest.approx(sum(answers.windows) / SR)
     # a word is committed by the decode that first hears settle_s after it, or by the next one
     assert min(run.commit_s) >= min(settle_s, 3.0) and max(run.commit_s) <= 6.0 + 0.25 + 0.5

@@ -74,7 +74,7 @@ class ScriptedBackend:
     async def detect(self, pcm: bytes) -> bool:
         return sum(end - start for start, end, _ in _runs(pcm)) >= 0.1
 
-    async def transcribe(self, pcm: bytes, language: str | None) -> dict:
+    async def transcribe(self, pcm: bytes, language: str | None, last: bool = False) -> dict:
         self.decodes += 1
         words = [
             {"start": s, "end": e, "word": f" w{k}", "probability": 0.99} for s, e, k in _runs(pcm) if e - s >= 0.05

@@ -56,7 +56,7 @@ class ScriptedBackend:
             raise ApiError(503, "detector_unavailable", "down")
         return True
 
-    async def transcribe(self, pcm: bytes, language: str | None) -> dict:
+    async def transcribe(self, pcm: bytes, language: str | None, last: bool = False) -> dict:
         if self.busy:
             self.busy -= 1
             raise ApiError(429, "busy", "queue full", headers={"Retry-After": "0"})
@@ -86,9 +86,9 @@ async def run_session(backend: ScriptedBackend, seconds: float, **options) -> Re
     session = StreamSession(backend, recorder.emit, SessionOptions(**options), Limits(retry_first_s=0.01))
     original = session._transcribe
 
-    def transcribe(span: tuple[int, int]):  # tell the scripted backend where its next window begins
+    def transcribe(span: tuple[int, int], last: bool = False):  # tell the scripted backend where its next window begins
         backend._next_start = span[0] / SR
-        return original(span)
+        return original(span, last)
 
     session._transcribe = transcribe  # type: ignore[method-assign]
     await session.start()
@@ -169,7 +169,7 @@ async def test_inside_an_utterance_the_window_is_sent_while_the_detector_listens
             self.calls.append("detected")
             return True
 
-        async def transcribe(self, pcm: bytes, language: str | None) -> dict:
+        async def transcribe(self, pcm: bytes, language: str | None, last: bool = False) -> dict:
             self.calls.append("transcribe")
             return await super().transcribe(pcm, language)
 
@@ -183,7 +183,7 @@ async def test_inside_an_utterance_the_window_is_sent_while_the_detector_listens
 
 async def test_the_buffer_bound_ends_a_session_that_cannot_keep_up() -> None:
     class Stuck(ScriptedBackend):
-        async def transcribe(self, pcm: bytes, language: str | None) -> dict:
+        async def transcribe(self, pcm: bytes, language: str | None, last: bool = False) -> dict:
             await asyncio.sleep(3600)
             return {}
 
@@ -206,7 +206,7 @@ class Multilingual(ScriptedBackend):
         self.detections = list(detections)
         self.asked: list[str | None] = []
 
-    async def transcribe(self, pcm: bytes, language: str | None) -> dict:
+    async def transcribe(self, pcm: bytes, language: str | None, last: bool = False) -> dict:
         self.asked.append(language)
         answer = await super().transcribe(pcm, language)
         code, probability = (language, 1.0) if language else (self.detections or [("en", 0.99)]).pop(0)
@@ -231,10 +231,12 @@ async def test_each_window_asks_for_words_skipped_speech_and_the_sessions_beam_s
     await ProxyBackend(upstreams, beam_size=1).transcribe(b"", "en")
     await ProxyBackend(upstreams, beam_size=4).transcribe(b"", None)
     await ProxyBackend(upstreams).transcribe(b"", "en")  # the sessions' default (the OpenAI Realtime adapter's)
+    await ProxyBackend(upstreams, beam_size=1).transcribe(b"", "en", last=True)  # nothing decodes its end again
     assert upstreams.queries == [
         "word_timestamps=true&fill_skipped=true&language=en",
         "word_timestamps=true&fill_skipped=true&beam_size=4",
         f"word_timestamps=true&fill_skipped=true&language=en&beam_size={SessionOptions().beam_size}",
+        "word_timestamps=true&fill_skipped=true&fill_tail=true&language=en",
     ]
     with pytest.raises(ValueError, match="beam_size must be between 1"):
         SessionOptions(beam_size=6).policy()
@@ -472,3 +474,31 @@ def test_a_replica_at_its_session_cap_refuses_with_a_retry_hint(capped_proxy: st
             assert second.close_code == 1013
     metrics = httpx.get(f"{capped_proxy}/metrics").text
     assert 'stt_proxy_sessions_refused_total{reason="session_cap"} 1.0' in metrics
+
+
+async def test_only_the_windows_no_later_window_decodes_again_ask_for_their_tail() -> None:
+    """The last window before a flush and the stream's last window are decoded with ``last``
+    (the backend then recovers speech after their last word: ``fill_tail``); every other
+    window's end is decoded again by the next window, so it does not pay for that."""
+    backend = ScriptedBackend(20)
+    lasts: list[bool] = []
+    recorder = Recorder()
+    session = StreamSession(backend, recorder.emit, SessionOptions(), Limits(retry_first_s=0.01))
+    original = session._transcribe
+
+    def transcribe(span: tuple[int, int], last: bool = False):
+        backend._next_start = span[0] / SR
+        lasts.append(last)
+        return original(span, last)
+
+    session._transcribe = transcribe  # type: ignore[method-assign]
+    await session.start()
+    session.feed(np.zeros(int(7.5 * SR), np.int16))
+    await session.flush()
+    assert len(lasts) >= 3 and lasts[-1] and not any(lasts[:-1])  # two whole steps, then the flush's window
+    flushed = len(lasts)
+    session.feed(np.zeros(int(7.0 * SR), np.int16))
+    await session.finish()
+    assert len(lasts) >= flushed + 3 and lasts[-1] and not any(lasts[flushed:-1])
+    assert recorder.events[-1]["type"] == "session.ended"
+    assert committed_words(recorder) == [t.strip() for s, e, t in backend.words if e <= 14.5]

@@ -297,3 +297,57 @@ async def test_a_session_window_asking_fill_skipped_gets_the_skipped_words_back_
     assert again.beam_size == 5 and again.samples.size == pytest.approx(2.3 * SAMPLE_RATE, abs=160)
     words = [w for s in filled.json()["segments"] for w in s["words"]]
     assert [w["start"] for w in words] == sorted(w["start"] for w in words)
+
+
+async def test_the_last_window_of_a_stream_gets_the_speech_after_its_last_word_back_with_fill_tail(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A beam search can end its decode early and leave the window's last phrase out (on an AVX2
+    CPU the last window of a continuous recording came back "… 8 of spades" without "4 of clubs
+    7 of hearts"). Between-word repair cannot see that, and no later window follows a stream's
+    last one: with ``fill_tail=true`` the speech after the last word is decoded again on its own
+    and comes back; with ``fill_skipped`` alone (every other window, whose end the next window
+    decodes again) the model is asked once."""
+    from types import SimpleNamespace
+
+    from services.base import app
+    from services.base.transcriber import Request, Result
+    from tests.services.base_harness import serving
+
+    window = [word("8", 0.5, 0.8), word("of", 0.8, 0.95), word("spades", 0.95, 1.5)]
+    heard = [word("spades", 0.0, 0.3), word("4", 0.6, 0.9), word("of", 0.9, 1.0), word("clubs", 1.0, 1.5)]
+    heard += [word("7", 1.7, 2.0), word("of", 2.0, 2.1), word("hearts", 2.1, 2.7)]
+    asked: list[Request] = []
+
+    async def submit(chunk: Request, priority, deadline=None, admitted=False):
+        asked.append(chunk)
+        words = window if len(asked) == 1 else heard
+        segment = {"start": words[0]["start"], "end": words[-1]["end"], "text": "", "words": words}
+        segment["text"] = "".join(w["word"] for w in words)
+        duration = chunk.samples.size / SAMPLE_RATE
+        return Result(segment["text"].strip(), "en", 1.0, duration, [segment], beam_size=chunk.beam_size), 1
+
+    speech = SimpleNamespace(frame_probabilities=lambda audio: probs_for(audio.size / SAMPLE_RATE, [(0.4, 4.3)]))
+    monkeypatch.setattr(app, "shared_detector", lambda: speech)
+    engine = SimpleNamespace(
+        batcher=SimpleNamespace(submit=submit, hung=lambda: None),
+        live_gap_rule=GapRule(),
+        describe=lambda: {"model": "stand-in"},
+        model_name="stand-in",
+    )
+    pcm = np.zeros(5 * SAMPLE_RATE, "<i2").tobytes()
+    headers = {"content-type": "audio/pcm;rate=16000"}
+    query = "/transcribe-chunk?language=en&beam_size=5&fill_skipped=true"
+    async with serving(engine) as client:
+        inner = await client.post(query, content=pcm, headers=headers)
+        assert inner.status_code == 200 and len(asked) == 1
+        assert inner.json()["text"] == "8 of spades"
+        asked.clear()
+        last = await client.post(query + "&fill_tail=true", content=pcm, headers=headers)
+    assert last.status_code == 200, last.text
+    assert last.json()["text"] == "8 of spades 4 of clubs 7 of hearts"
+    [_, again] = asked
+    assert again.beam_size == 5
+    words = [w for s in last.json()["segments"] for w in s["words"]]
+    assert [w["word"].strip() for w in words].count("spades") == 1  # the margin's word is the window's already
+    assert [w["start"] for w in words] == sorted(w["start"] for w in words)
