@@ -1,7 +1,7 @@
 # Benchmark (included by the top-level Makefile).
 # See docs/performance.md.
 #
-#   make bench                  full run (~40 min on a 2-core Xeon): bench/results/latest.{json,md} + PNG plots
+#   make bench                  full run (~40 min on a 2-core Xeon, 47 on an AVX2 EPYC): bench/results/latest.{json,md} + PNG plots
 #   make bench ARGS=--quick     every goal on smaller samples, without the what-if stack and the peer (~12 min)
 #   make bench ARGS="--device cuda"   base on the GPU (STT_DEVICE=cuda)
 #   make bench-peer             install the peer (WhisperLive) into .cache/peer-venv; `make bench` tries it
