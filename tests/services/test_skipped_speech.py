@@ -247,39 +247,53 @@ def test_a_phrase_removed_from_a_real_answer_comes_back_from_the_real_model_in_a
     assert [w["start"] for w in live_words] == sorted(w["start"] for w in live_words)
 
 
+def stand_in_engine(
+    monkeypatch: pytest.MonkeyPatch,
+    window: list[dict],
+    repaired: list[dict],
+    speech: list[tuple[float, float]],
+    rule: GapRule,
+) -> tuple[object, list]:
+    """A base engine whose model answers ``window`` to the first chunk and ``repaired`` to every
+    later one (the repairs), with Silero hearing ``speech``; also the list of chunks it was asked."""
+    from types import SimpleNamespace
+
+    from services.base import app
+    from services.base.transcriber import Request, Result
+
+    asked: list[Request] = []
+
+    async def submit(chunk: Request, priority, deadline=None, admitted=False):
+        asked.append(chunk)
+        words = window if len(asked) == 1 else repaired
+        segment = {"start": words[0]["start"], "end": words[-1]["end"], "text": "", "words": words}
+        segment["text"] = "".join(w["word"] for w in words)
+        duration = chunk.samples.size / SAMPLE_RATE
+        return Result(segment["text"].strip(), "en", 1.0, duration, [segment], beam_size=chunk.beam_size), 1
+
+    detector = SimpleNamespace(frame_probabilities=lambda audio: probs_for(audio.size / SAMPLE_RATE, speech))
+    monkeypatch.setattr(app, "shared_detector", lambda: detector)
+    engine = SimpleNamespace(
+        batcher=SimpleNamespace(submit=submit, hung=lambda: None),
+        live_gap_rule=rule,
+        describe=lambda: {"model": "stand-in"},
+        model_name="stand-in",
+    )
+    return engine, asked
+
+
 async def test_a_session_window_asking_fill_skipped_gets_the_skipped_words_back_over_http(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """``/transcribe-chunk?fill_skipped=true`` through the real base app (a stand-in model): the
     hole between two words is sent again, from the word before it to the word after, and what came
     back between them is in the answer; without the flag the model is asked once."""
-    from types import SimpleNamespace
-
-    from services.base import app
-    from services.base.transcriber import Request, Result
     from tests.services.base_harness import serving
 
     window = [word("connection.", 1.9, 2.4), word("Press", 3.6, 4.2)]
     heard = [word("connection.", 0.0, 0.5), word("followed", 0.55, 0.9), word("by", 0.9, 1.0)]
     heard += [word("the", 1.0, 1.1), word("pound", 1.1, 1.35), word("key", 1.35, 1.65), word("Press", 1.7, 2.2)]
-    asked: list[Request] = []
-
-    async def submit(chunk: Request, priority, deadline=None, admitted=False):
-        asked.append(chunk)
-        words = window if len(asked) == 1 else heard
-        segment = {"start": words[0]["start"], "end": words[-1]["end"], "text": "", "words": words}
-        segment["text"] = "".join(w["word"] for w in words)
-        duration = chunk.samples.size / SAMPLE_RATE
-        return Result(segment["text"].strip(), "en", 1.0, duration, [segment], beam_size=chunk.beam_size), 1
-
-    speech = SimpleNamespace(frame_probabilities=lambda audio: probs_for(audio.size / SAMPLE_RATE, [(0.0, 6.0)]))
-    monkeypatch.setattr(app, "shared_detector", lambda: speech)
-    engine = SimpleNamespace(
-        batcher=SimpleNamespace(submit=submit, hung=lambda: None),
-        live_gap_rule=GapRule(min_gap_s=0.5),
-        describe=lambda: {"model": "stand-in"},
-        model_name="stand-in",
-    )
+    engine, asked = stand_in_engine(monkeypatch, window, heard, [(0.0, 6.0)], GapRule(min_gap_s=0.5))
     pcm = np.zeros(6 * SAMPLE_RATE, "<i2").tobytes()
     headers = {"content-type": "audio/pcm;rate=16000"}
     async with serving(engine) as client:
@@ -308,33 +322,12 @@ async def test_the_last_window_of_a_stream_gets_the_speech_after_its_last_word_b
     last one: with ``fill_tail=true`` the speech after the last word is decoded again on its own
     and comes back; with ``fill_skipped`` alone (every other window, whose end the next window
     decodes again) the model is asked once."""
-    from types import SimpleNamespace
-
-    from services.base import app
-    from services.base.transcriber import Request, Result
     from tests.services.base_harness import serving
 
     window = [word("8", 0.5, 0.8), word("of", 0.8, 0.95), word("spades", 0.95, 1.5)]
     heard = [word("spades", 0.0, 0.3), word("4", 0.6, 0.9), word("of", 0.9, 1.0), word("clubs", 1.0, 1.5)]
     heard += [word("7", 1.7, 2.0), word("of", 2.0, 2.1), word("hearts", 2.1, 2.7)]
-    asked: list[Request] = []
-
-    async def submit(chunk: Request, priority, deadline=None, admitted=False):
-        asked.append(chunk)
-        words = window if len(asked) == 1 else heard
-        segment = {"start": words[0]["start"], "end": words[-1]["end"], "text": "", "words": words}
-        segment["text"] = "".join(w["word"] for w in words)
-        duration = chunk.samples.size / SAMPLE_RATE
-        return Result(segment["text"].strip(), "en", 1.0, duration, [segment], beam_size=chunk.beam_size), 1
-
-    speech = SimpleNamespace(frame_probabilities=lambda audio: probs_for(audio.size / SAMPLE_RATE, [(0.4, 4.3)]))
-    monkeypatch.setattr(app, "shared_detector", lambda: speech)
-    engine = SimpleNamespace(
-        batcher=SimpleNamespace(submit=submit, hung=lambda: None),
-        live_gap_rule=GapRule(),
-        describe=lambda: {"model": "stand-in"},
-        model_name="stand-in",
-    )
+    engine, asked = stand_in_engine(monkeypatch, window, heard, [(0.4, 4.3)], GapRule())
     pcm = np.zeros(5 * SAMPLE_RATE, "<i2").tobytes()
     headers = {"content-type": "audio/pcm;rate=16000"}
     query = "/transcribe-chunk?language=en&beam_size=5&fill_skipped=true"
