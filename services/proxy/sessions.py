@@ -311,7 +311,9 @@ class StreamSession:
             flush_at = self._flushes[0][0] if self._flushes else None
             available = self._received if flush_at is None else flush_at  # a flush point is not stepped over
             if available - self._processed >= self._step:
-                await self._process(self._processed + self._step)
+                end = self._processed + self._step
+                # A whole step can be the last one too: a flush or the stream's end right at it.
+                await self._process(end, last=end == flush_at or (self._finishing and end == self._received))
                 continue
             if flush_at is not None:
                 await self._flush(flush_at)

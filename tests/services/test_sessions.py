@@ -81,16 +81,24 @@ class Recorder:
         return [e for e in self.events if e["type"] == kind]
 
 
-async def run_session(backend: ScriptedBackend, seconds: float, **options) -> Recorder:
-    recorder = Recorder()
-    session = StreamSession(backend, recorder.emit, SessionOptions(**options), Limits(retry_first_s=0.01))
-    original = session._transcribe
+def scripted_windows(session: StreamSession, backend: ScriptedBackend) -> list[bool]:
+    """Tell the scripted backend where each window of ``session`` begins; the returned list
+    gets each window's ``last``."""
+    original, lasts = session._transcribe, []
 
-    def transcribe(span: tuple[int, int], last: bool = False):  # tell the scripted backend where its next window begins
+    def transcribe(span: tuple[int, int], last: bool = False):
         backend._next_start = span[0] / SR
+        lasts.append(last)
         return original(span, last)
 
     session._transcribe = transcribe  # type: ignore[method-assign]
+    return lasts
+
+
+async def run_session(backend: ScriptedBackend, seconds: float, **options) -> Recorder:
+    recorder = Recorder()
+    session = StreamSession(backend, recorder.emit, SessionOptions(**options), Limits(retry_first_s=0.01))
+    scripted_windows(session, backend)
     await session.start()
     samples = np.zeros(int(seconds * SR), np.int16)
     for i in range(0, samples.size, SR // 10):  # 100 ms frames
@@ -177,7 +185,10 @@ async def test_inside_an_utterance_the_window_is_sent_while_the_detector_listens
     recorder = await run_session(backend, 12)
     steps = [backend.calls[i : i + 3] for i in range(0, len(backend.calls), 3)]
     assert steps[0] == ["detect", "detected", "transcribe"]  # no utterance yet: the detector decides
-    assert len(steps) == 4 and all(s == ["detect", "transcribe", "detected"] for s in steps[1:])
+    assert len(steps) == 4 and all(s == ["detect", "transcribe", "detected"] for s in steps[1:-1])
+    # 12 s is four whole steps: the fourth is the stream's last window, sent with ``last`` (the
+    # backend repairs its tail), so no decode is started for it before the detector answers.
+    assert steps[-1] == ["detect", "detected", "transcribe"]
     assert committed_words(recorder) == [t.strip() for s, e, t in backend.words]
 
 
@@ -481,17 +492,9 @@ async def test_only_the_windows_no_later_window_decodes_again_ask_for_their_tail
     (the backend then recovers speech after their last word: ``fill_tail``); every other
     window's end is decoded again by the next window, so it does not pay for that."""
     backend = ScriptedBackend(20)
-    lasts: list[bool] = []
     recorder = Recorder()
     session = StreamSession(backend, recorder.emit, SessionOptions(), Limits(retry_first_s=0.01))
-    original = session._transcribe
-
-    def transcribe(span: tuple[int, int], last: bool = False):
-        backend._next_start = span[0] / SR
-        lasts.append(last)
-        return original(span, last)
-
-    session._transcribe = transcribe  # type: ignore[method-assign]
+    lasts = scripted_windows(session, backend)
     await session.start()
     session.feed(np.zeros(int(7.5 * SR), np.int16))
     await session.flush()
@@ -502,3 +505,14 @@ async def test_only_the_windows_no_later_window_decodes_again_ask_for_their_tail
     assert len(lasts) >= flushed + 3 and lasts[-1] and not any(lasts[flushed:-1])
     assert recorder.events[-1]["type"] == "session.ended"
     assert committed_words(recorder) == [t.strip() for s, e, t in backend.words if e <= 14.5]
+
+
+async def test_a_stream_ending_on_a_step_boundary_asks_for_the_tail_of_its_last_whole_step() -> None:
+    """9 s is three whole steps and no shorter rest: the third step's window is the last."""
+    backend = ScriptedBackend(9)
+    session = StreamSession(backend, Recorder().emit, SessionOptions(), Limits(retry_first_s=0.01))
+    lasts = scripted_windows(session, backend)
+    await session.start()
+    session.feed(np.zeros(9 * SR, np.int16))
+    await session.finish()
+    assert lasts == [False, False, True]
