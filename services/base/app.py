@@ -106,7 +106,10 @@ class Engine:
         self.created = int(time.time())  # ``created`` of /v1/models: when this backend loaded it
         pad = settings.encoder_pad_seconds if settings.encoder_window == "trimmed" else None
         self.transcriber = BatchTranscriber(
-            model, encoder_pad_seconds=pad, tokens_per_second=settings.max_tokens_per_second
+            model,
+            encoder_pad_seconds=pad,
+            tokens_per_second=settings.max_tokens_per_second,
+            beam_no_repeat_ngram=settings.beam_no_repeat_ngram,
         )
         self.load_seconds = time.perf_counter() - start
         # A model call cannot be interrupted: without the live lane a live chunk may wait for one

@@ -67,6 +67,13 @@ class TranscriberSettings(ServiceSettings, ModelCacheSettings):
         "stops early; `0`: Whisper's own 224 per decode whatever the audio (docs/performance.md, \"A token "
         'budget per decode")',
     )
+    beam_no_repeat_ngram: int = Field(
+        default=12,
+        ge=0,
+        description="in a requested beam search (a streaming session's windows) no run of this many tokens is "
+        'written twice, so no beam loops to the token budget; `0`: off (docs/performance.md, "Loops in a beam '
+        'search")',
+    )
     batch_max: int = Field(default=8, ge=1, description="most chunks per model call")
     batch_window_ms: float = Field(
         default=20.0,

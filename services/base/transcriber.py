@@ -421,8 +421,16 @@ class BatchTranscriber:
         no_speech_threshold: float = 0.6,
         logprob_threshold: float = -1.0,
         tokens_per_second: float = TOKENS_PER_SECOND,
+        beam_no_repeat_ngram: int = 0,
     ):
-        """``encoder_pad_seconds``: encode only the audio plus this much silence instead of the
+        """``beam_no_repeat_ngram``: in a beam search a request asks for (``Request.beam_size``
+        > 1), no run of this many tokens is written twice (0: off; the retry's search and greedy
+        decodes keep transcribe's behaviour). Ranked by mean log-probability, a beam that loops
+        grows surer with every repeat and outranks the one that ended: it was kept, ran to the
+        token budget (slow) and was then dropped whole as a loop, its words with it
+        (docs/performance.md, "Loops in a beam search").
+
+        ``encoder_pad_seconds``: encode only the audio plus this much silence instead of the
         full 30 s window (``None``: always 30 s). Both the encoder and every decoder step
         (cross-attention over the encoded frames) cost in proportion to the window, while too
         little padding costs accuracy; the default is where the measured trade-off landed
@@ -432,6 +440,7 @@ class BatchTranscriber:
         self.no_speech_threshold = no_speech_threshold
         self.logprob_threshold = logprob_threshold
         self.tokens_per_second = tokens_per_second  # the decode's token budget (token_budget); 0: none
+        self.beam_no_repeat_ngram = beam_no_repeat_ngram
         self.multilingual = whisper.is_multilingual(model)
         self._suppress = whisper.suppressed_tokens(self._tokenizer("en"))
 
@@ -510,9 +519,8 @@ class BatchTranscriber:
         seldom wait."""
         budget = token_budget(max(encoded.durations), self.tokens_per_second)
         beam_size = encoded.requests[0].beam_size
-        decoded = whisper.decode(
-            self.model, encoded.encoder_output, prompts, self._suppress, beam_size, max_tokens=budget
-        )
+        ngram = self.beam_no_repeat_ngram if beam_size > 1 else 0
+        decoded = whisper.decode(self.model, encoded.encoder_output, prompts, self._suppress, beam_size, budget, ngram)
         outcomes: list[str | None] = [None] * len(decoded)
         greedy: dict[int, str] = {}
         for i, d in enumerate(decoded):

@@ -170,10 +170,13 @@ def decode(
     suppress: list[int],
     beam_size: int = 1,
     max_tokens: int | None = None,
+    no_repeat_ngram_size: int = 0,
 ) -> list[Decoded]:
     """Decode every item with its own prompt, in one CTranslate2 call: greedy, or a beam search
     with ``beam_size`` beams (the best hypothesis kept, as ``transcribe`` keeps it). At most
-    ``max_tokens`` tokens per item (None: the model's own limit, as ``transcribe`` has it)."""
+    ``max_tokens`` tokens per item (None: the model's own limit, as ``transcribe`` has it).
+    ``no_repeat_ngram_size``: no run of that many tokens is written twice in one item (0: any
+    may be, as in ``transcribe``)."""
     max_length = model.max_length
     if max_tokens is not None:
         # CTranslate2 writes at most min(max_length // 2, max_length - len(prompt) + 1) tokens for
@@ -186,6 +189,7 @@ def decode(
         list(prompts),
         beam_size=beam_size,
         max_length=max_length,
+        no_repeat_ngram_size=no_repeat_ngram_size,
         suppress_blank=True,
         suppress_tokens=suppress,
         return_scores=True,
