@@ -421,11 +421,11 @@ class BatchTranscriber:
         no_speech_threshold: float = 0.6,
         logprob_threshold: float = -1.0,
         tokens_per_second: float = TOKENS_PER_SECOND,
-        beam_no_repeat_ngram: int = 0,
+        beam_no_repeat_ngram: int = 12,
     ):
         """``beam_no_repeat_ngram``: in a beam search a request asks for (``Request.beam_size``
-        > 1), no run of this many tokens is written twice (0: off; the retry's search and greedy
-        decodes keep transcribe's behaviour). Ranked by mean log-probability, a beam that loops
+        > 1), no run of this many tokens is written twice (0: off, as in transcribe; the retry's
+        search and greedy decodes keep transcribe's behaviour whatever it is). Ranked by mean log-probability, a beam that loops
         grows surer with every repeat and outranks the one that ended: it was kept, ran to the
         token budget (slow) and was then dropped whole as a loop, its words with it
         (docs/performance.md, "Loops in a beam search").

@@ -1,6 +1,8 @@
 """Unsure decodes tried again (services/base/transcriber.py): a chunk or window whose greedy
 decode fails Whisper's quality checks (unsure while not silent, or a repetition loop) is decoded
-again by beam search, where plain faster-whisper would sample at rising temperatures.
+again by beam search, where plain faster-whisper would sample at rising temperatures. Beside it
+the decode's other guards against loops: the token budget, and no repeated run of tokens in a
+session's beam search.
 
 The unit layer drives the retry with a scripted decoder; the slow test runs the real model on a
 real sentence passed through a telephone line, where the greedy decode is unsure.
@@ -237,13 +239,13 @@ def whisper_greedy(
 
 @pytest.mark.slow
 def test_a_session_window_whose_beams_looped_keeps_its_last_sentence(real_transcriber) -> None:
-    """6.17 s of a long recording (the 7th window of the bench's first live stream) that ends
-    "… removed from the black list. I am sorry, but there is no…". With 5 beams ranked by mean
-    log-probability (faster-whisper's), a beam that repeats itself grows surer with each repeat:
-    on a 2-core AVX2 EPYC it outranked the beam that ended, ran to the token budget (187 tokens,
-    3.3 s against 0.8 s for the windows 0.3 s later) and was dropped whole as a loop, "I am
-    sorry, but there is no" with it. With the shipped ``STT_BEAM_NO_REPEAT_NGRAM`` no beam may
-    write a run of tokens twice, and the window's whole text comes back."""
+    """A window of the bench's first live stream that ends "… removed from the black list. I am
+    sorry, but there is no…". With 5 beams ranked by mean log-probability (faster-whisper's), a
+    beam that repeats itself grows surer with each repeat: on a 2-core AVX2 EPYC it outranked
+    the beam that ended, ran to the token budget and was dropped whole as a loop, "I am sorry,
+    but there is no" with it (docs/performance.md, "Loops in a beam search"). With the shipped
+    ``STT_BEAM_NO_REPEAT_NGRAM`` no beam may write a run of tokens twice, and the window's whole
+    text comes back."""
     from corpus import long_recording
     from services.base.settings import TranscriberSettings
 
