@@ -425,10 +425,10 @@ class BatchTranscriber:
     ):
         """``beam_no_repeat_ngram``: in a beam search a request asks for (``Request.beam_size``
         > 1), no run of this many tokens is written twice (0: off, as in transcribe; the retry's
-        search and greedy decodes keep transcribe's behaviour whatever it is). Ranked by mean log-probability, a beam that loops
-        grows surer with every repeat and outranks the one that ended: it was kept, ran to the
-        token budget (slow) and was then dropped whole as a loop, its words with it
-        (docs/performance.md, "Loops in a beam search").
+        search and greedy decodes keep transcribe's behaviour whatever it is). Ranked by mean
+        log-probability, a beam that loops grows surer with every repeat and outranks the one
+        that ended: it was kept, ran to the token budget (slow) and was then dropped whole as a
+        loop, its words with it (docs/performance.md, "Loops in a beam search").
 
         ``encoder_pad_seconds``: encode only the audio plus this much silence instead of the
         full 30 s window (``None``: always 30 s). Both the encoder and every decoder step
