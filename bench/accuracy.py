@@ -2,7 +2,8 @@
 
 The same files go through four paths, all in one run so machine and model are the same:
 
-- ``offline``: plain faster-whisper on each whole file, no VAD (:mod:`bench.offline`);
+- ``offline``: plain faster-whisper on each whole file (the 16-bit WAV the endpoint is sent), no VAD
+  (:mod:`bench.offline`);
 - ``whole_file``: the project's ``/v1/audio/transcriptions`` through the proxy (Silero windows,
   batching);
 - ``streamed``: what ``stt-client --file`` does by default: a ``/v1/stream`` session (the proxy

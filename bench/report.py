@@ -15,7 +15,7 @@ from bench.metrics import normalize, word_errors
 
 CAPACITY_STYLES = (("baseline", "s--"), ("design", "o-"), ("design_session", "D-"), ("design_batch1", "^:"))
 PATH_LABELS = {
-    "offline": "offline (plain faster-whisper, whole files, no VAD)",
+    "offline": "offline (plain faster-whisper on each 16-bit WAV file, no VAD)",
     "whole_file": "whole-file endpoint (/v1/audio/transcriptions)",
     "streamed": "streamed: /v1/stream session (the default)",
     "previous_default": "streamed: HTTP chunks + stitching (previous default)",
