@@ -16,7 +16,7 @@ from pathlib import Path
 from bench import accuracy, capacity, designs, detectors, live, machine, offline, peer, proxy, recall, report
 from bench.data import FULL, QUICK, Item, Sizes, detector_chunks, long_files, recall_set
 from bench.goals import check
-from bench.metrics import summarize_ms
+from bench.metrics import scrape, summarize_ms
 from bench.progress import Progress
 from bench.stacks import BenchStack, cpu_delta, make_stacks
 from bench.streaming import PREVIOUS_DEFAULT
@@ -69,6 +69,7 @@ def realtime_units(seconds: float) -> int:
 def service_pass(stack: BenchStack, path: str, items: list[Item], tick) -> dict:
     """One service path over the dev items: WER per category and split, and its CPU cost."""
     before = stack.cpu_seconds()
+    greedy_before = beam_searches_dropped(stack)
     began = time.monotonic()
     texts = asyncio.run(accuracy.transcribe(path, stack.proxy_url, items, tick))
     cpu = cpu_delta(before, stack.cpu_seconds())
@@ -77,8 +78,17 @@ def service_pass(stack: BenchStack, path: str, items: list[Item], tick) -> dict:
         **accuracy.breakdown(items, texts),
         "wall_s": round(time.monotonic() - began, 1),
         "cpu_s_per_audio_s": round(sum(cpu.values()) / audio, 4),
+        "in_parallel": accuracy.PARALLEL[path],
+        # Windows that asked for a beam search and were decoded greedily because the backend was
+        # behind: a pass that measures the default's accuracy has none.
+        "greedy_under_load": beam_searches_dropped(stack) - greedy_before,
         "_texts": texts,
     }
+
+
+def beam_searches_dropped(stack: BenchStack) -> int:
+    """Base's count of live chunks decoded greedily under load (``stt_chunks_greedy_under_load_total``)."""
+    return int(sum(value for _, value in scrape(stack.base_url, "stt_chunks_greedy_under_load_total")))
 
 
 def main(argv: list[str] | None = None) -> int:

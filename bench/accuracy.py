@@ -81,9 +81,20 @@ async def _previous(url: str, item: Item) -> str:
     return (await stream(url, item.samples, client, realtime=False)).text
 
 
-async def transcribe(path: str, url: str, items: list[Item], tick: Callable[[], None], parallel: int = 2) -> list[str]:
-    """Every item through one path, ``parallel`` at a time (two files keep both cores busy)."""
-    gate = asyncio.Semaphore(parallel)
+# Files in flight at once per path. Two whole files or HTTP-chunk streams keep both cores busy.
+# Sessions go one at a time: a second session's window waits behind the first's, and a window
+# that has waited STT_LIVE_GREEDY_AFTER_WAIT_S (1 s) is decoded greedily instead of by the beam
+# search the default asks for, so two at once measured a load-dependent mix (on a 2-core EPYC, 21
+# of 54 continuous-speech windows greedy) in about the same wall time (docs/performance.md,
+# "Sessions one at a time").
+PARALLEL = {"whole_file": 2, "streamed": 1, "previous_default": 2}
+
+
+async def transcribe(
+    path: str, url: str, items: list[Item], tick: Callable[[], None], parallel: int | None = None
+) -> list[str]:
+    """Every item through one path, ``parallel`` at a time (default: :data:`PARALLEL`)."""
+    gate = asyncio.Semaphore(parallel or PARALLEL[path])
     async with httpx.AsyncClient(timeout=600) as http:
 
         async def one(item: Item) -> str:

@@ -259,7 +259,8 @@ def accuracy_markdown(results: dict) -> list[str]:
             for p in paths
             if "nonspeech" in results[p]
         )
-        + ".",
+        + "."
+        + _in_flight(results, paths),
         "",
         "| live path (one real-time stream) | first partial p50 / p95 | commit p50 / p95 | CPU s / audio s |",
         "|---|---|---|---|",
@@ -282,6 +283,19 @@ def accuracy_markdown(results: dict) -> list[str]:
         )
     lines.append("")
     return lines
+
+
+def _in_flight(results: dict, paths: list[str]) -> str:
+    """How many files each path had in flight, and whether any session window lost its beam
+    search to load (the accuracy pass measures the default only when none did)."""
+    counts = ", ".join(f"{p} {results[p]['in_parallel']}" for p in paths if "in_parallel" in results[p])
+    if not counts:
+        return ""  # results written before these were recorded
+    greedy = _fmt(results.get("streamed", {}).get("greedy_under_load"), "d")
+    return (
+        f" Files in flight at once: {counts}; session windows decoded greedily because the backend was behind: "
+        f"{greedy}."
+    )
 
 
 def recall_markdown(rec: dict) -> list[str]:
