@@ -84,9 +84,8 @@ async def _previous(url: str, item: Item) -> str:
 # Files in flight at once per path. Two whole files or HTTP-chunk streams keep both cores busy.
 # Sessions go one at a time: a second session's window waits behind the first's, and a window
 # that has waited STT_LIVE_GREEDY_AFTER_WAIT_S (1 s) is decoded greedily instead of by the beam
-# search the default asks for, so two at once measured a load-dependent mix (on a 2-core EPYC, 21
-# of 54 continuous-speech windows greedy) in about the same wall time (docs/performance.md,
-# "Sessions one at a time").
+# search the default asks for: two at once measured a mix that depends on the machine's hour, in
+# about the same wall time (docs/performance.md, "Sessions one at a time").
 PARALLEL = {"whole_file": 2, "streamed": 1, "previous_default": 2}
 
 
