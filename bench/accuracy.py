@@ -89,11 +89,9 @@ async def _previous(url: str, item: Item) -> str:
 PARALLEL = {"whole_file": 2, "streamed": 1, "previous_default": 2}
 
 
-async def transcribe(
-    path: str, url: str, items: list[Item], tick: Callable[[], None], parallel: int | None = None
-) -> list[str]:
-    """Every item through one path, ``parallel`` at a time (default: :data:`PARALLEL`)."""
-    gate = asyncio.Semaphore(parallel or PARALLEL[path])
+async def transcribe(path: str, url: str, items: list[Item], tick: Callable[[], None]) -> list[str]:
+    """Every item through one path, :data:`PARALLEL` at a time."""
+    gate = asyncio.Semaphore(PARALLEL[path])
     async with httpx.AsyncClient(timeout=600) as http:
 
         async def one(item: Item) -> str:
