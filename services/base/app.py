@@ -38,8 +38,7 @@ from services.base.coverage import (
     between_words,
     holes_between_words,
     neighbour_bounds,
-    repair_span,
-    repair_span_between,
+    repair_span_around,
     splice,
     uncovered_speech,
 )
@@ -542,18 +541,14 @@ async def repair_skipped(
     duration = audio.size / SAMPLE_RATE
     probs = await anyio.to_thread.run_sync(shared_detector().frame_probabilities, audio)
     gaps = uncovered_speech(spoken, probs, duration, rule)
-    if between:  # a live window: gaps between two words are repaired hearing both words whole
-        inner = between_words(gaps, spoken)
-        chosen = inner + (after_words(gaps, spoken) if tail else [])
-    else:
-        inner, chosen = [], gaps
+    # a live window's edges are decoded again by the next step; a file window has no next step
+    chosen = (between_words(gaps, spoken) + (after_words(gaps, spoken) if tail else [])) if between else gaps
     outcomes = []
-    for gap in chosen:
-        inside = gap in inner
-        lo, hi = repair_span_between(spoken, gap, duration, rule) if inside else repair_span(gap, duration, rule)
+    for gap in chosen:  # each heard with the words either side of it whole, and taken between them
+        lo, hi = repair_span_around(spoken, gap, duration, rule)
         repaired = await decode(audio[int(lo * SAMPLE_RATE) : int(hi * SAMPLE_RATE)])
         before = len(segments)
-        bounds = neighbour_bounds(spoken, gap, repaired.segments, lo) if inside else None
+        bounds = neighbour_bounds(spoken, gap, repaired.segments, lo)
         segments = splice(segments, gap, repaired.segments, lo, bounds)
         outcomes.append("recovered" if len(segments) > before else "empty")
         log.info("skipped speech %.1f-%.1f s into a window: %s", gap[0], gap[1], outcomes[-1])

@@ -5,8 +5,9 @@ it were not there (a known failure of sequence-to-sequence decoding, most often 
 list-like speech). Nothing downstream can notice, so a whole-file transcript would lose those
 words without a trace, which is the one failure a transcription service must not have. The skip
 shows in the word timestamps: a stretch of the window that Silero calls speech and no word covers.
-Such a stretch, when it lasts at least ``min_gap_s``, is cut out with a little audio either side
-and transcribed alone; the words that fall inside it are spliced into the window's segments.
+Such a stretch, when it lasts at least ``min_gap_s``, is cut out with the words either side of it
+and transcribed alone; the words it holds between those two are spliced into the window's
+segments.
 
 A streaming session's window is checked too (``/transcribe-chunk?fill_skipped=true``), between
 its first and last word: speech before the first word is committed context or the policy's
@@ -41,7 +42,7 @@ class GapRule:
     ``threshold``: Silero's confident speech probability, as the detector's own (0.5).
     ``pad_s``: how far past a word's aligned edges its sound may reach (the alignment is at
     20 ms steps and clips long words). ``margin_s``: audio sent either side of the gap, so its
-    first and last words are heard whole; words decoded in the margin are dropped again.
+    first and last words are heard whole (at least; the words either side are heard whole too).
     """
 
     min_gap_s: float = 1.5
@@ -119,22 +120,27 @@ def repair_span(gap: tuple[float, float], duration_s: float, rule: GapRule = Gap
     return max(0.0, gap[0] - rule.margin_s), min(duration_s, gap[1] + rule.margin_s)
 
 
-def neighbours(words: list[dict], gap: tuple[float, float]) -> tuple[dict, dict]:
-    """The word just before ``gap`` and the word just after it (``gap`` lies between two words)."""
-    before = max((w for w in words if w["end"] <= gap[0]), key=lambda w: w["end"])
-    after = min((w for w in words if w["start"] >= gap[1]), key=lambda w: w["start"])
+def neighbours(words: list[dict], gap: tuple[float, float]) -> tuple[dict | None, dict | None]:
+    """The word just before ``gap`` and the word just after it; None on a side with no word (a
+    gap at the start or the end of the window's words)."""
+    before = max((w for w in words if w["end"] <= gap[0]), key=lambda w: w["end"], default=None)
+    after = min((w for w in words if w["start"] >= gap[1]), key=lambda w: w["start"], default=None)
     return before, after
 
 
-def repair_span_between(
+def repair_span_around(
     words: list[dict], gap: tuple[float, float], duration_s: float, rule: GapRule = GapRule()
 ) -> tuple[float, float]:
-    """:func:`repair_span` for a gap between two words, widened to hear both of them whole: a
-    repair that begins inside the word before can write the first skipped word wrong
-    (docs/client.md, "Skipped speech in session windows")."""
+    """:func:`repair_span`, widened to hear the words either side of the gap whole: a repair
+    that begins inside the word before can write the first skipped word wrong (docs/client.md,
+    "Skipped speech in session windows")."""
     before, after = neighbours(words, gap)
     lo, hi = repair_span(gap, duration_s, rule)
-    return max(0.0, min(lo, before["start"])), min(duration_s, max(hi, after["end"]))
+    if before is not None:
+        lo = max(0.0, min(lo, before["start"]))
+    if after is not None:
+        hi = min(duration_s, max(hi, after["end"]))
+    return lo, hi
 
 
 EXCLUSIVE_S = 1e-3  # moves an exclusive bound inside, for an inclusive test (times are in ms)
@@ -143,19 +149,23 @@ EXCLUSIVE_S = 1e-3  # moves an exclusive bound inside, for an inclusive test (ti
 def neighbour_bounds(
     words: list[dict], gap: tuple[float, float], repaired: list[dict], offset_s: float
 ) -> tuple[float, float]:
-    """Where the words of a repair (``repaired``, as for :func:`splice`) belong when ``gap`` lies
-    between two of the window's ``words``: after the word before it and before the word after it.
+    """Where the words of a repair (``repaired``, as for :func:`splice`) belong: after the
+    window's word before ``gap`` and before its word after it; unbounded on a side with no word.
 
-    The gap itself is too narrow a bound here: the alignment can stretch a neighbour over the
-    first or last skipped word, and the gap ends where that word's padding begins (the case is in
-    docs/client.md, "Skipped speech in session windows"). The repair hears the neighbours in its
-    margins: where it wrote one (same word), that is the bound, so it is not taken twice; where
-    it did not, the neighbour's middle is. Exclusive bounds, for :func:`splice`'s inclusive test."""
+    The gap itself is too narrow a bound: the alignment can stretch a neighbour over the first
+    or last skipped word (docs/client.md, "Skipped speech in session windows"), and a repair's
+    first word is often aligned from the very start of its audio, inside the margin (the
+    whole-file case in docs/performance.md, "Skipped speech in whole files"). The repair hears
+    the neighbours in its margins: where it wrote one (same word), that is the bound, so it is
+    not taken twice; where it did not, the neighbour's middle is. Exclusive bounds, for
+    :func:`splice`'s inclusive test."""
     before, after = neighbours(words, gap)
-    lo, hi = _mid(before), _mid(after)
     heard = [(norm(w["word"]), _mid(w) + offset_s) for seg in repaired for w in seg.get("words", [])]
-    lo = max([lo, *(m for text, m in heard if text == norm(before["word"]) and m < gap[0])])
-    hi = min([hi, *(m for text, m in heard if text == norm(after["word"]) and m > gap[1])])
+    lo, hi = -math.inf, math.inf
+    if before is not None:
+        lo = max([_mid(before), *(m for text, m in heard if text == norm(before["word"]) and m < gap[0])])
+    if after is not None:
+        hi = min([_mid(after), *(m for text, m in heard if text == norm(after["word"]) and m > gap[1])])
     return lo + EXCLUSIVE_S, hi - EXCLUSIVE_S
 
 

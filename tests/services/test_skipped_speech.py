@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import difflib
+import math
 import re
 
 import numpy as np
@@ -22,7 +23,7 @@ from services.base.coverage import (
     holes_between_words,
     neighbour_bounds,
     repair_span,
-    repair_span_between,
+    repair_span_around,
     splice,
     uncovered_speech,
 )
@@ -107,6 +108,34 @@ def test_a_hole_between_words_takes_every_word_the_repair_heard_between_its_neig
     )
 
 
+def test_a_hole_after_the_last_word_keeps_a_first_word_aligned_into_the_margin() -> None:
+    # as measured on the continuous dev recording's whole file: the window's decode stopped at
+    # "search.", and its repair wrote "feels" from the very start of its audio, so the word's
+    # middle lay in the margin, before the gap, and the gap alone dropped it
+    window = [word("your", 16.95, 17.2), word("search.", 17.2, 17.62)]
+    segments = [{"start": 16.95, "end": 17.62, "text": " your search.", "avg_logprob": -0.2, "words": window}]
+    gap = (17.7, 21.8)
+    lo, hi = repair_span_around(window, gap, 22.0)
+    assert (lo, hi) == (17.2, 22.0)  # the word before whole; nothing after to widen to
+    heard = ["feels", "like", "these", "days", "go", "on", "forever."]
+    times = [(0.0, 0.9), (0.9, 1.5), (1.5, 2.2), (2.2, 2.7), (2.7, 3.2), (3.2, 3.8), (3.8, 4.3)]
+    heard_words = [word(t, a, b) for t, (a, b) in zip(heard, times, strict=True)]
+    repaired = [{"start": 0.0, "end": 4.3, "text": "", "words": heard_words}]
+
+    def text(out: list[dict]) -> str:
+        return " ".join(w["word"].strip() for seg in out for w in seg["words"])
+
+    assert text(splice(segments, gap, repaired, lo)) == "your search. like these days go on forever."
+    bounds = neighbour_bounds(window, gap, repaired, lo)
+    assert bounds[1] == math.inf
+    assert text(splice(segments, gap, repaired, lo, bounds)) == "your search. feels like these days go on forever."
+    # a repair that wrote the word before again: its copy is the bound, so it is not taken twice
+    repaired[0]["words"] = [word("search.", 0.0, 0.4), *repaired[0]["words"]]
+    repaired[0]["words"][1] = word("Feels", 0.66, 0.96)
+    bounds = neighbour_bounds(window, gap, repaired, lo)
+    assert text(splice(segments, gap, repaired, lo, bounds)) == "your search. Feels like these days go on forever."
+
+
 def test_a_live_repair_refused_for_overload_leaves_the_answer_as_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
     from types import SimpleNamespace
 
@@ -146,9 +175,9 @@ def test_a_repair_hears_a_margin_either_side_within_the_window() -> None:
     assert repair_span((0.2, 9.9), 10.0) == (0.0, 10.0)
     # between two words: at least the margin, and both words whole
     words = [word("connection.", 1.9, 2.4), word("press", 3.6, 4.2)]
-    assert repair_span_between(words, (2.69, 3.39), 6.0) == (1.9, 4.2)
+    assert repair_span_around(words, (2.69, 3.39), 6.0) == (1.9, 4.2)
     long_gap = [word("a", 0.0, 2.8), word("b", 5.2, 5.4)]
-    assert repair_span_between(long_gap, (3.1, 4.9), 5.3) == (0.0, 5.3)  # within the window
+    assert repair_span_around(long_gap, (3.1, 4.9), 5.3) == (0.0, 5.3)  # within the window
 
 
 def test_splice_puts_the_gap_words_between_the_words_around_it() -> None:
