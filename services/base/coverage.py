@@ -155,7 +155,7 @@ def neighbour_bounds(
     The gap itself is too narrow a bound: the alignment can stretch a neighbour over the first
     or last skipped word (docs/client.md, "Skipped speech in session windows"), and a repair's
     first word is often aligned from the very start of its audio, inside the margin (the
-    whole-file case in docs/performance.md, "Skipped speech in whole files"). The repair hears
+    whole-file case in docs/performance.md, "A repair's first word in the margin"). The repair hears
     the neighbours in its margins: where it wrote one (same word), that is the bound, so it is
     not taken twice; where it did not, the neighbour's middle is. Exclusive bounds, for
     :func:`splice`'s inclusive test."""
