@@ -44,6 +44,16 @@ def word(text: str, start: float, end: float) -> dict:
     return {"word": f" {text}", "start": start, "end": end, "probability": 0.9}
 
 
+def repair_of(texts: list[str], times: list[tuple[float, float]]) -> list[dict]:
+    """A repair's answer: one segment of ``texts`` at ``times`` (relative to the repair's audio)."""
+    words = [word(t, a, b) for t, (a, b) in zip(texts, times, strict=True)]
+    return [{"start": words[0]["start"], "end": words[-1]["end"], "text": "", "words": words}]
+
+
+def text_of(segments: list[dict]) -> str:
+    return " ".join(w["word"].strip() for seg in segments for w in seg["words"])
+
+
 def test_speech_no_word_covers_is_a_gap_and_a_pause_is_not() -> None:
     words = [word("one", 0.0, 0.5), word("two", 0.5, 1.0), word("nine", 5.0, 5.5)]
     probs = probs_for(6.0, [(0.0, 5.5)])  # speech throughout: 1.2-4.8 s holds no word
@@ -92,18 +102,13 @@ def test_a_hole_between_words_takes_every_word_the_repair_heard_between_its_neig
     gap, offset = (2.69, 3.39), 2.19  # the repair heard 2.19-3.89 s of the window
     heard = ["connection.", "Followed", "by", "the", "pound", "key.", "Press"]
     times = [(0.0, 0.2), (0.25, 0.7), (0.7, 0.8), (0.8, 0.9), (0.9, 1.05), (1.05, 1.4), (1.43, 1.62)]
-    heard_words = [word(t, a, b) for t, (a, b) in zip(heard, times, strict=True)]
-    repaired = [{"start": 0.0, "end": 1.62, "text": "", "words": heard_words}]
-
-    def text(out: list[dict]) -> str:
-        return " ".join(w["word"].strip() for seg in out for w in seg["words"])
-
+    repaired = repair_of(heard, times)
     bounds = neighbour_bounds(window, gap, repaired, offset)
-    assert text(splice(segments, gap, repaired, offset, bounds)) == "connection. Followed by the pound key. Press 7"
-    assert text(splice(segments, gap, repaired, offset)) == "connection. by the pound Press 7"  # the gap alone
+    assert text_of(splice(segments, gap, repaired, offset, bounds)) == "connection. Followed by the pound key. Press 7"
+    assert text_of(splice(segments, gap, repaired, offset)) == "connection. by the pound Press 7"  # the gap alone
     # neighbours the repair did not write: their middles bound it (a repeated "press" is not taken)
     repaired[0]["words"] = repaired[0]["words"][1:6]
-    assert text(splice(segments, gap, repaired, offset, neighbour_bounds(window, gap, repaired, offset))) == (
+    assert text_of(splice(segments, gap, repaired, offset, neighbour_bounds(window, gap, repaired, offset))) == (
         "connection. Followed by the pound key. Press 7"
     )
 
@@ -119,21 +124,16 @@ def test_a_hole_after_the_last_word_keeps_a_first_word_aligned_into_the_margin()
     assert (lo, hi) == (17.2, 22.0)  # the word before whole; nothing after to widen to
     heard = ["feels", "like", "these", "days", "go", "on", "forever."]
     times = [(0.0, 0.9), (0.9, 1.5), (1.5, 2.2), (2.2, 2.7), (2.7, 3.2), (3.2, 3.8), (3.8, 4.3)]
-    heard_words = [word(t, a, b) for t, (a, b) in zip(heard, times, strict=True)]
-    repaired = [{"start": 0.0, "end": 4.3, "text": "", "words": heard_words}]
-
-    def text(out: list[dict]) -> str:
-        return " ".join(w["word"].strip() for seg in out for w in seg["words"])
-
-    assert text(splice(segments, gap, repaired, lo)) == "your search. like these days go on forever."
+    repaired = repair_of(heard, times)
+    assert text_of(splice(segments, gap, repaired, lo)) == "your search. like these days go on forever."
     bounds = neighbour_bounds(window, gap, repaired, lo)
     assert bounds[1] == math.inf
-    assert text(splice(segments, gap, repaired, lo, bounds)) == "your search. feels like these days go on forever."
+    assert text_of(splice(segments, gap, repaired, lo, bounds)) == "your search. feels like these days go on forever."
     # a repair that wrote the word before again: its copy is the bound, so it is not taken twice
     repaired[0]["words"] = [word("search.", 0.0, 0.4), *repaired[0]["words"]]
     repaired[0]["words"][1] = word("Feels", 0.66, 0.96)
     bounds = neighbour_bounds(window, gap, repaired, lo)
-    assert text(splice(segments, gap, repaired, lo, bounds)) == "your search. Feels like these days go on forever."
+    assert text_of(splice(segments, gap, repaired, lo, bounds)) == "your search. Feels like these days go on forever."
 
 
 def test_a_live_repair_refused_for_overload_leaves_the_answer_as_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
