@@ -178,15 +178,14 @@ def splice(
     gap: tuple[float, float],
     repaired: list[dict],
     offset_s: float,
-    bounds: tuple[float, float] | None = None,
+    bounds: tuple[float, float],
 ) -> list[dict]:
     """``segments`` with the words of ``repaired`` (the gap's own transcript, times relative to
-    ``offset_s`` into the window) that fall inside ``gap`` added as one new segment, in time
-    order. A word belongs to the gap when its middle does: the margin's words are the window's
-    already (the gap ends where the window's words, widened by ``rule.pad_s``, begin), and
-    taking them again would double them. ``bounds``: where words belong instead of ``gap``
-    (:func:`neighbour_bounds`). Nothing found: ``segments`` unchanged."""
-    lo, hi = bounds or gap
+    ``offset_s`` into the window) whose middles lie within ``bounds`` (:func:`neighbour_bounds`:
+    the repair's words outside them are the window's already, and taking them again would double
+    them) added as one new segment, in time order; a segment that runs across ``gap`` is split
+    around it. Nothing found: ``segments`` unchanged."""
+    lo, hi = bounds
     words = []
     for seg in repaired:
         for w in seg.get("words", []):

@@ -105,7 +105,7 @@ def test_a_hole_between_words_takes_every_word_the_repair_heard_between_its_neig
     repaired = repair_of(heard, times)
     bounds = neighbour_bounds(window, gap, repaired, offset)
     assert text_of(splice(segments, gap, repaired, offset, bounds)) == "connection. Followed by the pound key. Press 7"
-    assert text_of(splice(segments, gap, repaired, offset)) == "connection. by the pound Press 7"  # the gap alone
+    assert text_of(splice(segments, gap, repaired, offset, gap)) == "connection. by the pound Press 7"  # the gap alone
     # neighbours the repair did not write: their middles bound it (a repeated "press" is not taken)
     repaired[0]["words"] = repaired[0]["words"][1:6]
     assert text_of(splice(segments, gap, repaired, offset, neighbour_bounds(window, gap, repaired, offset))) == (
@@ -125,7 +125,9 @@ def test_a_hole_after_the_last_word_keeps_a_first_word_aligned_into_the_margin()
     heard = ["feels", "like", "these", "days", "go", "on", "forever."]
     times = [(0.0, 0.9), (0.9, 1.5), (1.5, 2.2), (2.2, 2.7), (2.7, 3.2), (3.2, 3.8), (3.8, 4.3)]
     repaired = repair_of(heard, times)
-    assert text_of(splice(segments, gap, repaired, lo)) == "your search. like these days go on forever."
+    assert (
+        text_of(splice(segments, gap, repaired, lo, gap)) == "your search. like these days go on forever."
+    )  # the gap alone
     bounds = neighbour_bounds(window, gap, repaired, lo)
     assert bounds[1] == math.inf
     assert text_of(splice(segments, gap, repaired, lo, bounds)) == "your search. feels like these days go on forever."
@@ -206,12 +208,12 @@ def test_splice_puts_the_gap_words_between_the_words_around_it() -> None:
             ],
         }
     ]
-    out = splice([segment], (1.2, 4.4), repaired, offset_s=1.0)
+    out = splice([segment], (1.2, 4.4), repaired, offset_s=1.0, bounds=(1.2, 4.4))
     assert [s["text"] for s in out] == [" press six", " to repeat this message", " to delete"]
     assert [w["start"] for s in out for w in s["words"]] == sorted(w["start"] for s in out for w in s["words"])
     assert out[1]["avg_logprob"] == -0.3 and out[1]["start"] == 1.5 and out[1]["end"] == 4.2
     assert out[0]["avg_logprob"] == -0.2  # the split halves keep their own fields
-    assert splice([segment], (1.2, 4.4), [{"text": "", "words": []}], 1.0) == [segment]
+    assert splice([segment], (1.2, 4.4), [{"text": "", "words": []}], 1.0, (1.2, 4.4)) == [segment]
 
 
 @pytest.mark.slow
