@@ -6,7 +6,9 @@ and survives the proxy's own rollout, which a ``kubectl port-forward`` (tied to 
 not. Each worker asks ``/detect`` and then ``/transcribe`` for the same speech clip, like the
 live client; a 429 or 503 with ``Retry-After`` is waited out and sent again (what clients are
 told to do), and anything else that is not a 200 is a failure. It stops when ``/tmp/stop``
-appears and prints one JSON line per request, then ``DONE``.
+appears and prints one JSON line per request, then ``DONE``. Each line holds the request's
+wall-clock span (``start``, ``end``, epoch seconds; the pod shares the node's clock), so the test
+can check that requests were in flight through the whole rollout however slow the node is.
 """
 
 from __future__ import annotations
@@ -36,31 +38,24 @@ def post(url: str, body: bytes) -> tuple[int, bytes, float | None]:
 
 def call(url: str, body: bytes) -> dict:
     """One request, retried while the answer says to retry later; never raises."""
-    attempts, started = 0, time.monotonic()
+    attempts, start = 0, time.time()
+
+    def result(ok: bool, **fields: object) -> dict:
+        span = {"start": round(start, 3), "end": round(time.time(), 3)}
+        return {"path": url.rsplit("/", 1)[1], "ok": ok, "attempts": attempts, **span, **fields}
+
     while True:
         attempts += 1
         try:
             status, payload, retry_after = post(url, body)
         except Exception as exc:  # a connection refused or reset is exactly what must not happen
-            return {"path": url.rsplit("/", 1)[1], "ok": False, "attempts": attempts, "error": repr(exc)}
+            return result(False, error=repr(exc))
         if status == 200:
-            text = json.loads(payload).get("text", "")
-            return {
-                "path": url.rsplit("/", 1)[1],
-                "ok": True,
-                "attempts": attempts,
-                "text": text,
-                "seconds": round(time.monotonic() - started, 2),
-            }
+            return result(True, text=json.loads(payload).get("text", ""))
         if status in RETRYABLE and retry_after is not None and attempts < 30:
             time.sleep(retry_after)
             continue
-        return {
-            "path": url.rsplit("/", 1)[1],
-            "ok": False,
-            "attempts": attempts,
-            "error": f"{status} {payload[:300]!r}",
-        }
+        return result(False, error=f"{status} {payload[:300]!r}")
 
 
 def worker(base: str, body: bytes, lock: threading.Lock) -> None:
