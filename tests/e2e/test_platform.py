@@ -658,7 +658,7 @@ def test_rolling_restart_of_every_deployment_under_load_fails_no_request(kube: K
     print(f"ROLLOUT requests {len(results)}, retried after 429/503 {retried}, failed {len(failed)}", flush=True)
     assert not failed, failed[:5]
     # Real load, however slow the node: requests in flight through the whole rollout (two
-    # workers pause 0.5 s between rounds), and transcriptions finished throughout it.
+    # workers pause 0.5 s between rounds), and transcriptions that ran during it.
     idle = longest_idle([(r["start"], r["end"]) for r in results], window_start, window_end)
     assert idle <= 2.0, f"no request in flight for {idle:.1f} s of the rollout: no real load"
     during = [r for r in transcribed if window_start < r["end"] and r["start"] < window_end]
