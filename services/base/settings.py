@@ -47,7 +47,8 @@ class TranscriberSettings(ServiceSettings, ModelCacheSettings):
     )
     compute_type: str = Field(
         default="auto",
-        description="`auto`: time the supported types at start-up (a few s each) and serve the fastest; `int8` "
+        description="`auto`: time the supported types at start-up (a few s each; CPU seconds on a CPU, so work "
+        "beside the pod cannot tip it) and serve the fastest; `int8` "
         "(CPU) / `float16` (CUDA) stays unless another is >10 % faster; timings in the log and in responses' "
         "`compute_type_probe_ms`. A named CTranslate2 type (`int8`, `float32`, ...) skips the probe",
     )

@@ -188,21 +188,27 @@ def probe_run(model: WhisperModel) -> Callable[[], None]:
     return run
 
 
-def time_model(model: WhisperModel) -> float:
-    """Seconds of the fastest of PROBE_RUNS probe runs, after one untimed run (which pays
-    one-off set-up, such as kernel compilation for a new compute type on a GPU). The fastest,
-    not the median: other work on the machine only ever adds time, so the fastest run is the
-    best estimate of what the type itself costs. Types are timed one after another, so load
-    that comes and goes between them can still tip a close call: PROBE_MARGIN absorbs some."""
+def time_model(model: WhisperModel, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Seconds of the fastest of PROBE_RUNS probe runs by ``clock``, after one untimed run
+    (which pays one-off set-up, such as kernel compilation for a new compute type on a GPU).
+    The fastest, not the median: other work on the machine only ever adds time, so the fastest
+    run is the best estimate of what the type itself costs."""
     run = probe_run(model)
     run()
     times: list[float] = []
     deadline = time.perf_counter() + PROBE_BUDGET_SECONDS
     while len(times) < PROBE_RUNS and (not times or time.perf_counter() < deadline):
-        start = time.perf_counter()
+        start = clock()
         run()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return min(times)
+
+
+def probe_clock(device: str) -> Callable[[], float]:
+    """What a probe run costs: on CPU the CPU seconds of this process (all its threads), which
+    other processes' work does not add to, so pods starting beside each other cannot tip the
+    choice (wall time did: docs/performance.md, "The compute-type probe"); on a GPU, wall time."""
+    return time.process_time if device == "cpu" else time.perf_counter
 
 
 def probe_compute_types(
@@ -220,7 +226,7 @@ def probe_compute_types(
             models[compute_type] = WhisperModel(
                 path, device=device, compute_type=compute_type, cpu_threads=cpu_threads, num_workers=num_workers
             )
-        return time_model(models[compute_type])
+        return time_model(models[compute_type], clock=probe_clock(device))
 
     start = time.perf_counter()
     probe = choose_compute_type(candidates, measure, release=lambda c: models.pop(c, None))

@@ -5,6 +5,8 @@ The choice is a pure function of candidates and a timing function (fake timings 
 
 from __future__ import annotations
 
+import time
+
 import ctranslate2
 import pytest
 
@@ -116,7 +118,7 @@ def fake_models(monkeypatch):
 
 
 def test_auto_keeps_the_faster_model_loaded_and_reports_the_timings(monkeypatch, fake_models) -> None:
-    monkeypatch.setattr(transcriber, "time_model", lambda model: {"int8": 0.5, "float32": 0.3}[model.compute_type])
+    monkeypatch.setattr(transcriber, "time_model", lambda model, **_: {"int8": 0.5, "float32": 0.3}[model.compute_type])
     model, info = transcriber.load_model("unused", "cpu", "auto", cpu_threads=0)
     assert fake_models.built == ["cpu/int8", "cpu/float32"]
     assert model.compute_type == "float32"  # the measured winner is the model served
@@ -124,13 +126,13 @@ def test_auto_keeps_the_faster_model_loaded_and_reports_the_timings(monkeypatch,
     assert info.compute_type_timings == {"int8": 0.5, "float32": 0.3}
 
     fake_models.built = []
-    monkeypatch.setattr(transcriber, "time_model", lambda model: {"int8": 0.3, "float32": 0.5}[model.compute_type])
+    monkeypatch.setattr(transcriber, "time_model", lambda model, **_: {"int8": 0.3, "float32": 0.5}[model.compute_type])
     model, info = transcriber.load_model("unused", "cpu", "auto", cpu_threads=0)
     assert model.compute_type == info.compute_type == "int8"
 
 
 def test_a_named_compute_type_is_not_probed(monkeypatch, fake_models) -> None:
-    def no_probe(model):
+    def no_probe(model, **_):
         raise AssertionError("a named compute type must not be timed")
 
     monkeypatch.setattr(transcriber, "time_model", no_probe)
@@ -140,13 +142,27 @@ def test_a_named_compute_type_is_not_probed(monkeypatch, fake_models) -> None:
 
 
 def test_a_probe_that_cannot_time_the_default_serves_the_default(monkeypatch, fake_models) -> None:
-    def broken(model):
+    def broken(model, **_):
         raise RuntimeError("probe broke")
 
     monkeypatch.setattr(transcriber, "time_model", broken)
     model, info = transcriber.load_model("unused", "cpu", "auto", cpu_threads=0)
     assert fake_models.built == ["cpu/int8"]
     assert (model.compute_type, info.compute_type, info.compute_type_timings) == ("int8", "int8", {})
+
+
+def test_the_cpu_probe_counts_its_own_cpu_seconds_not_time_spent_waiting(monkeypatch) -> None:
+    # A probe run that waits 50 ms (as one does while other processes hold the cores) and
+    # computes for a moment: wall time counts the wait, the CPU probe's clock does not.
+    def run() -> None:
+        time.sleep(0.05)
+        sum(i * i for i in range(20_000))
+
+    monkeypatch.setattr(transcriber, "probe_run", lambda model: run)
+    waited = transcriber.time_model(object(), clock=transcriber.probe_clock("cuda"))
+    computed = transcriber.time_model(object(), clock=transcriber.probe_clock("cpu"))
+    assert waited >= 0.05
+    assert 0 < computed < 0.04
 
 
 def test_describe_shows_the_probe_timings_only_when_there_was_a_probe() -> None:
