@@ -391,7 +391,7 @@ def test_detector_choice_is_applied(kube: Kube, installed, proxy_forward: PortFo
         assert kube.sttconfig()["status"]["detector"] == "whisper-tiny"
     finally:
         # The later tests load the platform as a user would, with the default detector: Whisper
-        # tiny takes ~40x Silero's CPU per chunk, and left in place it slowed their load to a
+        # tiny takes 40-60x Silero's CPU per chunk, and left in place it slowed their load to a
         # fraction (docs/reliability.md, "Measured: `kubectl rollout restart`").
         switch_to("silero")
 
