@@ -207,7 +207,8 @@ def time_model(model: WhisperModel, clock: Callable[[], float] = time.perf_count
 def probe_clock(device: str) -> Callable[[], float]:
     """What a probe run costs: on CPU the CPU seconds of this process (all its threads), which
     other processes' work does not add to, so pods starting beside each other cannot tip the
-    choice (wall time did: docs/performance.md, "The compute-type probe"); on a GPU, wall time."""
+    choice (wall time did: docs/performance.md, "The transcriber's design decisions"); on a GPU,
+    wall time."""
     return time.process_time if device == "cpu" else time.perf_counter
 
 
